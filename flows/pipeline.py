@@ -1,0 +1,222 @@
+"""Steps of the main job that turn settings into ready objects: task data, retriever, policy, backend.
+
+Each step loads what it needs, calls `trace_core`, and saves its output beside a `build.json`
+holding the hash of the settings it depends on, so a rerun with unchanged settings reuses the
+output and a changed setting rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import trace_core.hf_backend  # noqa: F401  (registers the 'transformers' backend)
+from flows.settings import Settings
+from trace_core.agent import FORMAT_ERROR, AgentConfig, SearchEnv, information
+from trace_core.data import CorpusDoc, QARecord, load_corpus, load_questions
+from trace_core.default_model import (
+    TinyModelSpec,
+    build_model,
+    convert_gguf,
+    count_parameters,
+    load_policy,
+    smollm2_gguf_path,
+    train_tokenizer,
+)
+from trace_core.generation import BACKENDS, GenerationBackend
+from trace_core.retrieval import RETRIEVERS, BM25Retriever, Retriever, format_passages
+from trace_core.synthetic_qa import SyntheticTaskSpec, generate_task, write_task
+from trace_core.warmstart import Checkpoint, WarmStartConfig, expert_turns, warm_start
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    train: list[QARecord]
+    dev: list[QARecord]
+    test: list[QARecord]
+    corpus: list[CorpusDoc]
+    directory: Path
+
+
+@dataclass
+class Runtime:
+    """Everything a rollout needs, built from settings."""
+
+    data: TaskData
+    env: SearchEnv
+    backend: GenerationBackend
+    model: torch.nn.Module
+    model_dir: Path
+
+
+def settings_hash(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _built(directory: Path, digest: str) -> bool:
+    marker = directory / "build.json"
+    return marker.exists() and json.loads(marker.read_text()).get("hash") == digest
+
+
+def _mark(directory: Path, digest: str, **info: Any) -> None:
+    (directory / "build.json").write_text(json.dumps({"hash": digest, **info}, indent=2, default=str))
+
+
+def prepare_task(s: Settings, log: Log = print) -> TaskData:
+    """Generate (or read) the task's questions and corpus and build the BM25 index beside them."""
+    t = s.task
+    if t.source == "synthetic":
+        spec = SyntheticTaskSpec(t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test)
+        directory, digest = t.data_dir, settings_hash(asdict(spec))
+        if not _built(directory, digest):
+            log(f"generating the synthetic task in {directory}")
+            directory.mkdir(parents=True, exist_ok=True)
+            write_task(generate_task(spec), directory)
+            _mark(directory, digest, spec=asdict(spec))
+        files = {k: directory / f"{k}.jsonl" for k in ("train", "dev", "test", "corpus")}
+    else:
+        assert t.train_file and t.dev_file and t.corpus_file  # checked by the settings validator
+        directory = t.data_dir
+        files = {
+            "train": t.train_file,
+            "dev": t.dev_file,
+            "test": t.test_file or t.dev_file,
+            "corpus": t.corpus_file,
+        }
+    corpus = load_corpus(files["corpus"])
+    return TaskData(
+        load_questions(files["train"]),
+        load_questions(files["dev"]),
+        load_questions(files["test"]),
+        corpus,
+        directory,
+    )
+
+
+def make_retriever(s: Settings, data: TaskData) -> Retriever:
+    if s.retriever.name == "http":
+        return RETRIEVERS.get("http")(s.retriever.url, s.retriever.timeout_s)  # type: ignore[no-any-return]
+    RETRIEVERS.get(s.retriever.name)  # an unknown name fails here, listing the valid ones
+    index_dir = data.directory / "bm25"
+    stat = [(p.name, p.stat().st_size) for p in sorted(data.directory.glob("corpus.*"))]
+    digest = settings_hash(len(data.corpus), stat, data.corpus[0].contents, data.corpus[-1].contents)
+    if _built(index_dir, digest):
+        return BM25Retriever.load(index_dir, data.corpus)
+    retriever = BM25Retriever(data.corpus)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    retriever.save(index_dir)
+    _mark(index_dir, digest)
+    return retriever
+
+
+def agent_config(s: Settings) -> AgentConfig:
+    a = s.agent
+    return AgentConfig(a.max_turns, a.max_tokens_per_turn, s.retriever.topk, a.temperature, a.top_p, a.instruction)
+
+
+def _tokenizer_texts(data: TaskData, retriever: Retriever, config: AgentConfig) -> list[str]:
+    texts = [information(format_passages(hits)) for hits in retriever.search([d.title for d in data.corpus], 1)]
+    texts += [r.question for r in data.train] + [config.instruction, information(FORMAT_ERROR)]
+    texts += [turn for r in data.train if r.chain for turn in expert_turns(r)]
+    return texts
+
+
+def _dtype(s: Settings) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[s.model.dtype]
+
+
+def make_backend(s: Settings, model: torch.nn.Module, tokenizer: Any) -> GenerationBackend:
+    cls = BACKENDS.get(s.backend.name)
+    return cls(  # type: ignore[no-any-return]
+        model,
+        tokenizer,
+        seed=s.run.seed,
+        share_prefix=s.backend.share_prefix,
+        kv_cache_bytes=s.backend.kv_cache_mb * 2**20,
+        max_batch_sequences=s.backend.max_batch_sequences,
+    )
+
+
+def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = print) -> Path:
+    """Train the tokenizer, build the tiny Llama and warm-start it into the success band."""
+    m, w = s.model, s.warmstart
+    spec = TinyModelSpec(m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim,
+                         seed=s.run.seed)  # fmt: skip
+    ws = WarmStartConfig(
+        batch_size=w.batch_size, learning_rate=w.learning_rate, max_steps=w.max_steps, max_seconds=w.max_seconds,
+        eval_every=w.eval_every, eval_questions=w.eval_questions, eval_samples=w.eval_samples,
+        success_band=(w.success_low, w.success_high), seed=s.run.seed,
+    )  # fmt: skip
+    config = agent_config(s)
+    out = m.models_dir / "tiny-react"
+    digest = settings_hash(asdict(spec), asdict(ws), asdict(config), s.task.model_dump(mode="json"))
+    if _built(out, digest):
+        return out
+    if not any(r.chain for r in data.train):
+        raise ValueError("model.preset='tiny' is warm-started on the synthetic task's chains; "
+                         "with task.source='files' use model.preset='path'")  # fmt: skip
+    log("training the tokenizer and building the tiny model")
+    torch.manual_seed(s.run.seed)
+    tokenizer = train_tokenizer(_tokenizer_texts(data, retriever, config), spec.vocab_size)
+    model = build_model(tokenizer, spec).to(torch.device(m.device))  # type: ignore[arg-type]
+    env = SearchEnv(tokenizer, retriever, config)
+    backend = make_backend(s, model, tokenizer)
+    probe = data.train[: ws.eval_questions]
+    log(f"warm start: {count_parameters(model):,} parameters; stopping when sampled success is in "
+        f"[{w.success_low}, {w.success_high}]")  # fmt: skip
+
+    def show(c: Checkpoint) -> None:
+        log(f"  step {c.step:4d}  {c.seconds:6.0f}s  loss {c.loss:.3f}  sampled success {c.success:.2f}")
+
+    report = warm_start(model, backend, env, data.train[ws.eval_questions :], probe, ws, log=show)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _mark(tmp, digest, parameters=count_parameters(model), chosen=asdict(report.chosen),
+          history=[asdict(c) for c in report.history], seconds=report.seconds)  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    log(f"warm start chose step {report.chosen.step} (success {report.chosen.success:.2f}) "
+        f"after {report.seconds:.0f}s; saved to {out}")  # fmt: skip
+    return out
+
+
+def prepare_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = print) -> Path:
+    """The policy's model directory for the configured preset, built or converted when needed."""
+    if s.model.preset == "path":
+        assert s.model.path is not None  # checked by the settings validator
+        return s.model.path
+    if s.model.preset == "smollm2":
+        out = s.model.models_dir / "smollm2-135m-instruct"
+        if not (out / "config.json").exists():
+            log(f"converting SmolLM2-135M-Instruct from GGUF into {out}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            convert_gguf(smollm2_gguf_path(), out)
+        return out
+    return build_tiny_model(s, data, retriever, log)
+
+
+def load_runtime(s: Settings, log: Log = print) -> Runtime:
+    torch.manual_seed(s.run.seed)
+    data = prepare_task(s, log)
+    retriever = make_retriever(s, data)
+    model_dir = prepare_model(s, data, retriever, log)
+    model, tokenizer = load_policy(model_dir, s.model.device, _dtype(s))
+    env = SearchEnv(tokenizer, retriever, agent_config(s))
+    return Runtime(data, env, make_backend(s, model, tokenizer), model, model_dir)
+
+
+def elapsed(start: float) -> str:
+    return f"{time.perf_counter() - start:.1f}s"

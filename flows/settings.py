@@ -1,0 +1,259 @@
+"""The one `Settings` object: read from settings.toml, overridable by environment variables.
+
+Precedence, highest first: explicit overrides (`trace-rl run --set section.key=value`), environment
+variables (`TRACE_<SECTION>__<KEY>`, e.g. `TRACE_AGENT__MAX_TURNS=5`), the TOML file
+(`settings.toml` in the working directory, or the file named by `TRACE_SETTINGS_FILE`), and the
+defaults below, which are the embedded default run (CPU, SQLite, the tiny model, the synthetic
+task). Unknown keys, wrong types and impossible combinations are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from trace_core.agent import DEFAULT_INSTRUCTION
+
+SETTINGS_FILE_ENV = "TRACE_SETTINGS_FILE"
+
+
+class SettingsError(ValueError):
+    """Settings could not be read or validated; the message names each bad key and why."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunSection(Section):
+    name: str = Field("default", min_length=1, description="Run name; results go to <output_dir>/<name>.")
+    seed: int = Field(0, ge=0, description="Seed for every random generator of the run.")
+    output_dir: Path = Field(Path("runs"), description="Folder holding one sub-folder per run.")
+
+
+class TaskSection(Section):
+    source: Literal["synthetic", "files"] = Field(
+        "synthetic", description="'synthetic' generates the multi-hop task; 'files' reads the paths below."
+    )
+    data_dir: Path = Field(Path("data/synthetic"), description="Where the synthetic task is written.")
+    seed: int = Field(0, ge=0, description="Seed of the synthetic knowledge base and questions.")
+    n_people: int = Field(160, ge=4, description="People in the synthetic knowledge base.")
+    n_orgs: int = Field(40, ge=2, description="Organisations in the synthetic knowledge base.")
+    n_cities: int = Field(30, ge=4, description="Cities in the synthetic knowledge base.")
+    n_countries: int = Field(8, ge=2, description="Countries in the synthetic knowledge base.")
+    n_train: int = Field(1500, ge=1, description="Training questions (synthetic).")
+    n_dev: int = Field(200, ge=1, description="Development questions (synthetic).")
+    n_test: int = Field(200, ge=1, description="Test questions (synthetic).")
+    train_file: Path | None = Field(None, description="Question file (.jsonl/.parquet) when source='files'.")
+    dev_file: Path | None = Field(None, description="Dev question file when source='files'.")
+    test_file: Path | None = Field(None, description="Test question file when source='files'.")
+    corpus_file: Path | None = Field(None, description="Corpus file of {id, contents} rows when source='files'.")
+
+    @model_validator(mode="after")
+    def _files_given(self) -> TaskSection:
+        if self.source == "files":
+            missing = [k for k in ("train_file", "dev_file", "corpus_file") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"source='files' needs {', '.join('task.' + k for k in missing)}")
+        return self
+
+
+class RetrieverSection(Section):
+    name: str = Field("bm25", description="Search tool: 'bm25' (local index) or 'http' (retrieval server).")
+    topk: int = Field(2, ge=1, le=50, description="Passages returned per search.")
+    url: str = Field("http://127.0.0.1:8000/retrieve", description="Retrieval server endpoint for 'http'.")
+    timeout_s: float = Field(30.0, gt=0, description="Retrieval server timeout, seconds.")
+
+
+class AgentSection(Section):
+    max_turns: int = Field(4, ge=1, le=32, description="Policy turns per episode (tool calls + answer).")
+    max_tokens_per_turn: int = Field(48, ge=4, le=4096, description="Token limit of one turn.")
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of rollouts.")
+    instruction: str = Field(
+        DEFAULT_INSTRUCTION,
+        description="Instruction placed before the question in every prompt.",
+    )
+
+
+class ModelSection(Section):
+    preset: Literal["tiny", "smollm2", "path"] = Field(
+        "tiny",
+        description="'tiny' builds the default model; 'smollm2' converts SmolLM2-135M; 'path' loads `path`.",
+    )
+    path: Path | None = Field(None, description="A local Hugging Face causal-LM directory (preset='path').")
+    models_dir: Path = Field(Path("models"), description="Where built or converted models are kept.")
+    device: str = Field("cpu", description="Torch device for generation and training, e.g. 'cpu', 'cuda'.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    vocab_size: int = Field(2048, ge=300, description="Tiny model: BPE vocabulary size (upper bound).")
+    hidden_size: int = Field(128, ge=32, description="Tiny model: hidden width.")
+    intermediate_size: int = Field(384, ge=32, description="Tiny model: MLP width.")
+    num_layers: int = Field(4, ge=1, description="Tiny model: decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Tiny model: attention heads.")
+    head_dim: int = Field(32, ge=32, description="Tiny model: per-head dimension (vLLM needs >= 32).")
+
+    @model_validator(mode="after")
+    def _path_given(self) -> ModelSection:
+        if self.preset == "path" and self.path is None:
+            raise ValueError("preset='path' needs model.path")
+        return self
+
+
+class WarmStartSection(Section):
+    batch_size: int = Field(16, ge=1, description="Expert trajectories per step.")
+    learning_rate: float = Field(3e-3, gt=0, description="AdamW peak learning rate.")
+    max_steps: int = Field(3000, ge=1, description="Step limit.")
+    max_seconds: float = Field(600.0, gt=0, description="Time limit, seconds.")
+    eval_every: int = Field(40, ge=1, description="Steps between sampled success measurements.")
+    eval_questions: int = Field(48, ge=8, description="Held-aside training questions measured.")
+    eval_samples: int = Field(2, ge=1, description="Samples per measured question.")
+    success_low: float = Field(0.35, ge=0, le=1, description="Stop once sampled success reaches this.")
+    success_high: float = Field(0.55, ge=0, le=1, description="Upper end of the wanted success band.")
+
+    @model_validator(mode="after")
+    def _band(self) -> WarmStartSection:
+        if self.success_low >= self.success_high:
+            raise ValueError("warmstart.success_low must be below warmstart.success_high")
+        return self
+
+
+class BackendSection(Section):
+    name: str = Field("transformers", description="Generation backend registered by this name.")
+    kv_cache_mb: int = Field(512, ge=0, description="Memory for cached prefix keys/values, MiB.")
+    max_batch_sequences: int = Field(256, ge=1, description="Sequences decoded side by side.")
+    share_prefix: bool = Field(True, description="Encode a prefix once for all its siblings.")
+
+
+class RolloutSection(Section):
+    prompts: int = Field(32, ge=1, description="Prompts in the demonstration rollout batch of `trace-rl run`.")
+    n: int = Field(4, ge=1, description="Bare rollouts per prompt in that batch.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRACE_", env_nested_delimiter="__", extra="forbid", frozen=True, toml_file="settings.toml"
+    )
+
+    run: RunSection = RunSection()
+    task: TaskSection = TaskSection()
+    retriever: RetrieverSection = RetrieverSection()
+    agent: AgentSection = AgentSection()
+    model: ModelSection = ModelSection()
+    warmstart: WarmStartSection = WarmStartSection()
+    backend: BackendSection = BackendSection()
+    rollout: RolloutSection = RolloutSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get(SETTINGS_FILE_ENV, "settings.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    def snapshot(self) -> dict[str, Any]:
+        """All values, JSON-ready (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'section.key=value' -> (['section', 'key'], value); the value is read as a TOML literal
+    where it is one (numbers, booleans, quoted strings, lists), else taken as a plain string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SettingsError(f"override {item!r} is not of the form section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _nest(overrides: list[str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return nested
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(settings)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        elif e["type"] == "value_error":  # a cross-field rule: its message already says why
+            lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def load_settings(overrides: list[str] | None = None) -> Settings:
+    """Build settings from all sources; raises SettingsError naming each bad key."""
+    path = Path(os.environ.get(SETTINGS_FILE_ENV, "settings.toml"))
+    if os.environ.get(SETTINGS_FILE_ENV) and not path.exists():
+        raise SettingsError(f"{SETTINGS_FILE_ENV}={path}: file not found")
+    try:
+        return Settings(**_nest(overrides or []))
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{path}: not valid TOML ({err})") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (no overrides), read once."""
+    return load_settings()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def defaults_toml() -> str:
+    """The default settings as a commented TOML file (what the repository's settings.toml holds)."""
+    lines = [
+        "# trace-rl settings: the embedded default run (CPU, SQLite, tiny model, synthetic task).",
+        "# Override any key with an environment variable TRACE_<SECTION>__<KEY> or `--set section.key=value`.",
+        "# Regenerate with `trace-rl settings --defaults > settings.toml`.",
+    ]
+    defaults = Settings.model_construct()
+    for section_name in Settings.model_fields:
+        section = getattr(defaults, section_name)
+        lines += ["", f"[{section_name}]"]
+        for key, field in type(section).model_fields.items():
+            value = getattr(section, key)
+            lines.append(f"# {field.description}")
+            if value is None:
+                lines.append(f"# {key} =")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from flows.cli import main
+
+TINY = [
+    "task.n_people=24", "task.n_orgs=8", "task.n_cities=8", "task.n_countries=3",
+    "task.n_train=40", "task.n_dev=8", "task.n_test=8",
+    "model.vocab_size=600", "model.hidden_size=64", "model.intermediate_size=128",
+    "model.num_layers=2", "model.num_heads=2", "model.head_dim=32",
+    "warmstart.max_steps=4", "warmstart.eval_every=2", "warmstart.eval_questions=8",
+    "warmstart.batch_size=4", "warmstart.eval_samples=1",
+    "agent.max_tokens_per_turn=12", "rollout.prompts=4", "rollout.n=2",
+]  # fmt: skip
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _args(*extra):
+    return [item for s in [*TINY, *extra] for item in ("--set", s)]
+
+
+def test_run_builds_the_task_and_model_then_writes_a_rollout_batch(workdir, capsys):
+    assert main(["run", *_args("run.name=smoke")]) == 0
+    for path in ["data/synthetic/train.jsonl", "data/synthetic/corpus.jsonl", "data/synthetic/bm25/build.json",
+                 "models/tiny-react/config.json", "models/tiny-react/tokenizer.json"]:  # fmt: skip
+        assert (workdir / path).exists(), path
+    trees = [json.loads(line) for line in (workdir / "runs/smoke/rollouts.jsonl").read_text().splitlines()]
+    assert len(trees) == 4
+    assert all(sum(n["terminal"] for n in t["nodes"]) == 2 for t in trees)
+    out = capsys.readouterr().out
+    assert "warm start" in out and "success rate" in out
+
+    assert main(["run", *_args("run.name=smoke")]) == 0  # unchanged settings reuse what was built
+    assert "warm start" not in capsys.readouterr().out
+
+
+def test_a_bad_setting_stops_the_run_before_anything_is_built(workdir, capsys):
+    assert main(["run", "--set", "agent.max_turns=0"]) == 2
+    assert "agent.max_turns" in capsys.readouterr().err
+    assert not (workdir / "data").exists()

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from flows.settings import SETTINGS_FILE_ENV, SettingsError, defaults_toml, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for key in list(__import__("os").environ):
+        if key.startswith("TRACE_"):
+            monkeypatch.delenv(key)
+
+
+def test_the_repository_settings_file_holds_the_embedded_defaults():
+    assert (REPO / "settings.toml").read_text() == defaults_toml()
+
+
+def test_the_toml_file_then_environment_then_overrides_take_precedence(monkeypatch, tmp_path):
+    (tmp_path / "settings.toml").write_text("[agent]\nmax_turns = 5\nmax_tokens_per_turn = 30\n")
+    assert load_settings().agent.max_turns == 5
+    monkeypatch.setenv("TRACE_AGENT__MAX_TURNS", "6")
+    s = load_settings()
+    assert (s.agent.max_turns, s.agent.max_tokens_per_turn) == (6, 30)
+    assert load_settings(["agent.max_turns=7"]).agent.max_turns == 7
+
+
+def test_a_settings_file_can_be_named_by_environment_variable(monkeypatch, tmp_path):
+    other = tmp_path / "other.toml"
+    other.write_text('[run]\nname = "exp-1"\n')
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(other))
+    assert load_settings().run.name == "exp-1"
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(tmp_path / "missing.toml"))
+    with pytest.raises(SettingsError, match="missing.toml: file not found"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("agent.max_turns=0", "agent.max_turns: Input should be greater than or equal to 1"),
+        ("agent.max_turns=many", "agent.max_turns: Input should be a valid integer"),
+        ("agent.bogus=1", "agent.bogus: unknown key"),
+        ("nosection.key=1", "nosection: unknown key"),
+        ("model.preset=path", "model: preset='path' needs model.path"),
+        ("warmstart.success_low=0.9", "success_low must be below warmstart.success_high"),
+        ("task.source=files", "task: source='files' needs task.train_file, task.dev_file, task.corpus_file"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_key_and_the_reason(override, message):
+    with pytest.raises(SettingsError) as err:
+        load_settings([override])
+    assert message in str(err.value)
+
+
+def test_a_malformed_settings_file_is_named(tmp_path):
+    (tmp_path / "settings.toml").write_text("[agent\nmax_turns = 3\n")
+    with pytest.raises(SettingsError, match="settings.toml: not valid TOML"):
+        load_settings()
+
+
+def test_an_override_without_equals_sign_is_refused():
+    with pytest.raises(SettingsError, match="section.key=value"):
+        load_settings(["agent.max_turns"])

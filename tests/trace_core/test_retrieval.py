@@ -1,0 +1,73 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from trace_core.registry import UnknownNameError
+from trace_core.retrieval import RETRIEVERS, HttpRetriever, Passage, RetrieverError, format_passages
+
+
+def test_bm25_ranks_the_named_entitys_own_document_first(small_task, retriever):
+    for record in small_task.splits["train"][:20]:
+        for step in record.chain:
+            top = retriever.search([step.query], 2)[0][0]
+            assert top.title == step.query
+
+
+def test_a_query_of_unknown_words_finds_nothing_instead_of_failing(retriever):
+    assert retriever.search(["zzqx wwvy", "   "], 3) == [[], []]
+
+
+def test_passages_are_formatted_as_numbered_docs_with_titles():
+    text = format_passages([Passage("1", "A", "a text", 2.0), Passage("2", "B", "b text", 1.0)])
+    assert text == "Doc 1(Title: A) a text\nDoc 2(Title: B) b text"
+
+
+def test_retrievers_are_chosen_by_name_and_an_unknown_name_lists_the_valid_ones():
+    assert RETRIEVERS.get("bm25") is not None
+    with pytest.raises(UnknownNameError, match="valid names: bm25, http"):
+        RETRIEVERS.get("dense")
+
+
+class _FakeRetrievalServer(BaseHTTPRequestHandler):
+    """Answers like Search-R1's retrieval server, echoing each query into a document."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/retrieve" and body["return_scores"] is True
+        result = [
+            [{"document": {"id": f"{q}-{i}", "contents": f'"{q} {i}"\nabout {q}'}, "score": 1.0 / (i + 1)}
+             for i in range(body["topk"])]
+            for q in body["queries"]
+        ]  # fmt: skip
+        payload = json.dumps({"result": result}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def retrieval_server():
+    server = HTTPServer(("127.0.0.1", 0), _FakeRetrievalServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/retrieve"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_http_client_speaks_the_search_r1_retrieval_protocol(retrieval_server):
+    hits = HttpRetriever(retrieval_server).search(["Varno", "Telmar"], 2)
+    assert [[p.title for p in h] for h in hits] == [["Varno 0", "Varno 1"], ["Telmar 0", "Telmar 1"]]
+    assert hits[0][0].text == "about Varno" and hits[0][1].score == 0.5
+
+
+def test_an_unreachable_retrieval_server_is_one_clear_error_naming_it():
+    with pytest.raises(RetrieverError, match=r"http://127.0.0.1:9/retrieve did not answer"):
+        HttpRetriever("http://127.0.0.1:9/retrieve", timeout_s=2).search(["x"], 1)

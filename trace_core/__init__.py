@@ -1,0 +1,1 @@
+"""trace_core: the TRACE method and its environments, free of orchestration and storage code."""

@@ -1,0 +1,72 @@
+"""Sampled evaluation of the policy: exact match, F1 and the spread of per-question success.
+
+For each question, `n` independent rollouts are sampled (greedy when temperature is 0, in which
+case one suffices). Reported: mean EM (the reward) and mean F1 over all rollouts, and each
+question's success rate, whose histogram (how many questions never, always, or sometimes solved)
+is what group-relative RL depends on: only mixed questions give a gradient.
+
+Deviations: none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trace_core.agent import SearchEnv
+from trace_core.data import QARecord
+from trace_core.generation import GenerationBackend
+from trace_core.reward import f1_score
+from trace_core.rollout import rollout_batch
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """em / f1: means over all sampled rollouts. success: per question, the share of its n rollouts
+    that were exactly right. never / always / mixed: how many questions had 0, n, or in-between
+    successes. generated_tokens: policy tokens sampled for the evaluation."""
+
+    n: int
+    em: float
+    f1: float
+    success: tuple[float, ...]
+    never: int
+    always: int
+    mixed: int
+    generated_tokens: int
+
+    def histogram(self) -> dict[str, int]:
+        return {"never": self.never, "mixed": self.mixed, "always": self.always}
+
+
+def evaluate_policy(
+    records: Sequence[QARecord],
+    backend: GenerationBackend,
+    env: SearchEnv,
+    n: int = 1,
+    temperature: float | None = None,
+) -> EvalReport:
+    trees = rollout_batch(records, n, backend, env, env.config.sampling(temperature))
+    ems: list[float] = []
+    f1s: list[float] = []
+    success: list[float] = []
+    tokens = 0
+    for tree in trees:
+        leaves = tree.leaves()
+        rewards = [leaf.reward or 0.0 for leaf in leaves]
+        ems.extend(rewards)
+        f1s.extend(
+            f1_score(leaf.argument, tree.record.golden_answers) if leaf.action == "answer" else 0.0 for leaf in leaves
+        )
+        success.append(sum(rewards) / len(rewards))
+        tokens += sum(node.generated_tokens for node in tree)
+    return EvalReport(
+        n=n,
+        em=sum(ems) / len(ems),
+        f1=sum(f1s) / len(f1s),
+        success=tuple(success),
+        never=sum(s == 0 for s in success),
+        always=sum(s == 1 for s in success),
+        mixed=sum(0 < s < 1 for s in success),
+        generated_tokens=tokens,
+    )

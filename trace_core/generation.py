@@ -1,0 +1,107 @@
+"""The generation-backend interface: sample n continuations of one turn from a prefix of token ids.
+
+A backend receives prefixes as token ids (never text, so a branch continues from exactly the tokens
+its prefix holds) and returns, per continuation, the generated token ids, their log-probabilities
+under the policy (temperature 1, before any sampling transform) and why generation stopped.
+Generation stops at the first stop string (the closing `</search>` or `</answer>` tag), at the
+end-of-sequence token, or after `max_new_tokens`.
+
+Backends are registered by name in `BACKENDS`; the transformers one lives in `hf_backend.py`.
+
+Deviations: none from the usual interface of vLLM's `generate` (prompt token ids in, n samples out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from trace_core.registry import Registry
+
+FinishReason = Literal["stop", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn.
+
+    temperature: 0 means greedy decoding; otherwise logits are divided by it before sampling.
+    top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+    max_new_tokens: the turn's token limit.
+    stop: strings that end the turn; the tokens that complete one are kept in the output.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """n continuations of the prefix `prefix_ids` (the full context so far, prompt included)."""
+
+    prefix_ids: tuple[int, ...]
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.prefix_ids:
+            raise ValueError("a generation request needs a non-empty prefix")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled turn.
+
+    token_ids: generated ids, the stop string's tokens included.
+    logprobs: log-probability of each generated id under the model at temperature 1, same length.
+    finish_reason: "stop" (a stop string), "eos" (end-of-sequence token) or "length" (token limit).
+    stop: the stop string that ended the turn, when finish_reason is "stop".
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: FinishReason
+    stop: str | None = None
+
+
+@dataclass
+class BackendStats:
+    """Counters a backend accumulates; read them to report throughput and cache reuse."""
+
+    requests: int = 0
+    sequences: int = 0
+    prefill_tokens: int = 0  # prefix tokens actually run through the model
+    reused_tokens: int = 0  # prefix tokens whose keys/values came from the cache
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class GenerationBackend(Protocol):
+    """What every backend offers. `generate` returns, per request, its n completions in order."""
+
+    stats: BackendStats
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[Completion]]: ...
+
+    def reset_cache(self) -> None:
+        """Forget cached prefix states (call after the weights change)."""
+        ...
+
+
+BACKENDS: Registry[type] = Registry("generation backend")

@@ -1,0 +1,415 @@
+"""Turn generation with a Hugging Face causal LM, reusing prefix keys/values across siblings and turns.
+
+Computes, for each request (a prefix of token ids and a count n), n sampled continuations of one
+turn with their per-token log-probabilities, in one padded batch over all requests:
+
+1. Prefix reuse across turns. After a turn, the keys/values of `prefix + turn[:-1]` are kept in an
+   LRU `PrefixKVCache` keyed by the exact token ids. The next turn's prefix (that plus the last
+   turn token plus the observation) finds it and only its new suffix is run through the model.
+   Without this, every turn would re-encode the whole context, which dominated generation time on
+   CPU (a turn writes a few tokens against a context many times longer).
+2. Siblings share their prefix. The prefix of a request is encoded once, in one batch row; its
+   keys/values are then repeated n times and the n siblings decode side by side.
+3. Rows of different lengths share one batch. Cached states and new suffixes are left-padded
+   separately, so a row reads `[pad][cached][pad][suffix][generated...]`; a 4-D additive attention
+   mask hides the pads (a pad query attends to itself only, so no softmax row is empty) and
+   explicit position ids keep the rotary positions of every real token exact.
+
+Log-probabilities are those of the model's own distribution (temperature 1, no top-p), which is
+what the policy-gradient loss needs; the sampling transform only decides which token is drawn.
+
+Deviations: models with sliding-window or recurrent layers are refused (their caches cannot be
+padded this way); they can run through the vLLM backend instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from trace_core.batching import at_least_fp32
+from trace_core.generation import (
+    BACKENDS,
+    BackendStats,
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+)
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (heads, seq, head_dim)
+
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, hence invertible modulo 2**64
+_HASH_BASE_INV = np.uint64(pow(int(_HASH_BASE), -1, 2**64))
+
+
+def prefix_hashes(ids: Sequence[int]) -> np.ndarray:
+    """Polynomial hash of every prefix: out[i] = sum_{j<=i} (ids[j]+1) * B^(i-j) mod 2**64.
+
+    Vectorised as B^i * cumsum((ids[j]+1) * B^-j); uint64 arithmetic wraps, which is the modulus.
+    """
+    n = len(ids)
+    x = np.asarray(ids, dtype=np.uint64) + np.uint64(1)
+    with np.errstate(over="ignore"):
+        inv_pows = np.cumprod(np.concatenate([[np.uint64(1)], np.full(n - 1, _HASH_BASE_INV)]))
+        pows = np.cumprod(np.concatenate([[np.uint64(1)], np.full(n - 1, _HASH_BASE)]))
+        return pows * np.cumsum(x * inv_pows)
+
+
+@dataclass
+class _Entry:
+    ids: tuple[int, ...]
+    kv: KV
+    nbytes: int
+
+
+class PrefixKVCache:
+    """LRU map from an exact token-id prefix to the keys/values of one sequence.
+
+    `lookup` returns the longest cached prefix of the given ids; hashes narrow the candidates and
+    the stored ids confirm a hit, so a hash collision can never return another sequence's state.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._length_counts: dict[int, int] = {}
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._length_counts.clear()
+        self.nbytes = 0
+
+    def lookup(self, ids: Sequence[int], max_len: int) -> tuple[int, KV | None]:
+        """Longest cached prefix of `ids` no longer than `max_len`: (its length, its states)."""
+        if not self._entries or max_len <= 0:
+            return 0, None
+        hashes = prefix_hashes(ids[:max_len])
+        for length in sorted((n for n in self._length_counts if n <= max_len), reverse=True):
+            key = (length, int(hashes[length - 1]))
+            entry = self._entries.get(key)
+            if entry is not None and entry.ids == tuple(ids[:length]):
+                self._entries.move_to_end(key)
+                return length, entry.kv
+        return 0, None
+
+    def put(self, ids: tuple[int, ...], kv: KV) -> None:
+        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        if nbytes > self.capacity_bytes or not ids:
+            return
+        key = (len(ids), int(prefix_hashes(ids)[-1]))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
+        self._entries[key] = _Entry(ids, kv, nbytes)
+        self._length_counts[len(ids)] = self._length_counts.get(len(ids), 0) + 1
+        self.nbytes += nbytes
+        while self.nbytes > self.capacity_bytes:
+            (length, _), old = self._entries.popitem(last=False)
+            self.nbytes -= old.nbytes
+            self._length_counts[length] -= 1
+            if self._length_counts[length] == 0:
+                del self._length_counts[length]
+
+
+@dataclass
+class _Row:
+    """One prefill row: a prefix, the part of it already cached, and how many siblings it feeds."""
+
+    request: int
+    prefix: tuple[int, ...]
+    cached_len: int
+    cached_kv: KV | None
+    copies: int
+
+
+def _token_texts(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[str]:
+    return tokenizer.batch_decode([[i] for i in range(vocab_size)])
+
+
+@BACKENDS.register("transformers")
+class TransformersBackend:
+    """Generation backend over a transformers (optionally peft-wrapped) causal LM.
+
+    model: the policy; generation runs under `torch.inference_mode()` in eval mode and restores the
+        model's training flag afterwards, so the trainer can share the same object.
+    share_prefix: encode a request's prefix once for its n siblings (False encodes it n times; kept
+        for measuring what sharing saves).
+    reuse_kv: keep prefix states across calls (see `PrefixKVCache`); call `reset_cache` whenever the
+        weights change, or the cached states would belong to the old policy.
+    max_batch_sequences: most sequences decoded side by side; larger requests lists are chunked.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        seed: int = 0,
+        share_prefix: bool = True,
+        reuse_kv: bool = True,
+        kv_cache_bytes: int = 512 * 2**20,
+        max_batch_sequences: int = 256,
+    ) -> None:
+        config = model.config.get_text_config(decoder=True)
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"} or getattr(config, "use_sliding_window", False):
+            raise ValueError(
+                f"the transformers backend supports full-attention models only; "
+                f"{type(model).__name__} has layer types {sorted(layer_types)}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.share_prefix = share_prefix
+        self.reuse_kv = reuse_kv
+        self.max_batch_sequences = max_batch_sequences
+        self.cache = PrefixKVCache(kv_cache_bytes)
+        self.stats = BackendStats()
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._token_text: list[str] | None = None
+
+    def reset_cache(self) -> None:
+        self.cache.clear()
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
+        start = time.perf_counter()
+        results: list[list[Completion]] = [[] for _ in requests]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for chunk in self._chunks(requests):
+                    self._generate_chunk(requests, chunk, params, results)
+        finally:
+            self.model.train(was_training)
+        self.stats.requests += len(requests)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+    # -- batching ---------------------------------------------------------------------------------
+
+    def _chunks(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        chunks: list[list[int]] = [[]]
+        size = 0
+        for i, req in enumerate(requests):
+            if chunks[-1] and size + req.n > self.max_batch_sequences:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(i)
+            size += req.n
+        return [c for c in chunks if c]
+
+    def _rows(self, requests: Sequence[GenerationRequest], chunk: list[int]) -> list[_Row]:
+        rows: list[_Row] = []
+        for i in chunk:
+            prefix = requests[i].prefix_ids
+            # at least the last prefix token must run through the model to give next-token logits
+            cached_len, kv = self.cache.lookup(prefix, len(prefix) - 1) if self.reuse_kv else (0, None)
+            copies = [requests[i].n] if self.share_prefix else [1] * requests[i].n
+            rows.extend(_Row(i, prefix, cached_len, kv, c) for c in copies)
+        return rows
+
+    def _prefill(self, rows: list[_Row]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run every row's uncached suffix; returns (cache, last logits, valid mask, lengths).
+
+        valid: (rows, cached_max + suffix_max) bool, True where the column holds a real token.
+        """
+        dev = self.device
+        n_rows = len(rows)
+        l_max = max(r.cached_len for r in rows)
+        suffixes = [r.prefix[r.cached_len :] for r in rows]
+        s_max = max(len(s) for s in suffixes)
+        input_ids = torch.full((n_rows, s_max), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((n_rows, s_max), dtype=torch.long)
+        valid = torch.zeros((n_rows, l_max + s_max), dtype=torch.bool)
+        for b, (row, suffix) in enumerate(zip(rows, suffixes, strict=True)):
+            s = len(suffix)
+            input_ids[b, s_max - s :] = torch.tensor(suffix, dtype=torch.long)
+            positions[b, s_max - s :] = torch.arange(row.cached_len, row.cached_len + s)
+            valid[b, l_max - row.cached_len : l_max] = True
+            valid[b, l_max + s_max - s :] = True
+        cache = DynamicCache(config=self.model.config)
+        if l_max > 0:
+            cache = DynamicCache(ddp_cache_data=self._stack_cached(rows, l_max), config=self.model.config)
+        q = torch.arange(s_max)[:, None]
+        k = torch.arange(l_max + s_max)[None, :]
+        allowed = valid[:, None, :] & (k <= l_max + q)[None]
+        allowed |= (k == l_max + q)[None]  # a pad query sees itself, so no attention row is empty
+        valid, input_ids, positions = valid.to(dev), input_ids.to(dev), positions.to(dev)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=self._additive(allowed.to(dev)[:, None]),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        lengths = torch.tensor([len(r.prefix) for r in rows], device=dev)
+        self.stats.prefill_tokens += sum(len(s) for s in suffixes)
+        self.stats.reused_tokens += sum(r.cached_len for r in rows)
+        return out.past_key_values, out.logits[:, -1, :], valid, lengths
+
+    def _stack_cached(self, rows: list[_Row], l_max: int) -> KV:
+        """Left-pad each row's cached states to l_max: per layer (rows, heads, l_max, head_dim)."""
+        template = next(r.cached_kv for r in rows if r.cached_kv is not None)
+        stacked = []
+        for layer, (k0, v0) in enumerate(template):
+            keys = k0.new_zeros((len(rows), k0.shape[0], l_max, k0.shape[2]))
+            values = v0.new_zeros((len(rows), v0.shape[0], l_max, v0.shape[2]))
+            for b, row in enumerate(rows):
+                if row.cached_kv is not None:
+                    keys[b, :, l_max - row.cached_len :] = row.cached_kv[layer][0]
+                    values[b, :, l_max - row.cached_len :] = row.cached_kv[layer][1]
+            stacked.append((keys, values))
+        return stacked
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        dtype = self.model.dtype
+        zero = torch.zeros((), dtype=dtype, device=allowed.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def _generate_chunk(
+        self,
+        requests: Sequence[GenerationRequest],
+        chunk: list[int],
+        params: SamplingParams,
+        results: list[list[Completion]],
+    ) -> None:
+        rows = self._rows(requests, chunk)
+        cache, logits, valid, lengths = self._prefill(rows)
+        expand = torch.repeat_interleave(
+            torch.arange(len(rows), device=self.device),
+            torch.tensor([r.copies for r in rows], device=self.device),
+        )
+        cache.reorder_cache(cast(torch.LongTensor, expand))
+        logits, valid, lengths = logits[expand], valid[expand], lengths[expand]
+        owners = [rows[i].request for i in expand.tolist()]
+        prefixes = [rows[i].prefix for i in expand.tolist()]
+        slots = _sibling_slots(owners)
+        slotted: dict[int, list[Completion | None]] = {i: [None] * requests[i].n for i in chunk}
+        tokens: list[list[int]] = [[] for _ in owners]
+        logps: list[list[float]] = [[] for _ in owners]
+        max_pos = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+        for step in range(params.max_new_tokens):
+            next_ids, next_logps = self._sample(logits, params)
+            finished: list[tuple[int, FinishReason, str | None]] = []
+            for b, (tok, lp) in enumerate(zip(next_ids.tolist(), next_logps.tolist(), strict=True)):
+                tokens[b].append(tok)
+                logps[b].append(lp)
+                reason, stop = self._finish(tokens[b], params)
+                at_limit = step == params.max_new_tokens - 1
+                if reason is None and (at_limit or (max_pos and len(prefixes[b]) + len(tokens[b]) >= max_pos)):
+                    reason = "length"
+                if reason is not None:
+                    finished.append((b, reason, stop))
+            for b, reason, stop in finished:
+                slotted[owners[b]][slots[b]] = Completion(tuple(tokens[b]), tuple(logps[b]), reason, stop)
+                self.stats.generated_tokens += len(tokens[b])
+                self.stats.sequences += 1
+                if self.reuse_kv:
+                    self._remember(cache, valid, b, prefixes[b] + tuple(tokens[b][:-1]))
+            if len(finished) == len(owners):
+                break
+            if finished:
+                done = {b for b, _, _ in finished}
+                keep_list = [b for b in range(len(owners)) if b not in done]
+                keep = torch.tensor(keep_list, device=self.device)
+                cache.reorder_cache(cast(torch.LongTensor, keep))
+                valid, lengths, next_ids = valid[keep], lengths[keep], next_ids[keep]
+                owners = [owners[b] for b in keep_list]
+                slots = [slots[b] for b in keep_list]
+                prefixes = [prefixes[b] for b in keep_list]
+                tokens = [tokens[b] for b in keep_list]
+                logps = [logps[b] for b in keep_list]
+            valid = torch.cat([valid, valid.new_ones((valid.shape[0], 1))], dim=1)
+            out = self.model(
+                input_ids=next_ids[:, None],
+                attention_mask=self._additive(valid[:, None, None, :]),
+                position_ids=lengths[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            lengths = lengths + 1
+            logits = out.logits[:, -1, :]
+        for i in chunk:
+            results[i] = [c for c in slotted[i] if c is not None]
+
+    def _sample(self, logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw one token per row; returns (ids, their log-probs at temperature 1), each (rows,)."""
+        logits = at_least_fp32(logits)
+        logp = torch.log_softmax(logits, dim=-1)
+        if params.temperature == 0:
+            ids = torch.argmax(logits, dim=-1)
+        else:
+            probs = torch.softmax(logits / params.temperature, dim=-1)
+            if params.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+                outside = torch.cumsum(sorted_p, dim=-1) - sorted_p > params.top_p
+                sorted_p = sorted_p.masked_fill(outside, 0.0)
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            ids = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+
+    def _finish(self, tokens: list[int], params: SamplingParams) -> tuple[FinishReason | None, str | None]:
+        last = tokens[-1]
+        if last in self.eos_ids:
+            return "eos", None
+        if params.stop:
+            if self._token_text is None:
+                self._token_text = _token_texts(self.tokenizer, len(self.tokenizer))
+            enders = {s[-1] for s in params.stop}
+            if last < len(self._token_text) and any(c in self._token_text[last] for c in enders):
+                window = max(len(s) for s in params.stop) * 2
+                tail = self.tokenizer.decode(tokens[-window:])
+                for stop in params.stop:
+                    if stop in tail:
+                        return "stop", stop
+        return None, None
+
+    def _remember(self, cache: DynamicCache, valid: torch.Tensor, row: int, ids: tuple[int, ...]) -> None:
+        cols = valid[row].nonzero().squeeze(-1)
+        kv = []
+        for layer in cache.layers:  # full-attention layers only (checked in __init__)
+            keys: torch.Tensor = layer.keys  # type: ignore[union-attr,assignment]
+            values: torch.Tensor = layer.values  # type: ignore[union-attr,assignment]
+            kv.append((keys[row].index_select(1, cols).clone(), values[row].index_select(1, cols).clone()))
+        if kv[0][0].shape[1] != len(ids):
+            raise AssertionError(f"cached {kv[0][0].shape[1]} positions for {len(ids)} tokens")
+        self.cache.put(ids, kv)
+
+
+def _sibling_slots(owners: list[int]) -> list[int]:
+    """Index of each expanded row among the rows of the same request, in order."""
+    seen: dict[int, int] = {}
+    slots = []
+    for owner in owners:
+        slots.append(seen.get(owner, 0))
+        seen[owner] = slots[-1] + 1
+    return slots
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids

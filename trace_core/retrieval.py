@@ -1,0 +1,137 @@
+"""The agent's search tool: top-k passages for a batch of queries, and their observation text.
+
+Two retrievers, registered by name in `RETRIEVERS`:
+- `bm25`: a local BM25 index over the corpus (the bm25s library; Lucene scoring, English stopwords).
+- `http`: a client of a Search-R1-style retrieval server: `POST {url}` with
+  `{"queries": [...], "topk": k, "return_scores": true}`, answered by
+  `{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}`.
+
+`format_passages` writes the results the way Search-R1 shows them to the policy:
+`Doc 1(Title: ...) text`, one line per passage.
+
+Deviations: none.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import bm25s
+
+from trace_core.data import CorpusDoc
+from trace_core.registry import Registry
+
+
+@dataclass(frozen=True)
+class Passage:
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+class Retriever(Protocol):
+    def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]: ...
+
+
+class RetrieverError(RuntimeError):
+    """The search tool could not answer (server down, bad reply); the message says which and why."""
+
+
+RETRIEVERS: Registry[type] = Registry("retriever")
+
+
+def format_passages(passages: Sequence[Passage]) -> str:
+    if not passages:
+        return "No results."
+    return "\n".join(f"Doc {i}(Title: {p.title}) {p.text}" for i, p in enumerate(passages, start=1))
+
+
+def _passage(doc: CorpusDoc, score: float) -> Passage:
+    return Passage(doc.id, doc.title, doc.text, float(score))
+
+
+@RETRIEVERS.register("bm25")
+class BM25Retriever:
+    """BM25 over a list of documents; `save`/`load` keep the index beside the data."""
+
+    def __init__(self, docs: Sequence[CorpusDoc], index: bm25s.BM25 | None = None) -> None:
+        self.docs = list(docs)
+        if index is None:
+            index = bm25s.BM25()
+            index.index(self._tokenize([d.contents for d in self.docs]), show_progress=False)
+        self.index = index
+
+    @staticmethod
+    def _tokenize(texts: list[str]) -> list[list[str]]:
+        return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)  # type: ignore[return-value]
+
+    def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
+        if not queries:
+            return []
+        k = min(topk, len(self.docs))
+        tokens = self._tokenize(list(queries))
+        known = self.index.vocab_dict
+        results: list[list[Passage]] = [[] for _ in queries]
+        # bm25s rejects a query none of whose words it indexed; such a query simply finds nothing
+        live = [i for i, t in enumerate(tokens) if any(w in known for w in t)]
+        if live:
+            ids, scores = self.index.retrieve(
+                [[w for w in tokens[i] if w in known] for i in live], k=k, show_progress=False, n_threads=1
+            )
+            for row, i in enumerate(live):
+                results[i] = [
+                    _passage(self.docs[int(d)], s) for d, s in zip(ids[row], scores[row], strict=True) if s > 0
+                ]
+        return results
+
+    def save(self, directory: str | Path) -> None:
+        self.index.save(str(directory), show_progress=False)
+
+    @classmethod
+    def load(cls, directory: str | Path, docs: Sequence[CorpusDoc]) -> BM25Retriever:
+        return cls(docs, bm25s.BM25.load(str(directory), show_progress=False))
+
+
+@RETRIEVERS.register("http")
+class HttpRetriever:
+    """Client of a Search-R1 retrieval server (e.g. `http://127.0.0.1:8000/retrieve`)."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+
+    def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
+        if not queries:
+            return []
+        body = json.dumps({"queries": list(queries), "topk": topk, "return_scores": True}).encode()
+        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+                payload = json.loads(reply.read())
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            raise RetrieverError(f"retrieval server {self.url} did not answer: {err}") from None
+        except json.JSONDecodeError:
+            raise RetrieverError(f"retrieval server {self.url} sent a reply that is not JSON") from None
+        return self._parse(payload, len(queries))
+
+    def _parse(self, payload: object, n_queries: int) -> list[list[Passage]]:
+        result = payload.get("result") if isinstance(payload, dict) else None
+        if not isinstance(result, list) or len(result) != n_queries:
+            raise RetrieverError(f"retrieval server {self.url}: expected 'result' with {n_queries} lists")
+        out = []
+        for hits in result:
+            passages = []
+            for hit in hits:
+                doc = hit.get("document", hit) if isinstance(hit, dict) else None
+                if not isinstance(doc, dict) or "contents" not in doc:
+                    raise RetrieverError(f"retrieval server {self.url}: a hit has no 'contents'")
+                passages.append(_passage(CorpusDoc(str(doc.get("id", "")), doc["contents"]), hit.get("score", 0.0)))
+            out.append(passages)
+        return out

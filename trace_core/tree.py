@@ -1,0 +1,148 @@
+"""Rollout trees: one node per ReAct turn, the prompt at the root, siblings sharing their prefix.
+
+A node holds the tokens the policy generated in its turn (`model_ids`, with their log-probs) and
+the tokens the environment appended after it (`observation_ids`); the root holds the prompt as its
+observation and no model tokens. The context a node's children continue from is the concatenation
+of (model_ids + observation_ids) along the path from the root, so a branch starts from exactly the
+token ids of its prefix and is never re-tokenised.
+
+Backup (`backup`): a terminal node's value is its reward; any other node's value is the success
+rate over all leaves below it, i.e. the leaf-count-weighted mean of its children's values
+(METHOD.md, "Targets"). The leaf count is kept as the node's weight for the predictor.
+
+Deviations: none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from trace_core.data import QARecord
+
+Origin = Literal["root", "stage1", "stage2"]
+
+
+@dataclass(frozen=True)
+class RolloutNode:
+    """One turn of a rollout (or the prompt, at depth 0).
+
+    model_ids / model_logprobs: the policy's tokens for the turn and their log-probs at sampling time.
+    observation_ids: tokens appended by the environment after the turn (the prompt, at the root).
+    action / argument: "search" with its query, "answer" with the answer, "invalid", or "prompt".
+    finish_reason: why the turn's generation stopped ("stop", "eos", "length"; "" at the root).
+    origin: "root", "stage1" (a bare rollout from the prompt) or "stage2" (a continuation from an
+        anchor prefix).
+    predicted: the predictor's success estimate for this node's prefix when allocation was decided.
+    target / leaf_count: after `backup`, the success rate over the leaves below and their number.
+    """
+
+    node_id: int
+    parent_id: int | None
+    depth: int
+    model_ids: tuple[int, ...]
+    model_logprobs: tuple[float, ...]
+    observation_ids: tuple[int, ...]
+    text: str
+    observation: str
+    action: str
+    argument: str
+    finish_reason: str
+    terminal: bool
+    reward: float | None
+    origin: Origin
+    predicted: float | None = None
+    target: float | None = None
+    leaf_count: int = 0
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.model_ids)
+
+
+class RolloutTree:
+    """The nodes grown from one prompt, indexed by `node_id` (their position in `nodes`)."""
+
+    def __init__(self, record: QARecord, prompt_ids: tuple[int, ...], prompt_text: str = "") -> None:
+        self.record = record
+        root = RolloutNode(
+            node_id=0, parent_id=None, depth=0, model_ids=(), model_logprobs=(),
+            observation_ids=prompt_ids, text="", observation=prompt_text, action="prompt",
+            argument="", finish_reason="", terminal=False, reward=None, origin="root",
+        )  # fmt: skip
+        self.nodes: list[RolloutNode] = [root]
+        self._children: dict[int, list[int]] = {0: []}
+
+    @property
+    def root(self) -> RolloutNode:
+        return self.nodes[0]
+
+    def add(self, node: RolloutNode) -> RolloutNode:
+        """Append a child; its node_id is assigned here (the given one is ignored)."""
+        parent = node.parent_id
+        if parent is None or parent not in self._children:
+            raise KeyError(f"parent {parent} is not in the tree")
+        node = replace(node, node_id=len(self.nodes), depth=self.nodes[parent].depth + 1)
+        self.nodes.append(node)
+        self._children[parent].append(node.node_id)
+        self._children[node.node_id] = []
+        return node
+
+    def set(self, node: RolloutNode) -> None:
+        """Replace a node by an updated copy with the same id."""
+        self.nodes[node.node_id] = node
+
+    def children(self, node_id: int) -> list[RolloutNode]:
+        return [self.nodes[c] for c in self._children[node_id]]
+
+    def path(self, node_id: int) -> list[RolloutNode]:
+        """Nodes from the root down to `node_id`, both included."""
+        out = []
+        current: int | None = node_id
+        while current is not None:
+            out.append(self.nodes[current])
+            current = self.nodes[current].parent_id
+        return out[::-1]
+
+    def context_ids(self, node_id: int) -> tuple[int, ...]:
+        """Token ids a continuation from `node_id` is conditioned on (prompt included)."""
+        ids: list[int] = []
+        for node in self.path(node_id):
+            ids.extend(node.model_ids)
+            ids.extend(node.observation_ids)
+        return tuple(ids)
+
+    def leaves(self) -> list[RolloutNode]:
+        return [n for n in self.nodes if n.terminal]
+
+    def __iter__(self) -> Iterator[RolloutNode]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def is_mixed(self) -> bool:
+        """True when the tree's leaves hold both a success and a failure."""
+        rewards = {n.reward for n in self.leaves()}
+        return any(r is not None and r > 0 for r in rewards) and any(r is not None and r <= 0 for r in rewards)
+
+
+def backup(tree: RolloutTree) -> None:
+    """Fill `target` and `leaf_count` of every node from the rewards of the leaves below it.
+
+    Children are always appended after their parent, so one reverse pass over the nodes sees every
+    child before its parent. A node with no terminal leaf below it keeps target None.
+    """
+    sums = [0.0] * len(tree.nodes)
+    counts = [0] * len(tree.nodes)
+    for node in reversed(tree.nodes):
+        if node.terminal:
+            sums[node.node_id] += node.reward or 0.0
+            counts[node.node_id] += 1
+        if node.parent_id is not None:
+            sums[node.parent_id] += sums[node.node_id]
+            counts[node.parent_id] += counts[node.node_id]
+    for node in tree.nodes:
+        n = counts[node.node_id]
+        tree.set(replace(node, target=sums[node.node_id] / n if n else None, leaf_count=n))

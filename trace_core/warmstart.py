@@ -1,0 +1,192 @@
+"""Supervised warm start of the default policy on expert trajectories, stopped inside a success band.
+
+Expert trajectories come from each training question's known reasoning chain: one
+`<think> ... </think>\\n<search> entity </search>` turn per hop, the think text restating the fact
+the previous observation gave, then `<answer> ... </answer>`. The observations are produced by the
+real environment and retriever, so the policy learns from the same kind of context it will see.
+The loss is token-level cross-entropy on the expert's turn tokens only; prompt and observation
+tokens are masked (Search-R1 found training on retrieved text costs accuracy).
+
+RL needs a policy that is useful but imperfect: at temperature 1, questions should be sometimes
+solved, not always or never. That window is narrow (under a minute of CPU training in our probe),
+so the stopping point is chosen by measurement, not by a step count: every `eval_every` steps the
+policy's sampled success on held-aside training questions is measured, and training stops at the
+first checkpoint inside `success_band`. If a step overshoots the band, the checkpoint closest to
+the band's centre is restored.
+
+Deviations: none (the paper starts from pretrained instruct models; the embedded default has none).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from trace_core.agent import SearchEnv
+from trace_core.batching import pad_right, token_logprobs
+from trace_core.data import QARecord
+from trace_core.evaluation import evaluate_policy
+from trace_core.generation import GenerationBackend
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """batch_size: trajectories per step; learning_rate: AdamW peak rate after `warmup_steps`;
+    max_steps / max_seconds: hard limits; eval_every: steps between success measurements on
+    `eval_questions` questions x `eval_samples` samples at temperature 1; success_band: the
+    (low, high) sampled success at which to stop."""
+
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    max_steps: int = 3000
+    max_seconds: float = 600.0
+    eval_every: int = 40
+    eval_questions: int = 48
+    eval_samples: int = 2
+    success_band: tuple[float, float] = (0.35, 0.55)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.success_band
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"success_band must satisfy 0 <= low < high <= 1, got {self.success_band}")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A full token sequence; loss_mask is 1 on the policy's (expert's) turn tokens, 0 elsewhere."""
+
+    input_ids: tuple[int, ...]
+    loss_mask: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    seconds: float
+    loss: float
+    success: float
+
+
+@dataclass
+class WarmStartReport:
+    chosen: Checkpoint
+    history: list[Checkpoint] = field(default_factory=list)
+    trajectories: int = 0
+    seconds: float = 0.0
+
+
+def expert_turns(record: QARecord) -> list[str]:
+    """The expert's turn texts for a question with a known chain (one search per hop, then answer)."""
+    if not record.chain:
+        raise ValueError(f"question {record.id} has no reasoning chain to imitate")
+    turns = [f"<think> I need to look up {record.chain[0].query}. </think>\n<search> {record.chain[0].query} </search>"]
+    for prev, step in zip(record.chain, record.chain[1:], strict=False):
+        turns.append(f"<think> {prev.fact} </think>\n<search> {step.query} </search>")
+    turns.append(f"<think> {record.chain[-1].fact} </think>\n<answer> {record.chain[-1].answer} </answer>")
+    return turns
+
+
+def expert_trajectories(records: Sequence[QARecord], env: SearchEnv) -> list[Trajectory]:
+    """Play the expert's turns through the environment; questions needing more turns are skipped."""
+    usable = [r for r in records if r.chain and len(r.chain) + 1 <= env.config.max_turns]
+    plans = [expert_turns(r) for r in usable]
+    seqs = [list(env.prompt_ids(r)) for r in usable]
+    masks = [[0] * len(s) for s in seqs]
+    for depth in range(1, max((len(p) for p in plans), default=0) + 1):
+        live = [i for i, p in enumerate(plans) if len(p) >= depth]
+        texts = [plans[i][depth - 1] for i in live]
+        steps = env.step([usable[i] for i in live], texts, [depth] * len(live), ["stop"] * len(live))
+        for i, text, step in zip(live, texts, steps, strict=True):
+            turn = env.encode(text)
+            seqs[i] += [*turn, *step.observation_ids]
+            masks[i] += [1] * len(turn) + [0] * len(step.observation_ids)
+    return [Trajectory(tuple(s), tuple(m)) for s, m in zip(seqs, masks, strict=True)]
+
+
+def sft_loss(model: PreTrainedModel, batch: Sequence[Trajectory], pad_id: int) -> torch.Tensor:
+    """Mean negative log-likelihood over the loss-masked tokens of the batch."""
+    ids = pad_right([t.input_ids for t in batch], pad_id)
+    attention = pad_right([[1] * len(t.input_ids) for t in batch], 0)
+    mask = pad_right([t.loss_mask for t in batch], 0, torch.float32)[:, 1:]
+    device = next(model.parameters()).device
+    logp = token_logprobs(model, ids.to(device), attention.to(device))
+    mask = mask.to(logp.device)
+    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _length_buckets(data: Sequence[Trajectory], batch_size: int) -> list[list[Trajectory]]:
+    """Batches of trajectories of similar length, so little of each batch is padding."""
+    ranked = sorted(data, key=lambda t: len(t.input_ids))
+    return [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+
+
+def _distance_to_band(success: float, band: tuple[float, float]) -> float:
+    return abs(success - (band[0] + band[1]) / 2)
+
+
+def warm_start(
+    model: PreTrainedModel,
+    backend: GenerationBackend,
+    env: SearchEnv,
+    train: Sequence[QARecord],
+    probe: Sequence[QARecord],
+    config: WarmStartConfig,
+    log: Callable[[Checkpoint], None] | None = None,
+) -> WarmStartReport:
+    """Fine-tune `model` in place on expert trajectories of `train` until its sampled success on
+    `probe` enters the band; the chosen weights are left in `model`."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    order_rng = torch.Generator().manual_seed(config.seed)
+    data = expert_trajectories(train, env)
+    if not data:
+        raise ValueError("no training question has a chain short enough for max_turns")
+    pad_id = env.tokenizer.pad_token_id or 0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    history: list[Checkpoint] = []
+    best: tuple[Checkpoint, dict[str, torch.Tensor]] | None = None
+    batches = _length_buckets(data, config.batch_size)
+    order: list[int] = []
+    losses: list[float] = []
+    model.train()
+    for step in range(1, config.max_steps + 1):
+        if not order:
+            order = torch.randperm(len(batches), generator=order_rng).tolist()
+        loss = sft_loss(model, batches[order.pop()], pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        out_of_time = time.perf_counter() - start > config.max_seconds
+        if step % config.eval_every and step != config.max_steps and not out_of_time:
+            continue
+        backend.reset_cache()
+        report = evaluate_policy(probe, backend, env, n=config.eval_samples, temperature=1.0)
+        point = Checkpoint(step, time.perf_counter() - start, sum(losses) / len(losses), report.em)
+        losses = []
+        history.append(point)
+        if best is None or _distance_to_band(point.success, config.success_band) < _distance_to_band(
+            best[0].success, config.success_band
+        ):
+            best = (point, copy.deepcopy(model.state_dict()))
+        if log is not None:
+            log(point)
+        lo, hi = config.success_band
+        if lo <= point.success <= hi or point.success > hi or out_of_time:
+            break
+    assert best is not None  # the last step always evaluates
+    chosen, weights = best
+    model.load_state_dict(weights)
+    backend.reset_cache()
+    model.eval()
+    return WarmStartReport(chosen, history, len(data), time.perf_counter() - start)
