@@ -34,15 +34,34 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.rollout_demo import run_rollout_batch
+    from flows.train import train
 
-    s = _settings(args)
-    summary = run_rollout_batch(s, _log)
+    overrides = list(args.set or [])
+    if args.allocator:
+        overrides.append(f"trace.allocator={args.allocator}")
+    s = load_settings(overrides)
+    start = time.perf_counter()
+    history = train(s, _log)
+    run_dir = s.run.output_dir / s.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    first, last = history[0], history[-1]
+    iterations = [row for row in history if row["iteration"] >= 0]
+    summary = {
+        "allocator": s.trace.allocator,
+        "iterations": len(iterations),
+        "dev EM before -> after": f"{first['eval/em']:.3f} -> {last['eval/em']:.3f}",
+        "dev F1 before -> after": f"{first['eval/f1']:.3f} -> {last['eval/f1']:.3f}",
+        "mean effective ratio": f"{sum(r['rollout/effective_ratio'] for r in iterations) / len(iterations):.3f}",
+        "leaves per iteration": f"{s.trace.budget}",
+        "predictor AUC on dev (held out)": f"{last.get('predictor/dev_auc', float('nan')):.3f}",
+        "wall time": f"{time.perf_counter() - start:.0f}s",
+        "metrics": str(run_dir / "metrics.jsonl"),
+    }
     print()
     width = max(len(k) for k in summary)
     for key, value in summary.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        print(f"  {key:<{width}}  {shown}")
+        print(f"  {key:<{width}}  {value}")
     return 0
 
 
@@ -71,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
         p.set_defaults(func=func)
+        if name == "run":
+            p.add_argument("--allocator", help="shorthand for --set trace.allocator=NAME")
         if name == "settings":
             p.add_argument("--defaults", action="store_true", help="print the defaults as a settings.toml")
     return parser

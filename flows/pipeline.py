@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 import trace_core.hf_backend  # noqa: F401  (registers the 'transformers' backend)
 from flows.settings import Settings
@@ -55,7 +56,7 @@ class Runtime:
     data: TaskData
     env: SearchEnv
     backend: GenerationBackend
-    model: torch.nn.Module
+    model: PreTrainedModel
     model_dir: Path
 
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,7 +24,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+import trace_core.hf_backend  # noqa: F401  (registers the 'transformers' backend)
+from trace_core.advantages import ADVANTAGES
 from trace_core.agent import DEFAULT_INSTRUCTION
+from trace_core.allocators import ALLOCATORS
+from trace_core.generation import BACKENDS
+from trace_core.retrieval import RETRIEVERS
 
 SETTINGS_FILE_ENV = "TRACE_SETTINGS_FILE"
 
@@ -72,6 +77,13 @@ class TaskSection(Section):
 
 class RetrieverSection(Section):
     name: str = Field("bm25", description="Search tool: 'bm25' (local index) or 'http' (retrieval server).")
+
+    @field_validator("name")
+    @classmethod
+    def _known_retriever(cls, name: str) -> str:
+        RETRIEVERS.get(name)
+        return name
+
     topk: int = Field(2, ge=1, le=50, description="Passages returned per search.")
     url: str = Field("http://127.0.0.1:8000/retrieve", description="Retrieval server endpoint for 'http'.")
     timeout_s: float = Field(30.0, gt=0, description="Retrieval server timeout, seconds.")
@@ -131,14 +143,83 @@ class WarmStartSection(Section):
 
 class BackendSection(Section):
     name: str = Field("transformers", description="Generation backend registered by this name.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        BACKENDS.get(name)
+        return name
+
     kv_cache_mb: int = Field(512, ge=0, description="Memory for cached prefix keys/values, MiB.")
     max_batch_sequences: int = Field(256, ge=1, description="Sequences decoded side by side.")
     share_prefix: bool = Field(True, description="Encode a prefix once for all its siblings.")
 
 
-class RolloutSection(Section):
-    prompts: int = Field(32, ge=1, description="Prompts in the demonstration rollout batch of `trace-rl run`.")
-    n: int = Field(4, ge=1, description="Bare rollouts per prompt in that batch.")
+class TraceSection(Section):
+    allocator: str = Field(
+        "trace", description="Allocator: trace, uniform, dynamic_sampling, prompt_only, random_branch."
+    )
+    budget: int = Field(64, ge=2, description="M: leaves (finished trajectories) sampled per iteration.")
+    pool_size: int = Field(64, ge=1, description="Candidate prompts offered to Stage 1 per iteration.")
+    stage1_share: float = Field(0.5, gt=0, le=1, description="Share of M for bare rollouts (two-stage allocators).")
+    group_size: int = Field(4, ge=2, description="G: rollouts per prompt of the uniform-style groups.")
+    max_per_prompt: int = Field(8, ge=2, description="Cap on bare rollouts for one prompt (m_i).")
+    max_per_anchor: int = Field(4, ge=1, description="Cap on continuations from one anchor (k_j).")
+    advantage: str = Field("grpo", description="Advantage estimator: grpo or tree.")
+
+    @field_validator("allocator")
+    @classmethod
+    def _known_allocator(cls, name: str) -> str:
+        ALLOCATORS.get(name)  # an unknown name raises, listing the valid ones
+        return name
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_advantage(cls, name: str) -> str:
+        ADVANTAGES.get(name)
+        return name
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> TraceSection:
+        if self.pool_size * self.max_per_prompt < self.budget:
+            raise ValueError(
+                f"pool_size * max_per_prompt = {self.pool_size * self.max_per_prompt} "
+                f"cannot absorb budget {self.budget}"
+            )
+        if self.group_size > self.max_per_prompt:
+            raise ValueError("group_size must not exceed max_per_prompt")
+        return self
+
+
+class PredictorSection(Section):
+    prior: float = Field(0.5, gt=0, lt=1, description="Predicted success before the first fit (cold start).")
+    window: int = Field(8, ge=1, description="Iterations of node targets kept for refitting.")
+    hidden: int = Field(32, ge=1, description="Width of the predictor's hidden layer.")
+    epochs: int = Field(150, ge=1, description="Full-batch fitting steps per refit.")
+    learning_rate: float = Field(1e-2, gt=0, description="Predictor AdamW learning rate.")
+
+
+class PolicySection(Section):
+    learning_rate: float = Field(1e-3, gt=0, description="Policy AdamW learning rate.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range epsilon.")
+    kl_coef: float = Field(0.0, ge=0, description="beta: weight of the k3 KL to the reference policy (needs LoRA).")
+    minibatches: int = Field(2, ge=1, description="Optimizer steps per iteration.")
+    lora: bool = Field(True, description="Train a LoRA adapter (false: full fine-tuning).")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank r.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+
+    @model_validator(mode="after")
+    def _kl_needs_reference(self) -> PolicySection:
+        if self.kl_coef > 0 and not self.lora:
+            raise ValueError("kl_coef > 0 needs lora = true (the base weights are the reference policy)")
+        return self
+
+
+class TrainSection(Section):
+    iterations: int = Field(30, ge=1, description="Training iterations.")
+    eval_every: int = Field(10, ge=1, description="Iterations between dev evaluations (and after the last).")
+    eval_questions: int = Field(100, ge=1, description="Dev questions per evaluation.")
+    eval_samples: int = Field(4, ge=1, description="Samples per dev question (accuracy is avg@samples, temperature 1).")
 
 
 class Settings(BaseSettings):
@@ -153,7 +234,10 @@ class Settings(BaseSettings):
     model: ModelSection = ModelSection()
     warmstart: WarmStartSection = WarmStartSection()
     backend: BackendSection = BackendSection()
-    rollout: RolloutSection = RolloutSection()
+    trace: TraceSection = TraceSection()
+    predictor: PredictorSection = PredictorSection()
+    policy: PolicySection = PolicySection()
+    train: TrainSection = TrainSection()
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from trace_core.data import QARecord
 from trace_core.generation import GenerationBackend
 from trace_core.reward import f1_score
 from trace_core.rollout import rollout_batch
+from trace_core.tree import RolloutTree
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,11 @@ def evaluate_policy(
     n: int = 1,
     temperature: float | None = None,
 ) -> EvalReport:
-    trees = rollout_batch(records, n, backend, env, env.config.sampling(temperature))
+    return score_trees(rollout_batch(records, n, backend, env, env.config.sampling(temperature)), n)
+
+
+def score_trees(trees: Sequence[RolloutTree], n: int) -> EvalReport:
+    """EM, F1 and the per-question success spread of finished trees (n leaves each)."""
     ems: list[float] = []
     f1s: list[float] = []
     success: list[float] = []

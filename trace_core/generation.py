@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from trace_core.registry import Registry
 
@@ -100,7 +100,12 @@ class GenerationBackend(Protocol):
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[Completion]]: ...
 
     def reset_cache(self) -> None:
-        """Forget cached prefix states (call after the weights change)."""
+        """Forget cached prefix states."""
+        ...
+
+    def sync_weights(self, model: Any) -> None:
+        """Make every later generation sample from `model`'s current weights (call after each
+        policy update): the transformers backend adopts the object, others load its adapter."""
         ...
 
 

@@ -185,6 +185,11 @@ class TransformersBackend:
     def reset_cache(self) -> None:
         self.cache.clear()
 
+    def sync_weights(self, model: PreTrainedModel) -> None:
+        """Sample from `model` from now on; cached prefix states of the old weights are dropped."""
+        self.model = model
+        self.reset_cache()
+
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[list[Completion]]:
         start = time.perf_counter()
         results: list[list[Completion]] = [[] for _ in requests]

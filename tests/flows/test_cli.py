@@ -11,7 +11,8 @@ TINY = [
     "model.num_layers=2", "model.num_heads=2", "model.head_dim=32",
     "warmstart.max_steps=4", "warmstart.eval_every=2", "warmstart.eval_questions=8",
     "warmstart.batch_size=4", "warmstart.eval_samples=1",
-    "agent.max_tokens_per_turn=12", "rollout.prompts=4", "rollout.n=2",
+    "agent.max_tokens_per_turn=12", "trace.budget=8", "trace.pool_size=6", "trace.group_size=2",
+    "train.iterations=2", "train.eval_every=1", "train.eval_questions=4", "train.eval_samples=2",
 ]  # fmt: skip
 
 
@@ -25,16 +26,18 @@ def _args(*extra):
     return [item for s in [*TINY, *extra] for item in ("--set", s)]
 
 
-def test_run_builds_the_task_and_model_then_writes_a_rollout_batch(workdir, capsys):
+def test_run_builds_the_task_and_model_then_trains_and_logs_metrics(workdir, capsys):
     assert main(["run", *_args("run.name=smoke")]) == 0
     for path in ["data/synthetic/train.jsonl", "data/synthetic/corpus.jsonl", "data/synthetic/bm25/build.json",
                  "models/tiny-react/config.json", "models/tiny-react/tokenizer.json"]:  # fmt: skip
         assert (workdir / path).exists(), path
-    trees = [json.loads(line) for line in (workdir / "runs/smoke/rollouts.jsonl").read_text().splitlines()]
-    assert len(trees) == 4
-    assert all(sum(n["terminal"] for n in t["nodes"]) == 2 for t in trees)
+    rows = [json.loads(line) for line in (workdir / "runs/smoke/metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [-1, 0, 1]
+    assert all(r["rollout/leaves"] == 8 for r in rows[1:])
+    assert all(k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
+               for r in rows for k in r)  # fmt: skip
     out = capsys.readouterr().out
-    assert "warm start" in out and "success rate" in out
+    assert "warm start" in out and "dev EM before -> after" in out
 
     assert main(["run", *_args("run.name=smoke")]) == 0  # unchanged settings reuse what was built
     assert "warm start" not in capsys.readouterr().out

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from trace_core.allocators import ALLOCATORS, AllocatorConfig, Anchor, Stage2Input, make_allocator
+from trace_core.registry import UnknownNameError
+
+NAMES = ["dynamic_sampling", "prompt_only", "random_branch", "trace", "uniform"]
+
+
+def test_the_five_allocators_are_registered_and_an_unknown_name_lists_them():
+    assert ALLOCATORS.names() == NAMES
+    with pytest.raises(UnknownNameError, match="valid names: dynamic_sampling, prompt_only, random_branch"):
+        make_allocator("grpo")
+
+
+def _stage2(n_trees, rng, anchors_per_tree=2, unused=8):
+    anchors = tuple(
+        Anchor(t, j + 1, float(rng.random()), float(rng.integers(0, 2)))
+        for t in range(n_trees)
+        for j in range(anchors_per_tree)
+    )
+    roots = tuple(Anchor(t, 0, float(rng.random()), float(rng.integers(0, 2))) for t in range(n_trees))
+    return Stage2Input(anchors, roots, tuple(range(n_trees, n_trees + unused)), tuple(rng.random(unused)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("seed", range(6))
+def test_every_allocator_spends_exactly_the_budget_never_more(name, seed):
+    rng = np.random.default_rng(seed)
+    config = AllocatorConfig(budget=int(rng.integers(8, 80)), stage1_share=float(rng.choice([0.25, 0.5, 0.75])),
+                             group_size=int(rng.integers(2, 5)), max_per_prompt=8, max_per_anchor=3)  # fmt: skip
+    allocator = make_allocator(name)
+    pool = rng.random(64).tolist()
+    plan1 = allocator.roots(pool, config, rng)
+    assert plan1.leaves <= config.budget
+    assert all(m == 0 or m >= 2 for m in plan1.counts)
+    chosen = sum(m > 0 for m in plan1.counts)
+    plan2 = allocator.prefixes(_stage2(chosen, rng, unused=64 - chosen), config.budget - plan1.leaves, config, rng)
+    assert plan1.leaves + plan2.leaves == config.budget
+
+
+@pytest.mark.parametrize("anchors_per_tree", [0, 1])
+def test_stage2_falls_back_to_the_roots_when_anchors_cannot_absorb_the_budget(anchors_per_tree):
+    rng = np.random.default_rng(0)
+    config = AllocatorConfig(budget=40, stage1_share=0.25, max_per_anchor=2)
+    plan = make_allocator("trace").prefixes(_stage2(3, rng, anchors_per_tree), 30, config, rng)
+    assert plan.leaves == 30
+    assert any(a.node_id == 0 and k > 0 for a, k in zip(plan.anchors, plan.counts))
+
+
+def test_uniform_gives_g_rollouts_to_the_first_prompts_of_the_pool():
+    config = AllocatorConfig(budget=16, group_size=4)
+    plan = make_allocator("uniform").roots([0.5] * 10, config, np.random.default_rng(0))
+    assert plan.counts == (4, 4, 4, 4, 0, 0, 0, 0, 0, 0)
+
+
+def test_dynamic_sampling_refills_with_fresh_prompts_in_groups_of_g():
+    config = AllocatorConfig(budget=16, stage1_share=0.5, group_size=4)
+    ds = make_allocator("dynamic_sampling")
+    rng = np.random.default_rng(0)
+    plan1 = ds.roots([0.5] * 10, config, rng)
+    assert plan1.counts[:2] == (4, 4) and plan1.leaves == 8
+    plan2 = ds.prefixes(Stage2Input((), (), tuple(range(2, 10)), (0.5,) * 8), 8, config, rng)
+    assert plan2.new_roots == ((2, 4), (3, 4))
+
+
+def test_trace_spends_stage1_on_uncertain_prompts_and_skips_certain_ones():
+    config = AllocatorConfig(budget=16, stage1_share=0.5)
+    plan = make_allocator("trace").roots([0.0, 1.0, 0.5, 0.4, 0.99, 0.6], config, np.random.default_rng(0))
+    assert plan.counts[0] == plan.counts[1] == 0 and plan.leaves == 8

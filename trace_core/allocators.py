@@ -1,0 +1,250 @@
+"""Allocators: who gets the iteration's sampling budget, registered by name.
+
+Every allocator answers the same two questions with the same budget M (in leaves: each finished
+root-to-leaf trajectory costs 1, bare rollout or continuation alike):
+- Stage 1, `roots`: how many bare rollouts each prompt of the candidate pool gets;
+- Stage 2, `prefixes`: after the bare rollouts, where the rest of the budget goes, as k
+  continuations from anchor turns or as bare rollouts of prompts not yet used.
+Stage 1 spends at most its share (`stage1_share * M`) except where the allocator has no second
+stage; Stage 2 always spends exactly what is left, so every allocator spends M.
+
+- `uniform` (GRPO): the first M / G prompts of the pool get G rollouts each; no Stage 2.
+- `dynamic_sampling` (DAPO): G rollouts for each of the first prompts in Stage 1, then fresh
+  prompts with G rollouts each until the budget is spent; groups whose rewards are all equal carry
+  no advantage and so drop out of the update.
+- `prompt_only` (PCL/GPS-like): Stage 1 only, the whole budget by the exact root allocation with
+  the predictor's v.
+- `random_branch` (Tree-GRPO-like): uniform Stage 1 on its share, then continuations from anchors
+  drawn uniformly at random.
+- `trace`: exact root allocation with the predictor on Stage 1's share, then the greedy prefix
+  allocation over anchors with the predictor's p and each anchor's realised reward r.
+
+Deviations:
+1. When the anchors cannot absorb Stage 2's budget (every rollout answered at its first turn, say),
+   the rest goes to the roots of the Stage-1 trees as extra bare rollouts, valued with the same
+   formula using the group's common outcome (a mixed group gains nothing).
+2. DAPO resamples until a fixed number of mixed groups is collected; at a fixed leaf budget it
+   gets one refill round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from trace_core.allocation import agreement, allocate_prefixes, allocate_roots, prefix_value, root_value
+from trace_core.registry import Registry
+
+
+@dataclass(frozen=True)
+class AllocatorConfig:
+    """budget: leaves per iteration (M). stage1_share: fraction of M for bare rollouts where an
+    allocator has two stages. group_size: G, rollouts per prompt for the uniform-style stages.
+    max_per_prompt / max_per_anchor: caps on m_i and k_j."""
+
+    budget: int = 64
+    stage1_share: float = 0.5
+    group_size: int = 4
+    max_per_prompt: int = 8
+    max_per_anchor: int = 4
+
+    def __post_init__(self) -> None:
+        if self.budget < 2:
+            raise ValueError(f"the budget must cover two rollouts of one prompt, got {self.budget}")
+        if not 0 < self.stage1_share <= 1:
+            raise ValueError(f"stage1_share must be in (0, 1], got {self.stage1_share}")
+        if self.group_size < 2 or self.max_per_prompt < max(2, self.group_size):
+            raise ValueError("group_size must be >= 2 and max_per_prompt >= group_size")
+        if self.max_per_anchor < 1:
+            raise ValueError("max_per_anchor must be >= 1")
+
+    @property
+    def stage1_budget(self) -> int:
+        return max(2, round(self.budget * self.stage1_share))
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A node continuations may start from: tree index, node id, predicted success p of its
+    prefix, and r, the realised reward of the rollout(s) below it (all equal for a root anchor)."""
+
+    tree: int
+    node_id: int
+    p: float
+    r: float
+
+
+@dataclass(frozen=True)
+class RootPlan:
+    """Stage 1: bare rollouts per pool candidate, and the expected mixed groups they buy."""
+
+    counts: tuple[int, ...]
+    expected_mixed: float
+
+    @property
+    def leaves(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    """Stage 2: k continuations per anchor (`anchors[i]` gets `counts[i]`), bare rollouts for new
+    pool candidates (`new_roots`: candidate index -> m), and the expected mixed subtrees."""
+
+    anchors: tuple[Anchor, ...]
+    counts: tuple[int, ...]
+    new_roots: tuple[tuple[int, int], ...]
+    expected_mixed: float
+
+    @property
+    def leaves(self) -> int:
+        return sum(self.counts) + sum(m for _, m in self.new_roots)
+
+
+@dataclass(frozen=True)
+class Stage2Input:
+    """What Stage 2 may spend on: anchors (non-terminal turn boundaries of depth >= 1 in the bare
+    rollouts), the roots of the Stage-1 trees (fallback), and the pool candidates Stage 1 left
+    unused with their predicted success."""
+
+    anchors: tuple[Anchor, ...]
+    roots: tuple[Anchor, ...]
+    unused: tuple[int, ...]
+    unused_predicted: tuple[float, ...]
+
+
+class Allocator(Protocol):
+    uses_predictor: bool
+
+    def roots(self, predicted: Sequence[float], config: AllocatorConfig, rng: np.random.Generator) -> RootPlan: ...
+
+    def prefixes(
+        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
+    ) -> PrefixPlan: ...
+
+
+ALLOCATORS: Registry[type] = Registry("allocator")
+
+
+def make_allocator(name: str) -> Allocator:
+    return ALLOCATORS.get(name)()  # type: ignore[no-any-return]
+
+
+def _uniform_counts(n_pool: int, budget: int, group: int) -> list[int]:
+    """G each for the first prompts; a remainder below 2 joins the last chosen prompt."""
+    if n_pool * group < budget and n_pool * group > 0:
+        group = math.ceil(budget / n_pool)
+    counts = [0] * n_pool
+    spent, i = 0, 0
+    while budget - spent >= 2 and i < n_pool:
+        counts[i] = min(group, budget - spent)
+        spent += counts[i]
+        i += 1
+    if spent < budget:
+        counts[max(i - 1, 0)] += budget - spent
+    return counts
+
+
+def _expected_roots(predicted: Sequence[float], counts: Sequence[int]) -> float:
+    return sum(root_value(v, m) for v, m in zip(predicted, counts, strict=True))
+
+
+def _no_prefixes(stage2: Stage2Input, budget: int) -> PrefixPlan:
+    if budget:
+        raise ValueError(f"this allocator has no second stage but {budget} leaves were left for it")
+    return PrefixPlan((), (), (), 0.0)
+
+
+def _greedy_over_anchors(stage2: Stage2Input, budget: int, config: AllocatorConfig) -> PrefixPlan:
+    anchors = stage2.anchors
+    if len(anchors) * config.max_per_anchor >= budget:
+        q = [agreement(a.p, a.r) for a in anchors]
+        counts = allocate_prefixes(q, budget, config.max_per_anchor)
+    else:  # deviation 1: the roots take what the anchors cannot
+        anchors = anchors + stage2.roots
+        if not anchors:
+            raise ValueError("Stage 2 has budget left but no tree to continue")
+        counts = allocate_prefixes([agreement(a.p, a.r) for a in anchors], budget, None)
+    value = sum(prefix_value(a.p, a.r, k) for a, k in zip(anchors, counts, strict=True))
+    return PrefixPlan(anchors, counts, (), value)
+
+
+class _Stage1:
+    """Stage-1 behaviour shared by the allocators: uniform groups or the exact predicted split,
+    on the whole budget (single-stage allocators) or on Stage 1's share."""
+
+    uses_predictor = False
+    single_stage = False
+
+    def _budget(self, config: AllocatorConfig) -> int:
+        return config.budget if self.single_stage else config.stage1_budget
+
+    def roots(self, predicted: Sequence[float], config: AllocatorConfig, rng: np.random.Generator) -> RootPlan:
+        if self.uses_predictor:
+            counts: Sequence[int] = allocate_roots(predicted, self._budget(config), config.max_per_prompt)
+        else:
+            counts = _uniform_counts(len(predicted), self._budget(config), config.group_size)
+        return RootPlan(tuple(counts), _expected_roots(predicted, counts))
+
+    def prefixes(
+        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
+    ) -> PrefixPlan:
+        return _no_prefixes(stage2, budget)
+
+
+@ALLOCATORS.register("uniform")
+class UniformAllocator(_Stage1):
+    single_stage = True
+
+
+@ALLOCATORS.register("prompt_only")
+class PromptOnlyAllocator(_Stage1):
+    uses_predictor = True
+    single_stage = True
+
+
+@ALLOCATORS.register("dynamic_sampling")
+class DynamicSamplingAllocator(_Stage1):
+    def prefixes(
+        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
+    ) -> PrefixPlan:
+        if budget == 0:
+            return PrefixPlan((), (), (), 0.0)
+        if not stage2.unused:  # the pool is used up: refill the groups that are all-same
+            return _greedy_over_anchors(Stage2Input((), stage2.roots, (), ()), budget, config)
+        counts = _uniform_counts(len(stage2.unused), budget, config.group_size)
+        new = tuple((c, m) for c, m in zip(stage2.unused, counts, strict=True) if m)
+        return PrefixPlan((), (), new, _expected_roots(stage2.unused_predicted, counts))
+
+
+@ALLOCATORS.register("random_branch")
+class RandomBranchAllocator(_Stage1):
+    def prefixes(
+        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
+    ) -> PrefixPlan:
+        anchors = stage2.anchors if stage2.anchors else stage2.roots
+        if budget and not anchors:
+            raise ValueError("Stage 2 has budget left but no tree to continue")
+        cap = config.max_per_anchor if len(anchors) * config.max_per_anchor >= budget else budget
+        counts = [0] * len(anchors)
+        for _ in range(budget):
+            open_ = [i for i, c in enumerate(counts) if c < cap]
+            counts[open_[int(rng.integers(len(open_)))]] += 1
+        value = sum(prefix_value(a.p, a.r, k) for a, k in zip(anchors, counts, strict=True))
+        return PrefixPlan(tuple(anchors), tuple(counts), (), value)
+
+
+@ALLOCATORS.register("trace")
+class TraceAllocator(_Stage1):
+    uses_predictor = True
+
+    def prefixes(
+        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
+    ) -> PrefixPlan:
+        if budget == 0:
+            return PrefixPlan((), (), (), 0.0)
+        return _greedy_over_anchors(stage2, budget, config)

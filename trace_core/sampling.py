@@ -1,0 +1,157 @@
+"""One iteration's sampling under a fixed budget, stage by stage.
+
+    pool trees --predict v--> Stage 1 plan --grow--> bare rollouts
+               --anchors, predict p--> Stage 2 plan --grow--> continuations --> backup
+
+Each step is its own function with typed inputs and outputs, so an orchestrator can run (and
+retry) them as separate stages. Trees are indexed by their position in the candidate pool, so a
+plan's indices stay valid across stages. The predictor's output for every node it scored is
+written to that node's `predicted` field, where the store and the calibration analysis read it.
+
+Deviations:
+1. A Stage-1 group that is already mixed is offered to Stage 2's root fallback with p = r = 1
+   (a continuation cannot make it "more mixed"), so it gains nothing there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+
+from trace_core.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
+from trace_core.predictor import SuccessPredictor
+from trace_core.rollout import Expansion
+from trace_core.tree import Origin, RolloutTree
+
+
+class Featurizer(Protocol):
+    dim: int
+
+    def features(self, trees: Sequence[RolloutTree], nodes: Sequence[tuple[int, int]]) -> np.ndarray: ...
+
+
+class Grower(Protocol):
+    def __call__(
+        self, trees: Sequence[RolloutTree], expansions: Sequence[Expansion], origin: Origin
+    ) -> list[tuple[int, int]]: ...
+
+
+def predict_nodes(
+    trees: Sequence[RolloutTree],
+    nodes: Sequence[tuple[int, int]],
+    predictor: SuccessPredictor,
+    featurizer: Featurizer,
+) -> np.ndarray:
+    """Predicted success for (tree, node) pairs, also recorded on the nodes."""
+    if not nodes:
+        return np.zeros(0)
+    if predictor.fitted:
+        predicted = predictor.predict(featurizer.features(trees, nodes))
+    else:  # cold start: the prior, without paying for features
+        predicted = predictor.predict(np.zeros((len(nodes), predictor.dim)))
+    for (t, n), p in zip(nodes, predicted, strict=True):
+        trees[t].set(replace(trees[t].nodes[n], predicted=float(p)))
+    return predicted
+
+
+def plan_stage1(
+    trees: Sequence[RolloutTree],
+    allocator: Allocator,
+    config: AllocatorConfig,
+    predictor: SuccessPredictor,
+    featurizer: Featurizer,
+    rng: np.random.Generator,
+) -> RootPlan:
+    """Predict v for every pool prompt (if the allocator uses it) and allocate bare rollouts."""
+    if allocator.uses_predictor:
+        v = predict_nodes(trees, [(i, 0) for i in range(len(trees))], predictor, featurizer)
+    else:
+        v = np.full(len(trees), predictor.config.prior)
+    return allocator.roots([float(x) for x in v], config, rng)
+
+
+def stage1_expansions(plan: RootPlan) -> list[Expansion]:
+    return [Expansion(i, 0, m) for i, m in enumerate(plan.counts) if m > 0]
+
+
+def _common_outcome(tree: RolloutTree) -> float | None:
+    rewards = {leaf.reward for leaf in tree.leaves()}
+    return None if len(rewards) != 1 else float(rewards.pop() or 0.0)
+
+
+def stage2_input(
+    trees: Sequence[RolloutTree],
+    plan: RootPlan,
+    allocator: Allocator,
+    predictor: SuccessPredictor,
+    featurizer: Featurizer,
+) -> Stage2Input:
+    """Anchors (every non-terminal turn of depth >= 1 in the bare rollouts, with its rollout's
+    reward), root fallbacks of the rolled-out prompts, and the unused pool prompts."""
+    chosen = [i for i, m in enumerate(plan.counts) if m > 0]
+    nodes: list[tuple[int, int]] = []
+    rewards: list[float] = []
+    for t in chosen:
+        tree = trees[t]
+        for leaf in tree.leaves():
+            for node in tree.path(leaf.node_id)[1:-1]:
+                nodes.append((t, node.node_id))
+                rewards.append(leaf.reward or 0.0)
+    if allocator.uses_predictor:
+        p = predict_nodes(trees, nodes, predictor, featurizer)
+    else:
+        p = np.full(len(nodes), predictor.config.prior)
+    anchors = tuple(Anchor(t, n, float(pi), r) for (t, n), pi, r in zip(nodes, p, rewards, strict=True))
+    roots = []
+    for t in chosen:
+        common = _common_outcome(trees[t])
+        v = _predicted_or(trees[t].root.predicted, predictor.config.prior)
+        roots.append(Anchor(t, 0, 1.0, 1.0) if common is None else Anchor(t, 0, v, common))
+    unused = tuple(i for i, m in enumerate(plan.counts) if m == 0)
+    unused_v = tuple(_predicted_or(trees[i].root.predicted, predictor.config.prior) for i in unused)
+    return Stage2Input(anchors, tuple(roots), unused, unused_v)
+
+
+def _predicted_or(value: float | None, prior: float) -> float:
+    return prior if value is None else value
+
+
+def plan_stage2(
+    stage2: Stage2Input,
+    plan1: RootPlan,
+    allocator: Allocator,
+    config: AllocatorConfig,
+    rng: np.random.Generator,
+) -> PrefixPlan:
+    """Allocate what Stage 1 left of the budget."""
+    return allocator.prefixes(stage2, config.budget - plan1.leaves, config, rng)
+
+
+def stage2_expansions(plan: PrefixPlan) -> list[Expansion]:
+    moves = [Expansion(a.tree, a.node_id, k) for a, k in zip(plan.anchors, plan.counts, strict=True) if k > 0]
+    moves += [Expansion(c, 0, m) for c, m in plan.new_roots if m > 0]
+    return moves
+
+
+def effective_ratio(trees: Sequence[RolloutTree]) -> float:
+    """The paper's effective ratio: share of the iteration's trees (with leaves) that are mixed."""
+    grown = [t for t in trees if t.leaves()]
+    return sum(t.is_mixed() for t in grown) / len(grown) if grown else 0.0
+
+
+def node_examples(
+    trees: Sequence[RolloutTree], featurizer: Featurizer
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Predictor training rows from backed-up trees: every non-terminal node with leaves below.
+
+    Terminal nodes are left out: nothing is ever allocated from them. Returns (features, target,
+    leaf-count weight, the (tree, node) of each row).
+    """
+    nodes = [(t, n.node_id) for t, tree in enumerate(trees) for n in tree if not n.terminal and n.leaf_count > 0]
+    target = np.array([trees[t].nodes[n].target for t, n in nodes], dtype=np.float64)
+    weight = np.array([trees[t].nodes[n].leaf_count for t, n in nodes], dtype=np.float64)
+    features = featurizer.features(trees, nodes) if nodes else np.zeros((0, featurizer.dim))
+    return features, target, weight, nodes
