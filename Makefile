@@ -27,6 +27,6 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check trace_core flows tests
-	$(BIN)/ruff format --check trace_core flows tests
-	$(BIN)/mypy trace_core flows
+	$(BIN)/ruff check trace_core flows store tests bench
+	$(BIN)/ruff format --check trace_core flows store tests bench
+	$(BIN)/mypy trace_core flows store

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from flows.settings import Settings, SettingsError, load_settings
+from store.db import StoreError
 
 
 def _log(message: str) -> None:
@@ -79,6 +80,58 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from store import queries
+    from store.db import check_connection, make_engine
+
+    s = _settings(args)
+    engine = make_engine(s.store_url(), read_only=True)
+    try:
+        check_connection(engine)
+        if args.name == "tree":
+            if args.tree_id is None:
+                raise SettingsError("`trace-rl query tree` needs a tree id")
+            print(queries.draw_tree(engine, args.tree_id))
+            return 0
+        table = {
+            "effective-ratio": lambda: queries.effective_ratio(engine, args.run),
+            "calibration": lambda: queries.calibration(engine, args.run, args.bins),
+            "depth-success": lambda: queries.depth_success(engine, args.run),
+        }[args.name]()
+    finally:
+        engine.dispose()
+    print(table.render())
+    if args.csv:
+        table.to_csv(args.csv)
+        print(f"\nwritten to {args.csv}")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from store.queries import run_sql
+
+    table = run_sql(_settings(args).store_url(), args.statement)
+    print(table.render())
+    if args.csv:
+        table.to_csv(args.csv)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from store.db import current_revision, ensure_schema, head_revision, make_engine, render_url, upgrade
+
+    url = _settings(args).store_url()
+    engine = make_engine(url)
+    try:
+        if args.action == "upgrade":
+            upgrade(engine)
+            ensure_schema(engine)
+        print(f"{render_url(url)}: schema revision {current_revision(engine)} (this code: {head_revision()})")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trace-rl", description="Train tool-using LLM agents with TRACE.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,10 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "prepare the task and model, then run the main job"),
         ("prepare", cmd_prepare, "build the task data, retrieval index and model only"),
         ("settings", cmd_settings, "print the resolved settings"),
+        ("query", cmd_query, "a named analysis query over the rollout database"),
+        ("sql", cmd_sql, "your own read-only SQL over the rollout database"),
+        ("db", cmd_db, "show or upgrade the rollout database's schema"),
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
         p.set_defaults(func=func)
+        if name == "query":
+            p.add_argument("name", choices=["effective-ratio", "calibration", "depth-success", "tree"])
+            p.add_argument("tree_id", nargs="?", type=int, help="the tree to draw (query tree)")
+            p.add_argument("--run", help="only this run")
+            p.add_argument("--bins", type=int, default=10, help="calibration bins")
+            p.add_argument("--csv", help="also write the table to this CSV file")
+        if name == "sql":
+            p.add_argument("statement", help="a SELECT statement (runs on a read-only connection)")
+            p.add_argument("--csv", help="also write the result to this CSV file")
+        if name == "db":
+            p.add_argument("action", choices=["upgrade", "status"])
         if name == "run":
             p.add_argument("--allocator", help="shorthand for --set trace.allocator=NAME")
         if name == "settings":
@@ -104,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as err:
         print(f"trace-rl: {err}", file=sys.stderr)
         return 2
+    except StoreError as err:
+        print(f"trace-rl: {err}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as err:
         print(f"trace-rl: {err}", file=sys.stderr)
         return 1

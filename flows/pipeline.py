@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -63,6 +64,21 @@ class Runtime:
 def settings_hash(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """The git commit of the code (with '+dirty' for local changes), or the package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=5).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=5).stdout.strip()  # fmt: skip
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"trace-rl {version('trace-rl')}"
 
 
 def _built(directory: Path, digest: str) -> bool:
@@ -137,12 +153,12 @@ def _dtype(s: Settings) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[s.model.dtype]
 
 
-def make_backend(s: Settings, model: torch.nn.Module, tokenizer: Any) -> GenerationBackend:
+def make_backend(s: Settings, model: torch.nn.Module, tokenizer: Any, seed: int) -> GenerationBackend:
     cls = BACKENDS.get(s.backend.name)
     return cls(  # type: ignore[no-any-return]
         model,
         tokenizer,
-        seed=s.run.seed,
+        seed=seed,
         share_prefix=s.backend.share_prefix,
         kv_cache_bytes=s.backend.kv_cache_mb * 2**20,
         max_batch_sequences=s.backend.max_batch_sequences,
@@ -153,11 +169,11 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     """Train the tokenizer, build the tiny Llama and warm-start it into the success band."""
     m, w = s.model, s.warmstart
     spec = TinyModelSpec(m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim,
-                         seed=s.run.seed)  # fmt: skip
+                         seed=m.seed)  # fmt: skip
     ws = WarmStartConfig(
         batch_size=w.batch_size, learning_rate=w.learning_rate, max_steps=w.max_steps, max_seconds=w.max_seconds,
         eval_every=w.eval_every, eval_questions=w.eval_questions, eval_samples=w.eval_samples,
-        success_band=(w.success_low, w.success_high), seed=s.run.seed,
+        success_band=(w.success_low, w.success_high), seed=m.seed,
     )  # fmt: skip
     config = agent_config(s)
     out = m.models_dir / "tiny-react"
@@ -168,11 +184,11 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
         raise ValueError("model.preset='tiny' is warm-started on the synthetic task's chains; "
                          "with task.source='files' use model.preset='path'")  # fmt: skip
     log("training the tokenizer and building the tiny model")
-    torch.manual_seed(s.run.seed)
+    torch.manual_seed(m.seed)
     tokenizer = train_tokenizer(_tokenizer_texts(data, retriever, config), spec.vocab_size)
     model = build_model(tokenizer, spec).to(torch.device(m.device))  # type: ignore[arg-type]
     env = SearchEnv(tokenizer, retriever, config)
-    backend = make_backend(s, model, tokenizer)
+    backend = make_backend(s, model, tokenizer, m.seed)
     probe = data.train[: ws.eval_questions]
     log(f"warm start: {count_parameters(model):,} parameters; stopping when sampled success is in "
         f"[{w.success_low}, {w.success_high}]")  # fmt: skip
@@ -216,7 +232,7 @@ def load_runtime(s: Settings, log: Log = print) -> Runtime:
     model_dir = prepare_model(s, data, retriever, log)
     model, tokenizer = load_policy(model_dir, s.model.device, _dtype(s))
     env = SearchEnv(tokenizer, retriever, agent_config(s))
-    return Runtime(data, env, make_backend(s, model, tokenizer), model, model_dir)
+    return Runtime(data, env, make_backend(s, model, tokenizer, s.run.seed), model, model_dir)
 
 
 def elapsed(start: float) -> str:

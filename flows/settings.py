@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +115,7 @@ class ModelSection(Section):
     num_layers: int = Field(4, ge=1, description="Tiny model: decoder layers.")
     num_heads: int = Field(4, ge=1, description="Tiny model: attention heads.")
     head_dim: int = Field(32, ge=32, description="Tiny model: per-head dimension (vLLM needs >= 32).")
+    seed: int = Field(0, ge=0, description="Tiny model: seed of its initialisation and warm start.")
 
     @model_validator(mode="after")
     def _path_given(self) -> ModelSection:
@@ -215,6 +216,14 @@ class PolicySection(Section):
         return self
 
 
+class StoreSection(Section):
+    url: SecretStr = Field(
+        SecretStr(""),
+        description="Rollout database URL, e.g. postgresql://user:pass@host/db; empty: "
+        "sqlite:///<run.output_dir>/rollouts.db. Kept secret: never printed with its password.",
+    )
+
+
 class TrainSection(Section):
     iterations: int = Field(30, ge=1, description="Training iterations.")
     eval_every: int = Field(10, ge=1, description="Iterations between dev evaluations (and after the last).")
@@ -238,6 +247,7 @@ class Settings(BaseSettings):
     predictor: PredictorSection = PredictorSection()
     policy: PolicySection = PolicySection()
     train: TrainSection = TrainSection()
+    store: StoreSection = StoreSection()
 
     @classmethod
     def settings_customise_sources(
@@ -252,8 +262,13 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
     def snapshot(self) -> dict[str, Any]:
-        """All values, JSON-ready (paths as strings)."""
+        """All values, JSON-ready (paths as strings, secrets masked)."""
         return self.model_dump(mode="json")
+
+    def store_url(self) -> str:
+        """The database URL, the embedded SQLite file when none is set."""
+        url = self.store.url.get_secret_value()
+        return url or f"sqlite:///{self.run.output_dir / 'rollouts.db'}"
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -313,6 +328,8 @@ def get_settings() -> Settings:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from flows.pipeline import Log, Runtime, load_runtime
+from flows.pipeline import Log, Runtime, code_version, load_runtime, settings_hash
 from flows.settings import Settings
+from store.db import render_url
+from store.store import RolloutStore
 from trace_core.advantages import ADVANTAGES, nonzero_share
 from trace_core.allocators import Allocator, AllocatorConfig, PrefixPlan, RootPlan, make_allocator
 from trace_core.evaluation import score_trees
@@ -44,6 +46,8 @@ from trace_core.tree import RolloutTree, backup
 @dataclass
 class TrainState:
     runtime: Runtime
+    store: RolloutStore
+    run_id: int
     policy: PreTrainedModel
     optimizer: torch.optim.Optimizer
     predictor: SuccessPredictor
@@ -82,13 +86,17 @@ def predictor_config(s: Settings) -> PredictorConfig:
 
 
 def init_state(s: Settings, log: Log) -> TrainState:
+    store = RolloutStore(s.store_url())
+    snapshot = s.snapshot()
+    run_id = store.open_run(s.run.name, snapshot, settings_hash(snapshot), code_version())
+    log(f"writing every tree to {render_url(s.store_url())} (run {s.run.name!r})")
     runtime = load_runtime(s, log)
     pcfg = policy_config(s)
     policy = wrap_policy(runtime.model, pcfg)
     runtime.backend.sync_weights(policy)
     featurizer = SearchAgentFeaturizer(TextEncoder(device=s.model.device), s.agent.max_turns)
     return TrainState(
-        runtime=runtime, policy=policy, optimizer=make_optimizer(policy, pcfg),
+        runtime=runtime, store=store, run_id=run_id, policy=policy, optimizer=make_optimizer(policy, pcfg),
         predictor=SuccessPredictor(featurizer.dim, predictor_config(s)), featurizer=featurizer,
         allocator=make_allocator(s.trace.allocator), allocator_config=allocator_config(s), policy_config=pcfg,
         rng=np.random.default_rng(s.run.seed),
@@ -129,7 +137,6 @@ def roll_out_prefixes(st: TrainState, data: IterationData) -> None:
 
 
 def back_up(st: TrainState, data: IterationData) -> None:
-    data.trees = [t for t in data.trees if t.leaves()]
     for tree in data.trees:
         backup(tree)
 
@@ -185,15 +192,25 @@ def run_iteration(st: TrainState, s: Settings, iteration: int) -> IterationData:
         return out
 
     tokens_before = st.runtime.backend.stats.generated_tokens
+    store, run, alloc = st.store, st.run_id, s.trace.allocator
     stage("sample_pool", lambda: sample_pool(st, data, s))
     stage("allocate_roots", lambda: allocate_roots(st, data))
+    assert data.plan1 is not None
+    store.save_root_plan(run, iteration, [t.record for t in data.trees],
+                         [_predicted(t, st) for t in data.trees], data.plan1, stage="allocate_roots")  # fmt: skip
     stage("roll_out_roots", lambda: roll_out_roots(st, data))
+    store.save_trees(run, iteration, data.trees, alloc, stage="roll_out_roots")
     stage("allocate_prefixes", lambda: allocate_prefixes(st, data))
+    assert data.plan2 is not None
+    unused = {i: _predicted(t, st) for i, t in enumerate(data.trees) if not t.leaves()}
+    store.save_prefix_plan(run, iteration, data.plan2, unused, stage="allocate_prefixes")
     stage("roll_out_prefixes", lambda: roll_out_prefixes(st, data))
     stage("back_up", lambda: back_up(st, data))
+    store.save_trees(run, iteration, data.trees, alloc, stage="back_up")
     before, fit = stage("refit_predictor", lambda: refit_predictor(st, data))
+    store.save_predictor_fit(run, iteration, fit, before, stage="refit_predictor")
     update, nonzero = stage("update_policy", lambda: update_policy(st, data, s))
-    assert data.plan1 is not None and data.plan2 is not None
+    store.save_policy_update(run, iteration, update, iteration + 1, stage="update_policy")
     leaves = [leaf for t in data.trees for leaf in t.leaves()]
     data.metrics = {
         "rollout/trees": len(data.trees),
@@ -221,6 +238,10 @@ def run_iteration(st: TrainState, s: Settings, iteration: int) -> IterationData:
     return data
 
 
+def _predicted(tree: RolloutTree, st: TrainState) -> float:
+    return tree.root.predicted if tree.root.predicted is not None else st.predictor.config.prior
+
+
 def train(s: Settings, log: Log) -> list[dict[str, float]]:
     st = init_state(s, log)
     log(f"training {s.train.iterations} iterations with allocator '{s.trace.allocator}', budget {s.trace.budget} "
@@ -235,9 +256,12 @@ def train(s: Settings, log: Log) -> list[dict[str, float]]:
         row: dict[str, float] = {"iteration": it, **data.metrics, "time/iteration": time.perf_counter() - start}
         if (it + 1) % s.train.eval_every == 0 or it == s.train.iterations - 1:
             row.update(evaluate(st, s))
+        st.store.save_iteration(st.run_id, it, row, stage="evaluate")
         history.append(row)
         extra = f"  dev EM {row['eval/em']:.3f}" if "eval/em" in row else ""
         log(f"iter {it:3d}  reward {row['rollout/mean_reward']:.3f}  effective {row['rollout/effective_ratio']:.2f}  "
             f"nonzero-adv {row['rollout/nonzero_advantage_share']:.2f}  predictor AUC {row['predictor/auc']:.2f}  "
             f"{row['time/iteration']:.1f}s{extra}")  # fmt: skip
+    st.store.set_run_status(st.run_id, "done")
+    st.store.close()
     return history

@@ -16,9 +16,11 @@ shared by several leaves appears in several paths).
 
 Both give zero advantage to every turn of an all-same tree (every V equals V(root), std is 0).
 
-Default: `grpo`. Measured on the default task (see issue 3's closing note and bench/results): the
-`tree` estimator did not improve dev accuracy over `grpo` at equal budget within seed spread, while
-it zeroes the credit of unbranched turns (V(n) = V(p)) and doubles first-turn credit in flat trees.
+Default: `grpo`, by measurement. On the default task with the `trace` allocator (25 iterations of
+64 leaves, seeds 1 and 2, dev EM avg@4 on 100 questions before -> after): `grpo` 0.477 -> 0.460 and
+0.475 -> 0.578 (mean gain +4.3 points), `tree` 0.477 -> 0.470 and 0.475 -> 0.485 (+0.2). The spread
+is wide, but `tree` did not do better, and it withholds credit from unbranched turns (V(n) = V(p)
+there, so only the global term remains) while doubling the first turn's credit in flat trees.
 
 Deviations:
 1. TreeRL divides by sqrt(leaves below n); we normalise by the tree's reward std instead, so both

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from flows.cli import main
+from store.store import RolloutStore
 
 TINY = [
     "task.n_people=24", "task.n_orgs=8", "task.n_cities=8", "task.n_countries=3",
@@ -38,6 +39,14 @@ def test_run_builds_the_task_and_model_then_trains_and_logs_metrics(workdir, cap
                for r in rows for k in r)  # fmt: skip
     out = capsys.readouterr().out
     assert "warm start" in out and "dev EM before -> after" in out
+    store = RolloutStore(f"sqlite:///{workdir / 'runs/rollouts.db'}")
+    run = store.run_id("smoke")
+    for it in (0, 1):
+        trees = store.load_trees(run, it)
+        assert sum(len(t.leaves()) for t in trees) == 8
+        assert store.completed_stages(run, it) >= {"allocate_roots", "roll_out_roots", "update_policy", "evaluate"}
+    assert [m["iteration"] for m in store.iteration_metrics(run)] == [0, 1]
+    store.close()
 
     assert main(["run", *_args("run.name=smoke")]) == 0  # unchanged settings reuse what was built
     assert "warm start" not in capsys.readouterr().out

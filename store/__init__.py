@@ -1,0 +1,1 @@
+"""The rollout store: every run, tree, node, reward, allocation and prediction in SQL."""

@@ -1,0 +1,181 @@
+"""Named analysis queries and users' own read-only SQL over the rollout database.
+
+Each named query returns a `Table` (column names and rows) that the CLI prints or writes as CSV:
+- `effective-ratio`: per run and iteration, trees, mixed trees, the effective ratio, leaves and mean
+  reward (the `effective_ratio` view);
+- `calibration`: predicted success at allocation time against the backed-up target, in equal-width
+  bins, leaf-weighted (a reliability table);
+- `depth-success`: per turn depth, nodes, leaves, leaf-weighted success rate and the share of nodes
+  whose leaves are mixed;
+- `tree`: one tree drawn as indented text with each turn's predicted p, target and reward.
+
+`run_sql` runs a user's statement on a read-only connection (SQLite opened read-only, PostgreSQL in
+a read-only transaction); a statement that writes is refused with `ReadOnlyError`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from store.db import StoreError, check_connection, make_engine
+
+
+class ReadOnlyError(StoreError):
+    """A statement given to `trace-rl sql` tried to write."""
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    def render(self) -> str:
+        cells = [self.columns] + [tuple(_fmt(v) for v in row) for row in self.rows]
+        widths = [max(len(str(row[i])) for row in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_csv(self, path: str | Path) -> None:
+        with Path(path).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            writer.writerows(self.rows)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _run_filter(run: str | None, column: str = "r.name") -> tuple[str, dict[str, Any]]:
+    return (f" AND {column} = :run", {"run": run}) if run else ("", {})
+
+
+def effective_ratio(engine: Engine, run: str | None = None) -> Table:
+    where, params = _run_filter(run, "run")
+    sql = (
+        "SELECT run, iteration, trees, mixed_trees, effective_ratio, leaves, mean_reward "
+        f"FROM effective_ratio WHERE 1 = 1{where} ORDER BY run, iteration"
+    )
+    return _query(engine, sql, params)
+
+
+def calibration(engine: Engine, run: str | None = None, bins: int = 10) -> Table:
+    where, params = _run_filter(run)
+    sql = (
+        "SELECT n.predicted, n.target, n.leaf_count FROM nodes n JOIN trees t ON n.tree_id = t.id "
+        "JOIN runs r ON t.run_id = r.id "
+        f"WHERE n.predicted IS NOT NULL AND n.target IS NOT NULL AND n.leaf_count > 0{where}"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(text(sql), params).all()
+    acc = [[0, 0.0, 0.0, 0.0] for _ in range(bins)]  # nodes, leaves, sum p * leaves, sum t * leaves
+    for p, t, n in rows:
+        b = min(int(p * bins), bins - 1)
+        acc[b][0] += 1
+        acc[b][1] += n
+        acc[b][2] += p * n
+        acc[b][3] += t * n
+    out = []
+    for b, (nodes, leaves, sp, st) in enumerate(acc):
+        if nodes:
+            out.append((f"{b / bins:.1f}-{(b + 1) / bins:.1f}", nodes, int(leaves), sp / leaves, st / leaves,
+                        st / leaves - sp / leaves))  # fmt: skip
+    return Table(("predicted_bin", "nodes", "leaves", "mean_predicted", "mean_target", "gap"), tuple(out))
+
+
+def depth_success(engine: Engine, run: str | None = None) -> Table:
+    where, params = _run_filter(run)
+    sql = (
+        "SELECT n.depth, COUNT(*) AS nodes, SUM(n.leaf_count) AS leaves, "
+        "SUM(n.target * n.leaf_count) / SUM(n.leaf_count) AS success_rate, "
+        "AVG(CASE WHEN n.target > 0 AND n.target < 1 THEN 1.0 ELSE 0.0 END) AS mixed_share "
+        "FROM nodes n JOIN trees t ON n.tree_id = t.id JOIN runs r ON t.run_id = r.id "
+        f"WHERE n.leaf_count > 0{where} GROUP BY n.depth ORDER BY n.depth"
+    )
+    return _query(engine, sql, params)
+
+
+def draw_tree(engine: Engine, tree_id: int) -> str:
+    """The tree as indented text: one line per turn with action, p (predicted), target and reward."""
+    with engine.connect() as conn:
+        head = conn.execute(
+            text(
+                "SELECT r.name, t.iteration, t.allocator, p.question, p.golden_answers FROM trees t "
+                "JOIN runs r ON t.run_id = r.id JOIN prompts p ON t.prompt_id = p.id WHERE t.id = :id"
+            ),
+            {"id": tree_id},
+        ).one_or_none()
+        if head is None:
+            raise StoreError(f"no tree with id {tree_id}")
+        nodes = conn.execute(
+            text(
+                "SELECT node_index, parent_index, depth, action, argument, predicted, target, leaf_count, reward, "
+                "origin FROM nodes WHERE tree_id = :id ORDER BY node_index"
+            ),
+            {"id": tree_id},
+        ).all()
+    children: dict[int | None, list[Any]] = {}
+    for node in nodes:
+        children.setdefault(node.parent_index, []).append(node)
+    run, iteration, allocator, question, gold = head
+    lines = [f"tree {tree_id}  run {run}  iteration {iteration}  allocator {allocator}",
+             f"Q: {question}  gold: {', '.join(gold)}"]  # fmt: skip
+
+    def show(node: Any, indent: int) -> None:
+        label = "prompt" if node.depth == 0 else f"{node.action}: {node.argument}"[:60]
+        parts = [label, f"p={_fmt(node.predicted)}", f"target={_fmt(node.target)} ({node.leaf_count} leaves)"]
+        if node.reward is not None:
+            parts.append(f"reward={node.reward:g}")
+        if node.depth > 0:
+            parts.append(node.origin)
+        lines.append("  " * indent + ("- " if indent else "") + "  ".join(parts))
+        for child in children.get(node.node_index, []):
+            show(child, indent + 1)
+
+    for root in children.get(None, []):
+        show(root, 0)
+    return "\n".join(lines)
+
+
+def _query(engine: Engine, sql: str, params: dict[str, Any]) -> Table:
+    with engine.connect() as conn:
+        result = conn.execute(text(sql), params)
+        return Table(tuple(result.keys()), tuple(tuple(r) for r in result.all()))
+
+
+_WRITE_HINTS = ("readonly", "read-only", "read only")
+
+
+def run_sql(url: str, statement: str) -> Table:
+    """Run `statement` on a read-only connection; refuse (ReadOnlyError) anything that writes."""
+    engine = make_engine(url, read_only=True)
+    try:
+        check_connection(engine)
+        with engine.connect() as conn:
+            try:
+                result = conn.execute(text(statement))
+                if not result.returns_rows:
+                    raise ReadOnlyError("refused: `trace-rl sql` only reads; the statement returned no rows")
+                return Table(tuple(result.keys()), tuple(tuple(r) for r in result.all()))
+            except DBAPIError as err:
+                reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
+                if any(h in reason.lower() for h in _WRITE_HINTS):
+                    raise ReadOnlyError(
+                        "refused: `trace-rl sql` runs on a read-only connection and the statement tries to write"
+                    ) from None
+                raise StoreError(f"the query failed: {reason}") from None
+            finally:
+                conn.rollback()
+    finally:
+        engine.dispose()

@@ -1,0 +1,437 @@
+"""`RolloutStore`: the training stages' reads and writes, in trace_core types.
+
+Each `save_*` call is one transaction that first deletes what an earlier attempt of the same
+(run, iteration, stage) wrote and then writes again, together with the stage's completion marker:
+a retried stage replaces its rows, a failure in the middle leaves nothing half-written, and
+`completed_stages` tells a restarted run where to resume.
+
+Trees are written in bulk: prompts with one upsert, trees with one insert, every node with one
+executemany (token ids packed as int32 bytes), then every node's `parent_id` with one UPDATE that
+looks the parent up by (tree, parent index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from sqlalchemy import Table, and_, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, aliased
+
+from store.db import StoreError, ensure_schema, make_engine, render_url, session_factory, transaction
+from store.models import (
+    Allocation,
+    Checkpoint,
+    Iteration,
+    Node,
+    PolicyUpdate,
+    PredictorFit,
+    Prompt,
+    Run,
+    Stage,
+    Tree,
+    utcnow,
+)
+from trace_core.allocation import prefix_value, root_value
+from trace_core.allocators import Anchor, PrefixPlan, RootPlan
+from trace_core.data import QARecord
+from trace_core.loss import UpdateStats
+from trace_core.predictor import FitReport, PredictorQuality
+from trace_core.tree import RolloutNode, RolloutTree
+
+
+def pack_ints(values: Sequence[int]) -> bytes:
+    return np.asarray(values, dtype="<i4").tobytes()
+
+
+def pack_floats(values: Sequence[float]) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def unpack_ints(blob: bytes) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.frombuffer(blob, dtype="<i4"))
+
+
+def unpack_floats(blob: bytes) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.frombuffer(blob, dtype="<f4"))
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint file written elsewhere: where it is and the sha256 of its content."""
+
+    kind: str
+    location: str
+    sha256: str
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _table(model: type) -> Table:
+    """The Core table behind an ORM class (Core executemany is what makes bulk writes fast)."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+def _record(prompt: Prompt) -> QARecord:
+    return QARecord(prompt.dataset_id, prompt.question, tuple(prompt.golden_answers), prompt.data_source, prompt.hops)
+
+
+class RolloutStore:
+    """Reads and writes of training runs; see the module docstring."""
+
+    def __init__(self, url: str, create: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        ensure_schema(self.engine, create)
+        self._sessions = session_factory(self.engine)
+
+    def __repr__(self) -> str:
+        return f"RolloutStore({render_url(self.url)})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs and stages --------------------------------------------------------------------------
+
+    def open_run(self, name: str, settings: dict[str, Any], settings_hash: str, code_version: str) -> int:
+        """The id of run `name`, created if new; a run started again must have the same settings."""
+        with transaction(self._sessions) as s:
+            run = s.scalars(select(Run).where(Run.name == name)).one_or_none()
+            if run is None:
+                run = Run(name=name, settings=settings, settings_hash=settings_hash, code_version=code_version)
+                s.add(run)
+                s.flush()
+            elif run.settings_hash != settings_hash:
+                raise StoreError(
+                    f"run {name!r} already exists with other settings (hash {run.settings_hash}, now "
+                    f"{settings_hash}); resume it with the same settings or choose another run.name"
+                )
+            run.status = "running"
+            return run.id
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        with transaction(self._sessions) as s:
+            s.execute(update(Run).where(Run.id == run_id).values(status=status, updated_at=utcnow()))
+
+    def run_id(self, name: str) -> int:
+        with self._sessions() as s:
+            found = s.scalar(select(Run.id).where(Run.name == name))
+        if found is None:
+            raise StoreError(f"no run named {name!r} in {render_url(self.url)}")
+        return found
+
+    def completed_stages(self, run_id: int, iteration: int) -> set[str]:
+        with self._sessions() as s:
+            rows = s.scalars(select(Stage.stage).where(Stage.run_id == run_id, Stage.iteration == iteration))
+            return set(rows)
+
+    @staticmethod
+    def _mark(s: Session, run_id: int, iteration: int, stage: str | None, seconds: float | None) -> None:
+        if stage is None:
+            return
+        s.execute(delete(Stage).where(Stage.run_id == run_id, Stage.iteration == iteration, Stage.stage == stage))
+        s.add(Stage(run_id=run_id, iteration=iteration, stage=stage, seconds=seconds))
+
+    def mark_stage(self, run_id: int, iteration: int, stage: str, seconds: float | None = None) -> None:
+        with transaction(self._sessions) as s:
+            self._mark(s, run_id, iteration, stage, seconds)
+
+    # -- prompts ----------------------------------------------------------------------------------
+
+    def _prompt_ids(self, s: Session, records: Iterable[QARecord]) -> dict[tuple[str, str], int]:
+        unique = {(r.data_source, r.id): r for r in records}
+        if not unique:
+            return {}
+        rows = [
+            {"dataset_id": r.id, "data_source": r.data_source, "question": r.question,
+             "golden_answers": list(r.golden_answers), "hops": r.hops}
+            for r in unique.values()
+        ]  # fmt: skip
+        dialect = self.engine.dialect.name
+        maker = pg_insert if dialect == "postgresql" else sqlite_insert
+        for chunk in range(0, len(rows), 500):
+            stmt = maker(Prompt).on_conflict_do_nothing(index_elements=["data_source", "dataset_id"])
+            s.execute(stmt, rows[chunk : chunk + 500])
+        found = s.execute(
+            select(Prompt.data_source, Prompt.dataset_id, Prompt.id).where(
+                Prompt.dataset_id.in_([k[1] for k in unique])
+            )
+        )
+        return {(src, did): pid for src, did, pid in found if (src, did) in unique}
+
+    # -- trees ------------------------------------------------------------------------------------
+
+    def save_trees(
+        self,
+        run_id: int,
+        iteration: int,
+        trees: Sequence[RolloutTree],
+        allocator: str,
+        stage: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """Replace the iteration's trees (indexed by pool position) and all their nodes."""
+        with transaction(self._sessions) as s:
+            s.execute(delete(Tree).where(Tree.run_id == run_id, Tree.iteration == iteration))
+            prompts = self._prompt_ids(s, (t.record for t in trees))
+            tree_rows = [
+                {"run_id": run_id, "iteration": iteration, "pool_index": i, "allocator": allocator,
+                 "prompt_id": prompts[(t.record.data_source, t.record.id)], "budget": len(t.leaves())}
+                for i, t in enumerate(trees)
+            ]  # fmt: skip
+            if tree_rows:
+                s.execute(insert(_table(Tree)), tree_rows)
+            found = s.execute(
+                select(Tree.pool_index, Tree.id).where(Tree.run_id == run_id, Tree.iteration == iteration)
+            )
+            ids = {pool_index: tree_id for pool_index, tree_id in found}
+            node_rows = [self._node_row(ids[i], n) for i, t in enumerate(trees) for n in t]
+            if node_rows:
+                s.execute(insert(_table(Node)), node_rows)
+                parent = aliased(Node)
+                lookup = (
+                    select(parent.id)
+                    .where(and_(parent.tree_id == Node.tree_id, parent.node_index == Node.parent_index))
+                    .scalar_subquery()
+                )
+                s.execute(
+                    update(Node)
+                    .where(Node.tree_id.in_(list(ids.values())), Node.parent_index.is_not(None))
+                    .values(parent_id=lookup)
+                    .execution_options(synchronize_session=False)
+                )
+            self._mark(s, run_id, iteration, stage, seconds)
+
+    @staticmethod
+    def _node_row(tree_id: int, n: RolloutNode) -> dict[str, Any]:
+        return {
+            "tree_id": tree_id, "node_index": n.node_id, "parent_index": n.parent_id, "depth": n.depth,
+            "model_token_ids": pack_ints(n.model_ids), "model_logprobs": pack_floats(n.model_logprobs),
+            "observation_token_ids": pack_ints(n.observation_ids), "text": n.text, "observation": n.observation,
+            "action": n.action, "argument": n.argument, "finish_reason": n.finish_reason, "terminal": n.terminal,
+            "reward": n.reward, "predicted": n.predicted, "target": n.target, "leaf_count": n.leaf_count,
+            "origin": n.origin, "generated_tokens": len(n.model_ids),
+        }  # fmt: skip
+
+    def load_trees(self, run_id: int, iteration: int) -> list[RolloutTree]:
+        """The iteration's trees in pool order, as trace_core trees."""
+        with self._sessions() as s:
+            trees = s.execute(
+                select(Tree.id, Prompt)
+                .join(Prompt, Tree.prompt_id == Prompt.id)
+                .where(Tree.run_id == run_id, Tree.iteration == iteration)
+                .order_by(Tree.pool_index)
+            ).all()
+            nodes = s.scalars(
+                select(Node).where(Node.tree_id.in_([t for t, _ in trees])).order_by(Node.tree_id, Node.node_index)
+            ).all()
+        by_tree: dict[int, list[Node]] = {}
+        for node in nodes:
+            by_tree.setdefault(node.tree_id, []).append(node)
+        out = []
+        for tree_id, prompt in trees:
+            record = _record(prompt)
+            rows = by_tree.get(tree_id, [])
+            if not rows or rows[0].node_index != 0:
+                raise StoreError(f"tree {tree_id} of run {run_id} iteration {iteration} has no root node")
+            tree = RolloutTree(record, unpack_ints(rows[0].observation_token_ids), rows[0].observation)
+            tree.set(self._to_node(rows[0]))
+            for row in rows[1:]:
+                tree.add(self._to_node(row))
+                tree.set(self._to_node(row))  # keep the stored fields exactly (add recomputes id and depth)
+            out.append(tree)
+        return out
+
+    @staticmethod
+    def _to_node(row: Node) -> RolloutNode:
+        return RolloutNode(
+            node_id=row.node_index, parent_id=row.parent_index, depth=row.depth,
+            model_ids=unpack_ints(row.model_token_ids), model_logprobs=unpack_floats(row.model_logprobs),
+            observation_ids=unpack_ints(row.observation_token_ids), text=row.text, observation=row.observation,
+            action=row.action, argument=row.argument, finish_reason=row.finish_reason, terminal=row.terminal,
+            reward=row.reward, origin=row.origin,  # type: ignore[arg-type]
+            predicted=row.predicted, target=row.target, leaf_count=row.leaf_count,
+        )  # fmt: skip
+
+    # -- allocations ------------------------------------------------------------------------------
+
+    def save_root_plan(
+        self,
+        run_id: int,
+        iteration: int,
+        pool: Sequence[QARecord],
+        predicted: Sequence[float],
+        plan: RootPlan,
+        stage: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """Stage 1: one row per pool candidate (count 0 included), so the pool itself is kept too."""
+        with transaction(self._sessions) as s:
+            self._delete_allocations(s, run_id, iteration, 1)
+            prompts = self._prompt_ids(s, pool)
+            rows = [
+                {"run_id": run_id, "iteration": iteration, "stage": 1, "kind": "prompt", "pool_index": i,
+                 "prompt_id": prompts[(r.data_source, r.id)], "node_index": 0, "predicted": float(v),
+                 "realised_reward": None, "value": root_value(v, m), "count": m}
+                for i, (r, v, m) in enumerate(zip(pool, predicted, plan.counts, strict=True))
+            ]  # fmt: skip
+            if rows:
+                s.execute(insert(_table(Allocation)), rows)
+            self._mark(s, run_id, iteration, stage, seconds)
+
+    def save_prefix_plan(
+        self,
+        run_id: int,
+        iteration: int,
+        plan: PrefixPlan,
+        unused_predicted: dict[int, float],
+        stage: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """Stage 2: one row per anchor offered (count 0 included) and per refill prompt."""
+        with transaction(self._sessions) as s:
+            self._delete_allocations(s, run_id, iteration, 2)
+            rows: list[dict[str, Any]] = [
+                {"run_id": run_id, "iteration": iteration, "stage": 2,
+                 "kind": "root" if a.node_id == 0 else "anchor", "pool_index": a.tree, "node_index": a.node_id,
+                 "predicted": a.p, "realised_reward": a.r, "value": prefix_value(a.p, a.r, k), "count": k}
+                for a, k in zip(plan.anchors, plan.counts, strict=True)
+            ]  # fmt: skip
+            rows += [
+                {"run_id": run_id, "iteration": iteration, "stage": 2, "kind": "refill", "pool_index": c,
+                 "node_index": 0, "predicted": unused_predicted.get(c), "realised_reward": None,
+                 "value": root_value(unused_predicted.get(c, 0.5), m), "count": m}
+                for c, m in plan.new_roots
+            ]  # fmt: skip
+            if rows:
+                s.execute(insert(_table(Allocation)), rows)
+            self._mark(s, run_id, iteration, stage, seconds)
+
+    @staticmethod
+    def _delete_allocations(s: Session, run_id: int, iteration: int, stage: int) -> None:
+        s.execute(
+            delete(Allocation).where(
+                Allocation.run_id == run_id, Allocation.iteration == iteration, Allocation.stage == stage
+            )
+        )
+
+    def load_root_plan(self, run_id: int, iteration: int) -> tuple[list[QARecord], list[float], RootPlan]:
+        """The stored pool (in order), its predictions and the Stage-1 plan."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(Allocation, Prompt)
+                .join(Prompt, Allocation.prompt_id == Prompt.id)
+                .where(Allocation.run_id == run_id, Allocation.iteration == iteration, Allocation.stage == 1)
+                .order_by(Allocation.pool_index)
+            ).all()
+        pool = [_record(p) for _, p in rows]
+        predicted = [a.predicted if a.predicted is not None else 0.5 for a, _ in rows]
+        return pool, predicted, RootPlan(tuple(a.count for a, _ in rows), sum(a.value for a, _ in rows))
+
+    def load_prefix_plan(self, run_id: int, iteration: int) -> PrefixPlan:
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(Allocation)
+                .where(Allocation.run_id == run_id, Allocation.iteration == iteration, Allocation.stage == 2)
+                .order_by(Allocation.id)
+            ).all()
+        anchors = [(Anchor(r.pool_index, r.node_index, r.predicted or 0.0, r.realised_reward or 0.0), r.count)
+                   for r in rows if r.kind != "refill"]  # fmt: skip
+        refills = tuple((r.pool_index, r.count) for r in rows if r.kind == "refill")
+        return PrefixPlan(
+            tuple(a for a, _ in anchors), tuple(k for _, k in anchors), refills, sum(r.value for r in rows)
+        )
+
+    # -- fits, updates, checkpoints, iterations ---------------------------------------------------
+
+    def save_predictor_fit(
+        self,
+        run_id: int,
+        iteration: int,
+        fit: FitReport,
+        before: PredictorQuality,
+        checkpoint: CheckpointRecord | None = None,
+        stage: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """The refit's loss and size, and the quality of the predictions made before it (`before`)."""
+        with transaction(self._sessions) as s:
+            s.execute(delete(PredictorFit).where(PredictorFit.run_id == run_id, PredictorFit.iteration == iteration))
+            s.add(PredictorFit(run_id=run_id, iteration=iteration, loss=fit.loss, examples=fit.examples,
+                               steps=fit.steps, brier=_finite(before.brier), auc=_finite(before.auc),
+                               calibration_error=_finite(before.ece)))  # fmt: skip
+            self._put_checkpoint(s, run_id, iteration, checkpoint)
+            self._mark(s, run_id, iteration, stage, seconds)
+
+    def save_policy_update(
+        self,
+        run_id: int,
+        iteration: int,
+        stats: UpdateStats,
+        adapter_version: int,
+        checkpoint: CheckpointRecord | None = None,
+        stage: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        with transaction(self._sessions) as s:
+            s.execute(delete(PolicyUpdate).where(PolicyUpdate.run_id == run_id, PolicyUpdate.iteration == iteration))
+            s.add(PolicyUpdate(run_id=run_id, iteration=iteration, loss=stats.loss, kl=stats.kl,
+                               clip_fraction=stats.clip_fraction, grad_norm=stats.grad_norm,
+                               learning_rate=stats.learning_rate, tokens=stats.tokens,
+                               adapter_version=adapter_version))  # fmt: skip
+            self._put_checkpoint(s, run_id, iteration, checkpoint)
+            self._mark(s, run_id, iteration, stage, seconds)
+
+    @staticmethod
+    def _put_checkpoint(s: Session, run_id: int, iteration: int, checkpoint: CheckpointRecord | None) -> None:
+        if checkpoint is None:
+            return
+        s.execute(
+            delete(Checkpoint).where(
+                Checkpoint.run_id == run_id, Checkpoint.iteration == iteration, Checkpoint.kind == checkpoint.kind
+            )
+        )
+        s.add(Checkpoint(run_id=run_id, iteration=iteration, kind=checkpoint.kind, location=checkpoint.location,
+                         sha256=checkpoint.sha256))  # fmt: skip
+
+    def save_checkpoint(self, run_id: int, iteration: int, checkpoint: CheckpointRecord,
+                        stage: str | None = None) -> None:  # fmt: skip
+        with transaction(self._sessions) as s:
+            self._put_checkpoint(s, run_id, iteration, checkpoint)
+            self._mark(s, run_id, iteration, stage, None)
+
+    def checkpoints(self, run_id: int, kind: str) -> list[tuple[int, CheckpointRecord]]:
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.run_id == run_id, Checkpoint.kind == kind)
+                .order_by(Checkpoint.iteration)
+            ).all()
+        return [(r.iteration, CheckpointRecord(r.kind, r.location, r.sha256)) for r in rows]
+
+    def save_iteration(
+        self,
+        run_id: int,
+        iteration: int,
+        metrics: dict[str, float],
+        status: str = "done",
+        stage: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        clean = {k: _finite(v) for k, v in metrics.items()}
+        with transaction(self._sessions) as s:
+            s.execute(delete(Iteration).where(Iteration.run_id == run_id, Iteration.iteration == iteration))
+            s.add(Iteration(run_id=run_id, iteration=iteration, status=status, metrics=clean,
+                            finished_at=utcnow() if status == "done" else None))  # fmt: skip
+            self._mark(s, run_id, iteration, stage, seconds)
+
+    def iteration_metrics(self, run_id: int) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            rows = s.scalars(select(Iteration).where(Iteration.run_id == run_id).order_by(Iteration.iteration)).all()
+        return [{"iteration": r.iteration, **r.metrics} for r in rows]

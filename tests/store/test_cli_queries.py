@@ -1,0 +1,31 @@
+from flows.cli import main
+from tests.store.conftest import make_tree
+
+
+def _seed(store):
+    run = store.open_run("fx", {}, "h", "test")
+    store.save_trees(run, 0, [make_tree("q1", [1.0, 0.0]), make_tree("q2", [0.0, 0.0])], "trace")
+
+
+def test_named_queries_print_tables_and_write_csv(store, capsys, tmp_path):
+    _seed(store)
+    url = f"store.url={store.url}"
+    assert main(["query", "effective-ratio", "--run", "fx", "--set", url, "--csv", str(tmp_path / "e.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "effective_ratio" in out and "fx" in out and (tmp_path / "e.csv").exists()
+    assert main(["query", "tree", "1", "--set", url]) == 0
+    assert "Q: Where was q1 born?" in capsys.readouterr().out
+
+
+def test_sql_refuses_a_write_with_a_one_line_message(store, capsys):
+    _seed(store)
+    assert main(["sql", "DELETE FROM nodes", "--set", f"store.url={store.url}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "read-only" in err
+
+
+def test_a_bad_database_url_is_a_one_line_error_without_the_password(capsys):
+    code = main(["query", "effective-ratio", "--set", "store.url=postgresql://me:hunter2@127.0.0.1:1/db"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "127.0.0.1:1" in err and "hunter2" not in err

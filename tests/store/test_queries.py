@@ -1,0 +1,79 @@
+import pytest
+
+from store import queries
+from store.db import make_engine
+from store.queries import ReadOnlyError, run_sql
+from tests.store.conftest import make_tree
+
+
+@pytest.fixture()
+def fixture_run(store):
+    """Iteration 0: q1 leaves (1, 0, 0) mixed, q2 (0, 0, 0) not. Iteration 1: q3 (1, 1, 0) mixed.
+    Only the roots carry a prediction (0.4)."""
+    run = store.open_run("fx", {}, "h", "test")
+    store.save_trees(run, 0, [make_tree("q1", [1.0, 0.0]), make_tree("q2", [0.0, 0.0])], "trace")
+    store.save_trees(run, 1, [make_tree("q3", [1.0, 1.0])], "trace")
+    return store
+
+
+def test_effective_ratio_per_iteration(fixture_run):
+    table = queries.effective_ratio(fixture_run.engine, "fx")
+    rows = [tuple(r) for r in table.rows]
+    # it 0: 2 trees, 1 mixed, 6 leaves, 1 success -> 0.5, 1/6; it 1: 1 tree, mixed, 3 leaves, 2 successes
+    assert [r[:4] for r in rows] == [("fx", 0, 2, 1), ("fx", 1, 1, 1)]
+    assert [float(r[4]) for r in rows] == pytest.approx([0.5, 1.0])
+    assert [int(r[5]) for r in rows] == [6, 3]
+    assert [float(r[6]) for r in rows] == pytest.approx([1 / 6, 2 / 3])
+
+
+def test_depth_success(fixture_run):
+    rows = queries.depth_success(fixture_run.engine, "fx").rows
+    # depth 0: 3 roots, 9 leaves, 3 successes, 2 of 3 mixed
+    # depth 1: 3 first turns (leaves 2, 2, 2; successes 1, 0, 2) + 3 failed answers -> 9 leaves, 3 successes, 1/6 mixed
+    # depth 2: 6 answers, 3 successes
+    assert [(r[0], r[1], int(r[2])) for r in rows] == [(0, 3, 9), (1, 6, 9), (2, 6, 6)]
+    assert [float(r[3]) for r in rows] == pytest.approx([1 / 3, 1 / 3, 0.5])
+    assert [float(r[4]) for r in rows] == pytest.approx([2 / 3, 1 / 6, 0.0])
+
+
+def test_calibration_bins_predictions_against_backed_up_targets(fixture_run):
+    table = queries.calibration(fixture_run.engine, "fx")
+    assert table.rows == (("0.4-0.5", 3, 9, pytest.approx(0.4), pytest.approx(1 / 3), pytest.approx(1 / 3 - 0.4)),)
+
+
+def test_a_tree_is_drawn_with_predictions_targets_and_rewards(fixture_run):
+    text = queries.draw_tree(fixture_run.engine, 1)
+    lines = text.splitlines()
+    assert lines[1].startswith("Q: Where was q1 born?")
+    assert lines[2].startswith("prompt  p=0.4  target=0.3333 (3 leaves)")
+    assert "- search: Oskar Lind  p=-  target=0.5 (2 leaves)" in text
+    assert sum("reward=1" in line for line in lines) == 1
+
+
+def test_tables_export_to_csv(fixture_run, tmp_path):
+    queries.effective_ratio(fixture_run.engine).to_csv(tmp_path / "er.csv")
+    assert (tmp_path / "er.csv").read_text().splitlines()[0] == (
+        "run,iteration,trees,mixed_trees,effective_ratio,leaves,mean_reward"
+    )
+
+
+def test_users_sql_reads_and_the_views_serve_any_client(fixture_run):
+    table = run_sql(fixture_run.url, "SELECT question_id, reward FROM leaf_paths ORDER BY leaf_id")
+    assert [r[0] for r in table.rows].count("q1") == 3
+    anchors = run_sql(fixture_run.url, "SELECT successes, leaf_count, mixed FROM anchor_outcomes WHERE depth = 1 "
+                                       "ORDER BY node_id")  # fmt: skip
+    assert [tuple(r) for r in anchors.rows] == [(1, 2, 1), (0, 2, 0), (2, 2, 0)]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["DELETE FROM nodes", "UPDATE runs SET status = 'x'", "INSERT INTO runs (name) VALUES ('y')",
+     "CREATE TABLE evil (x INTEGER)", "DROP VIEW leaf_paths"],
+)  # fmt: skip
+def test_a_writing_statement_through_sql_is_refused_and_changes_nothing(fixture_run, statement):
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        run_sql(fixture_run.url, statement)
+    with make_engine(fixture_run.url).connect() as conn:
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT COUNT(*) FROM nodes")).scalar_one() == 15
