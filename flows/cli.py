@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from flows.settings import Settings, SettingsError, load_settings
 from store.db import StoreError
@@ -34,36 +35,122 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from flows.train import train
+def cmd_data(args: argparse.Namespace) -> int:
+    from flows.pipeline import make_retriever, prepare_task
 
+    s = _settings(args)
+    data = prepare_task(s, _log)
+    make_retriever(s, data)
+    _log(f"task in {data.directory}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test, "
+         f"{len(data.corpus)} documents, BM25 index built")  # fmt: skip
+    return 0
+
+
+def cmd_warmstart(args: argparse.Namespace) -> int:
+    from flows.pipeline import make_retriever, prepare_model, prepare_task
+
+    s = _settings(args)
+    data = prepare_task(s, _log)
+    model_dir = prepare_model(s, data, make_retriever(s, data), _log)
+    if args.metrics:
+        build = json.loads((model_dir / "build.json").read_text()) if (model_dir / "build.json").exists() else {}
+        chosen = build.get("chosen", {})
+        figures = {"parameters": build.get("parameters"), "chosen_step": chosen.get("step"),
+                   "sampled_success": chosen.get("success"), "loss": chosen.get("loss")}  # fmt: skip
+        _write_json(Path(args.metrics), figures)
+    _log(f"model ready: {model_dir}")
+    return 0
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.report import evaluate_run
+
+    result = evaluate_run(_settings(args), _log)
+    if args.out:
+        _write_json(Path(args.out), result)
+        _log(f"written to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.report import write_report
+
+    write_report(_settings(args), Path(args.out), _log)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.allocator:
         overrides.append(f"trace.allocator={args.allocator}")
-    s = load_settings(overrides)
+    s = load_settings(overrides)  # refuse bad settings before Prefect or any model starts
+    from flows.training import trace_training
+
     start = time.perf_counter()
-    history = train(s, _log)
+    history = trace_training(overrides)
     run_dir = s.run.output_dir / s.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    if args.metrics:
+        _export_metrics(Path(args.metrics), history)
     first, last = history[0], history[-1]
     iterations = [row for row in history if row["iteration"] >= 0]
+    ratios = [r["rollout/effective_ratio"] for r in iterations if "rollout/effective_ratio" in r]
+
+    def num(row: dict, key: str) -> float:
+        value = row.get(key)
+        return float("nan") if value is None else float(value)
+
+    def before_after(key: str) -> str:
+        return f"{num(first, key):.3f} -> {num(last, key):.3f}"
+
     summary = {
         "allocator": s.trace.allocator,
         "iterations": len(iterations),
-        "dev EM before -> after": f"{first['eval/em']:.3f} -> {last['eval/em']:.3f}",
-        "dev F1 before -> after": f"{first['eval/f1']:.3f} -> {last['eval/f1']:.3f}",
-        "mean effective ratio": f"{sum(r['rollout/effective_ratio'] for r in iterations) / len(iterations):.3f}",
+        "dev EM before -> after": before_after("eval/em"),
+        "dev F1 before -> after": before_after("eval/f1"),
+        "mean effective ratio": f"{sum(ratios) / max(len(ratios), 1):.3f}",
         "leaves per iteration": f"{s.trace.budget}",
-        "predictor AUC on dev (held out)": f"{last.get('predictor/dev_auc', float('nan')):.3f}",
+        "predictor AUC on dev (held out)": f"{num(last, 'predictor/dev_auc'):.3f}",
         "wall time": f"{time.perf_counter() - start:.0f}s",
         "metrics": str(run_dir / "metrics.jsonl"),
+        "rollout database": s.store_url() if not s.store.url.get_secret_value() else "(store.url)",
+        "trained policy": str(run_dir / "policy"),
     }
     print()
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"  {key:<{width}}  {value}")
     return 0
+
+
+def _export_metrics(directory: Path, history: list[dict]) -> None:
+    """train.json (final figures) and train.csv (one row per iteration) for DVC; wall times are
+    left out so that two reproductions of the same run give identical files."""
+    rows = [{k: v for k, v in row.items() if not k.startswith("time/")} for row in history]
+    columns = sorted({k for row in rows for k in row} - {"iteration"})
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "train.csv").open("w") as handle:
+        handle.write(",".join(["iteration", *columns]) + "\n")
+        for row in rows:
+            handle.write(",".join([str(row["iteration"])] + [_cell(row.get(c)) for c in columns]) + "\n")
+    iterations = [r for r in rows if r["iteration"] >= 0]
+    final = {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "predictor/dev"))}
+    final["eval/em_before"] = rows[0].get("eval/em")
+    final["rollout/mean_effective_ratio"] = sum(r.get("rollout/effective_ratio", 0) for r in iterations) / max(
+        len(iterations), 1
+    )
+    final["rollout/generated_tokens"] = sum(r.get("rollout/generated_tokens", 0) for r in iterations)
+    _write_json(directory / "train.json", final)
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -77,6 +164,24 @@ def cmd_settings(args: argparse.Namespace) -> int:
         for key, value in values.items():
             print(f"{key} = {json.dumps(value)}")
         print()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    from flows.training import trace_training
+
+    print(f"serving deployment 'trace-training/{s.orchestration.deployment}'"
+          + (f" on schedule '{s.orchestration.cron}'" if s.orchestration.cron else " (runs on demand)"))  # fmt: skip
+    from prefect.deployments.runner import EntrypointType
+
+    trace_training.serve(
+        name=s.orchestration.deployment,
+        cron=s.orchestration.cron or None,
+        parameters={"overrides": list(args.set or [])},
+        print_starting_message=True,
+        entrypoint_type=EntrypointType.MODULE_PATH,  # found by import, whatever the working directory
+    )
     return 0
 
 
@@ -138,10 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in [
         ("run", cmd_run, "prepare the task and model, then run the main job"),
         ("prepare", cmd_prepare, "build the task data, retrieval index and model only"),
+        ("data", cmd_data, "generate (or read) the task data and build the retrieval index"),
+        ("warmstart", cmd_warmstart, "build and warm-start the default model (or convert/load the preset)"),
+        ("evaluate", cmd_evaluate, "dev and test accuracy of a run's final policy"),
+        ("report", cmd_report, "plots and an HTML page for a run"),
         ("settings", cmd_settings, "print the resolved settings"),
         ("query", cmd_query, "a named analysis query over the rollout database"),
         ("sql", cmd_sql, "your own read-only SQL over the rollout database"),
         ("db", cmd_db, "show or upgrade the rollout database's schema"),
+        ("serve", cmd_serve, "serve the training flow as a Prefect deployment (scheduled by settings)"),
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
@@ -159,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("action", choices=["upgrade", "status"])
         if name == "run":
             p.add_argument("--allocator", help="shorthand for --set trace.allocator=NAME")
+            p.add_argument("--metrics", help="also write train.json and train.csv (per iteration) to this folder")
+        if name == "warmstart":
+            p.add_argument("--metrics", help="write the warm start's figures to this JSON file")
+        if name == "evaluate":
+            p.add_argument("--out", help="write the figures to this JSON file")
+        if name == "report":
+            p.add_argument("--out", default="report", help="folder for the plots and index.html")
         if name == "settings":
             p.add_argument("--defaults", action="store_true", help="print the defaults as a settings.toml")
     return parser

@@ -94,7 +94,8 @@ def prepare_task(s: Settings, log: Log = print) -> TaskData:
     """Generate (or read) the task's questions and corpus and build the BM25 index beside them."""
     t = s.task
     if t.source == "synthetic":
-        spec = SyntheticTaskSpec(t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test)
+        spec = SyntheticTaskSpec(t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test,
+                                 t.max_hops)  # fmt: skip
         directory, digest = t.data_dir, settings_hash(asdict(spec))
         if not _built(directory, digest):
             log(f"generating the synthetic task in {directory}")
@@ -213,8 +214,10 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
 def prepare_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = print) -> Path:
     """The policy's model directory for the configured preset, built or converted when needed."""
     if s.model.preset == "path":
-        assert s.model.path is not None  # checked by the settings validator
-        return s.model.path
+        path = Path(s.model.path)  # non-empty: checked by the settings validator
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model.path={path}: not a Hugging Face model directory (no config.json)")
+        return path
     if s.model.preset == "smollm2":
         out = s.model.models_dir / "smollm2-135m-instruct"
         if not (out / "config.json").exists():

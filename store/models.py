@@ -72,6 +72,7 @@ class Stage(Base):
     stage: Mapped[str] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(20), default="done")
     seconds: Mapped[float | None]
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what the stage measured, namespaced
     finished_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

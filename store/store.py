@@ -1,7 +1,8 @@
 """`RolloutStore`: the training stages' reads and writes, in trace_core types.
 
-Each `save_*` call is one transaction that first deletes what an earlier attempt of the same
-(run, iteration, stage) wrote and then writes again, together with the stage's completion marker:
+All writes of a stage go through `with store.stage(run, iteration, name) as w:`, one transaction
+whose writers first delete what an earlier attempt of the same (run, iteration, stage) wrote and
+then write again, together with the stage's completion marker:
 a retried stage replaces its rows, a failure in the middle leaves nothing half-written, and
 `completed_stages` tells a restarted run where to resume.
 
@@ -12,7 +13,8 @@ looks the parent up by (tree, parent index).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,6 +22,7 @@ import numpy as np
 from sqlalchemy import Table, and_, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from store.db import StoreError, ensure_schema, make_engine, render_url, session_factory, transaction
@@ -82,6 +85,132 @@ def _record(prompt: Prompt) -> QARecord:
     return QARecord(prompt.dataset_id, prompt.question, tuple(prompt.golden_answers), prompt.data_source, prompt.hops)
 
 
+class StageWriter:
+    """The writes of one stage of one iteration; all of them commit together (see `RolloutStore.stage`).
+
+    Each method first deletes what an earlier attempt wrote for the same (run, iteration, ...), so a
+    retried stage replaces its rows.
+    """
+
+    def __init__(self, store: RolloutStore, session: Session, run_id: int, iteration: int) -> None:
+        self.store, self.s, self.run_id, self.iteration = store, session, run_id, iteration
+        self.metrics: dict[str, float] = {}
+
+    def stage_metrics(self, metrics: dict[str, float]) -> None:
+        """Measurements of this stage, kept with its completion marker."""
+        self.metrics.update(metrics)
+
+    def trees(self, trees: Sequence[RolloutTree], allocator: str) -> None:
+        """Replace the iteration's trees (indexed by pool position) and all their nodes."""
+        s, run_id, iteration = self.s, self.run_id, self.iteration
+        s.execute(delete(Tree).where(Tree.run_id == run_id, Tree.iteration == iteration))
+        prompts = self.store._prompt_ids(s, (t.record for t in trees))
+        tree_rows = [
+            {"run_id": run_id, "iteration": iteration, "pool_index": i, "allocator": allocator,
+             "prompt_id": prompts[(t.record.data_source, t.record.id)], "budget": len(t.leaves())}
+            for i, t in enumerate(trees)
+        ]  # fmt: skip
+        if not tree_rows:
+            return
+        s.execute(insert(_table(Tree)), tree_rows)
+        found = s.execute(select(Tree.pool_index, Tree.id).where(Tree.run_id == run_id, Tree.iteration == iteration))
+        ids = {pool_index: tree_id for pool_index, tree_id in found}
+        s.execute(insert(_table(Node)), [_node_row(ids[i], n) for i, t in enumerate(trees) for n in t])
+        parent = aliased(Node)
+        lookup = (
+            select(parent.id)
+            .where(and_(parent.tree_id == Node.tree_id, parent.node_index == Node.parent_index))
+            .scalar_subquery()
+        )
+        s.execute(
+            update(Node)
+            .where(Node.tree_id.in_(list(ids.values())), Node.parent_index.is_not(None))
+            .values(parent_id=lookup)
+            .execution_options(synchronize_session=False)
+        )
+
+    def root_plan(self, pool: Sequence[QARecord], predicted: Sequence[float], plan: RootPlan) -> None:
+        """Stage 1: one row per pool candidate (count 0 included), so the pool itself is kept too."""
+        self._delete_allocations(1)
+        prompts = self.store._prompt_ids(self.s, pool)
+        rows = [
+            {"run_id": self.run_id, "iteration": self.iteration, "stage": 1, "kind": "prompt", "pool_index": i,
+             "prompt_id": prompts[(r.data_source, r.id)], "node_index": 0, "predicted": float(v),
+             "realised_reward": None, "value": root_value(v, m), "count": m}
+            for i, (r, v, m) in enumerate(zip(pool, predicted, plan.counts, strict=True))
+        ]  # fmt: skip
+        if rows:
+            self.s.execute(insert(_table(Allocation)), rows)
+
+    def prefix_plan(self, plan: PrefixPlan, unused_predicted: dict[int, float]) -> None:
+        """Stage 2: one row per anchor offered (count 0 included) and per refill prompt."""
+        self._delete_allocations(2)
+        base = {"run_id": self.run_id, "iteration": self.iteration, "stage": 2}
+        rows: list[dict[str, Any]] = [
+            {**base, "kind": "root" if a.node_id == 0 else "anchor", "pool_index": a.tree, "node_index": a.node_id,
+             "predicted": a.p, "realised_reward": a.r, "value": prefix_value(a.p, a.r, k), "count": k}
+            for a, k in zip(plan.anchors, plan.counts, strict=True)
+        ]  # fmt: skip
+        rows += [
+            {**base, "kind": "refill", "pool_index": c, "node_index": 0, "predicted": unused_predicted.get(c),
+             "realised_reward": None, "value": root_value(unused_predicted.get(c, 0.5), m), "count": m}
+            for c, m in plan.new_roots
+        ]  # fmt: skip
+        if rows:
+            self.s.execute(insert(_table(Allocation)), rows)
+
+    def _delete_allocations(self, stage: int) -> None:
+        self.s.execute(
+            delete(Allocation).where(
+                Allocation.run_id == self.run_id, Allocation.iteration == self.iteration, Allocation.stage == stage
+            )
+        )
+
+    def predictor_fit(self, fit: FitReport, before: PredictorQuality) -> None:
+        """The refit's loss and size, and the quality of the predictions made before it (`before`)."""
+        self.s.execute(
+            delete(PredictorFit).where(PredictorFit.run_id == self.run_id, PredictorFit.iteration == self.iteration)
+        )
+        self.s.add(PredictorFit(run_id=self.run_id, iteration=self.iteration, loss=fit.loss, examples=fit.examples,
+                                steps=fit.steps, brier=_finite(before.brier), auc=_finite(before.auc),
+                                calibration_error=_finite(before.ece)))  # fmt: skip
+
+    def policy_update(self, stats: UpdateStats, adapter_version: int) -> None:
+        self.s.execute(
+            delete(PolicyUpdate).where(PolicyUpdate.run_id == self.run_id, PolicyUpdate.iteration == self.iteration)
+        )
+        self.s.add(PolicyUpdate(run_id=self.run_id, iteration=self.iteration, loss=stats.loss, kl=stats.kl,
+                                clip_fraction=stats.clip_fraction, grad_norm=stats.grad_norm,
+                                learning_rate=stats.learning_rate, tokens=stats.tokens,
+                                adapter_version=adapter_version))  # fmt: skip
+
+    def checkpoint(self, record: CheckpointRecord) -> None:
+        self.s.execute(
+            delete(Checkpoint).where(
+                Checkpoint.run_id == self.run_id, Checkpoint.iteration == self.iteration, Checkpoint.kind == record.kind
+            )
+        )
+        self.s.add(Checkpoint(run_id=self.run_id, iteration=self.iteration, kind=record.kind,
+                              location=record.location, sha256=record.sha256))  # fmt: skip
+
+    def iteration_metrics(self, metrics: dict[str, float], status: str = "done") -> None:
+        clean = {k: _finite(v) for k, v in metrics.items()}
+        self.s.execute(delete(Iteration).where(Iteration.run_id == self.run_id, Iteration.iteration == self.iteration))
+        self.s.add(Iteration(run_id=self.run_id, iteration=self.iteration, status=status, metrics=clean,
+                             finished_at=utcnow() if status == "done" else None))  # fmt: skip
+
+
+def _node_row(tree_id: int, n: RolloutNode) -> dict[str, Any]:
+    return {
+        "tree_id": tree_id, "node_index": n.node_id, "parent_index": n.parent_id, "depth": n.depth,
+        "model_token_ids": pack_ints(n.model_ids), "model_logprobs": pack_floats(n.model_logprobs),
+        "observation_token_ids": pack_ints(n.observation_ids), "text": n.text, "observation": n.observation,
+        "action": n.action, "argument": n.argument, "finish_reason": n.finish_reason, "terminal": n.terminal,
+        "reward": n.reward, "predicted": n.predicted, "target": n.target, "leaf_count": n.leaf_count,
+        "origin": n.origin, "generated_tokens": len(n.model_ids),
+    }  # fmt: skip
+
+
 class RolloutStore:
     """Reads and writes of training runs; see the module docstring."""
 
@@ -95,6 +224,15 @@ class RolloutStore:
         return f"RolloutStore({render_url(self.url)})"
 
     def close(self) -> None:
+        """Release connections. A SQLite file is left as one self-contained file (its write-ahead
+        log folded back in), so copying it, versioning it or opening it read-only sees everything."""
+        if self.engine.dialect.name == "sqlite":
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                    conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
+            except OperationalError:
+                pass  # another process still has the file open; it stays in WAL mode
         self.engine.dispose()
 
     # -- runs and stages --------------------------------------------------------------------------
@@ -131,16 +269,42 @@ class RolloutStore:
             rows = s.scalars(select(Stage.stage).where(Stage.run_id == run_id, Stage.iteration == iteration))
             return set(rows)
 
-    @staticmethod
-    def _mark(s: Session, run_id: int, iteration: int, stage: str | None, seconds: float | None) -> None:
-        if stage is None:
-            return
-        s.execute(delete(Stage).where(Stage.run_id == run_id, Stage.iteration == iteration, Stage.stage == stage))
-        s.add(Stage(run_id=run_id, iteration=iteration, stage=stage, seconds=seconds))
+    @contextmanager
+    def stage(
+        self, run_id: int, iteration: int, name: str | None = None, seconds: float | None = None
+    ) -> Iterator[StageWriter]:
+        """One transaction for a stage's writes; on success it also records the stage as done.
 
-    def mark_stage(self, run_id: int, iteration: int, stage: str, seconds: float | None = None) -> None:
+        An exception inside the block rolls everything back: nothing of the attempt remains.
+        """
         with transaction(self._sessions) as s:
-            self._mark(s, run_id, iteration, stage, seconds)
+            writer = StageWriter(self, s, run_id, iteration)
+            yield writer
+            if name is not None:
+                s.execute(
+                    delete(Stage).where(Stage.run_id == run_id, Stage.iteration == iteration, Stage.stage == name)
+                )
+                metrics = {k: _finite(v) for k, v in writer.metrics.items()}
+                s.add(Stage(run_id=run_id, iteration=iteration, stage=name, seconds=seconds, metrics=metrics))
+
+    def stage_metrics(self, run_id: int, iteration: int) -> dict[str, Any]:
+        """The measurements of every committed stage of an iteration, merged, with `time/<stage>`."""
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(Stage).where(Stage.run_id == run_id, Stage.iteration == iteration).order_by(Stage.id)
+            ).all()
+        merged: dict[str, Any] = {}
+        for row in rows:
+            merged.update(row.metrics)
+            merged[f"time/{row.stage}"] = row.seconds
+        return merged
+
+    def stage_seconds(self, run_id: int) -> list[tuple[int, str, float | None]]:
+        with self._sessions() as s:
+            rows = s.execute(
+                select(Stage.iteration, Stage.stage, Stage.seconds).where(Stage.run_id == run_id).order_by(Stage.id)
+            )
+            return [(it, name, sec) for it, name, sec in rows]
 
     # -- prompts ----------------------------------------------------------------------------------
 
@@ -165,59 +329,7 @@ class RolloutStore:
         )
         return {(src, did): pid for src, did, pid in found if (src, did) in unique}
 
-    # -- trees ------------------------------------------------------------------------------------
-
-    def save_trees(
-        self,
-        run_id: int,
-        iteration: int,
-        trees: Sequence[RolloutTree],
-        allocator: str,
-        stage: str | None = None,
-        seconds: float | None = None,
-    ) -> None:
-        """Replace the iteration's trees (indexed by pool position) and all their nodes."""
-        with transaction(self._sessions) as s:
-            s.execute(delete(Tree).where(Tree.run_id == run_id, Tree.iteration == iteration))
-            prompts = self._prompt_ids(s, (t.record for t in trees))
-            tree_rows = [
-                {"run_id": run_id, "iteration": iteration, "pool_index": i, "allocator": allocator,
-                 "prompt_id": prompts[(t.record.data_source, t.record.id)], "budget": len(t.leaves())}
-                for i, t in enumerate(trees)
-            ]  # fmt: skip
-            if tree_rows:
-                s.execute(insert(_table(Tree)), tree_rows)
-            found = s.execute(
-                select(Tree.pool_index, Tree.id).where(Tree.run_id == run_id, Tree.iteration == iteration)
-            )
-            ids = {pool_index: tree_id for pool_index, tree_id in found}
-            node_rows = [self._node_row(ids[i], n) for i, t in enumerate(trees) for n in t]
-            if node_rows:
-                s.execute(insert(_table(Node)), node_rows)
-                parent = aliased(Node)
-                lookup = (
-                    select(parent.id)
-                    .where(and_(parent.tree_id == Node.tree_id, parent.node_index == Node.parent_index))
-                    .scalar_subquery()
-                )
-                s.execute(
-                    update(Node)
-                    .where(Node.tree_id.in_(list(ids.values())), Node.parent_index.is_not(None))
-                    .values(parent_id=lookup)
-                    .execution_options(synchronize_session=False)
-                )
-            self._mark(s, run_id, iteration, stage, seconds)
-
-    @staticmethod
-    def _node_row(tree_id: int, n: RolloutNode) -> dict[str, Any]:
-        return {
-            "tree_id": tree_id, "node_index": n.node_id, "parent_index": n.parent_id, "depth": n.depth,
-            "model_token_ids": pack_ints(n.model_ids), "model_logprobs": pack_floats(n.model_logprobs),
-            "observation_token_ids": pack_ints(n.observation_ids), "text": n.text, "observation": n.observation,
-            "action": n.action, "argument": n.argument, "finish_reason": n.finish_reason, "terminal": n.terminal,
-            "reward": n.reward, "predicted": n.predicted, "target": n.target, "leaf_count": n.leaf_count,
-            "origin": n.origin, "generated_tokens": len(n.model_ids),
-        }  # fmt: skip
+    # -- reads --------------------------------------------------------------------------------------
 
     def load_trees(self, run_id: int, iteration: int) -> list[RolloutTree]:
         """The iteration's trees in pool order, as trace_core trees."""
@@ -259,68 +371,6 @@ class RolloutStore:
             predicted=row.predicted, target=row.target, leaf_count=row.leaf_count,
         )  # fmt: skip
 
-    # -- allocations ------------------------------------------------------------------------------
-
-    def save_root_plan(
-        self,
-        run_id: int,
-        iteration: int,
-        pool: Sequence[QARecord],
-        predicted: Sequence[float],
-        plan: RootPlan,
-        stage: str | None = None,
-        seconds: float | None = None,
-    ) -> None:
-        """Stage 1: one row per pool candidate (count 0 included), so the pool itself is kept too."""
-        with transaction(self._sessions) as s:
-            self._delete_allocations(s, run_id, iteration, 1)
-            prompts = self._prompt_ids(s, pool)
-            rows = [
-                {"run_id": run_id, "iteration": iteration, "stage": 1, "kind": "prompt", "pool_index": i,
-                 "prompt_id": prompts[(r.data_source, r.id)], "node_index": 0, "predicted": float(v),
-                 "realised_reward": None, "value": root_value(v, m), "count": m}
-                for i, (r, v, m) in enumerate(zip(pool, predicted, plan.counts, strict=True))
-            ]  # fmt: skip
-            if rows:
-                s.execute(insert(_table(Allocation)), rows)
-            self._mark(s, run_id, iteration, stage, seconds)
-
-    def save_prefix_plan(
-        self,
-        run_id: int,
-        iteration: int,
-        plan: PrefixPlan,
-        unused_predicted: dict[int, float],
-        stage: str | None = None,
-        seconds: float | None = None,
-    ) -> None:
-        """Stage 2: one row per anchor offered (count 0 included) and per refill prompt."""
-        with transaction(self._sessions) as s:
-            self._delete_allocations(s, run_id, iteration, 2)
-            rows: list[dict[str, Any]] = [
-                {"run_id": run_id, "iteration": iteration, "stage": 2,
-                 "kind": "root" if a.node_id == 0 else "anchor", "pool_index": a.tree, "node_index": a.node_id,
-                 "predicted": a.p, "realised_reward": a.r, "value": prefix_value(a.p, a.r, k), "count": k}
-                for a, k in zip(plan.anchors, plan.counts, strict=True)
-            ]  # fmt: skip
-            rows += [
-                {"run_id": run_id, "iteration": iteration, "stage": 2, "kind": "refill", "pool_index": c,
-                 "node_index": 0, "predicted": unused_predicted.get(c), "realised_reward": None,
-                 "value": root_value(unused_predicted.get(c, 0.5), m), "count": m}
-                for c, m in plan.new_roots
-            ]  # fmt: skip
-            if rows:
-                s.execute(insert(_table(Allocation)), rows)
-            self._mark(s, run_id, iteration, stage, seconds)
-
-    @staticmethod
-    def _delete_allocations(s: Session, run_id: int, iteration: int, stage: int) -> None:
-        s.execute(
-            delete(Allocation).where(
-                Allocation.run_id == run_id, Allocation.iteration == iteration, Allocation.stage == stage
-            )
-        )
-
     def load_root_plan(self, run_id: int, iteration: int) -> tuple[list[QARecord], list[float], RootPlan]:
         """The stored pool (in order), its predictions and the Stage-1 plan."""
         with self._sessions() as s:
@@ -348,64 +398,6 @@ class RolloutStore:
             tuple(a for a, _ in anchors), tuple(k for _, k in anchors), refills, sum(r.value for r in rows)
         )
 
-    # -- fits, updates, checkpoints, iterations ---------------------------------------------------
-
-    def save_predictor_fit(
-        self,
-        run_id: int,
-        iteration: int,
-        fit: FitReport,
-        before: PredictorQuality,
-        checkpoint: CheckpointRecord | None = None,
-        stage: str | None = None,
-        seconds: float | None = None,
-    ) -> None:
-        """The refit's loss and size, and the quality of the predictions made before it (`before`)."""
-        with transaction(self._sessions) as s:
-            s.execute(delete(PredictorFit).where(PredictorFit.run_id == run_id, PredictorFit.iteration == iteration))
-            s.add(PredictorFit(run_id=run_id, iteration=iteration, loss=fit.loss, examples=fit.examples,
-                               steps=fit.steps, brier=_finite(before.brier), auc=_finite(before.auc),
-                               calibration_error=_finite(before.ece)))  # fmt: skip
-            self._put_checkpoint(s, run_id, iteration, checkpoint)
-            self._mark(s, run_id, iteration, stage, seconds)
-
-    def save_policy_update(
-        self,
-        run_id: int,
-        iteration: int,
-        stats: UpdateStats,
-        adapter_version: int,
-        checkpoint: CheckpointRecord | None = None,
-        stage: str | None = None,
-        seconds: float | None = None,
-    ) -> None:
-        with transaction(self._sessions) as s:
-            s.execute(delete(PolicyUpdate).where(PolicyUpdate.run_id == run_id, PolicyUpdate.iteration == iteration))
-            s.add(PolicyUpdate(run_id=run_id, iteration=iteration, loss=stats.loss, kl=stats.kl,
-                               clip_fraction=stats.clip_fraction, grad_norm=stats.grad_norm,
-                               learning_rate=stats.learning_rate, tokens=stats.tokens,
-                               adapter_version=adapter_version))  # fmt: skip
-            self._put_checkpoint(s, run_id, iteration, checkpoint)
-            self._mark(s, run_id, iteration, stage, seconds)
-
-    @staticmethod
-    def _put_checkpoint(s: Session, run_id: int, iteration: int, checkpoint: CheckpointRecord | None) -> None:
-        if checkpoint is None:
-            return
-        s.execute(
-            delete(Checkpoint).where(
-                Checkpoint.run_id == run_id, Checkpoint.iteration == iteration, Checkpoint.kind == checkpoint.kind
-            )
-        )
-        s.add(Checkpoint(run_id=run_id, iteration=iteration, kind=checkpoint.kind, location=checkpoint.location,
-                         sha256=checkpoint.sha256))  # fmt: skip
-
-    def save_checkpoint(self, run_id: int, iteration: int, checkpoint: CheckpointRecord,
-                        stage: str | None = None) -> None:  # fmt: skip
-        with transaction(self._sessions) as s:
-            self._put_checkpoint(s, run_id, iteration, checkpoint)
-            self._mark(s, run_id, iteration, stage, None)
-
     def checkpoints(self, run_id: int, kind: str) -> list[tuple[int, CheckpointRecord]]:
         with self._sessions() as s:
             rows = s.scalars(
@@ -414,22 +406,6 @@ class RolloutStore:
                 .order_by(Checkpoint.iteration)
             ).all()
         return [(r.iteration, CheckpointRecord(r.kind, r.location, r.sha256)) for r in rows]
-
-    def save_iteration(
-        self,
-        run_id: int,
-        iteration: int,
-        metrics: dict[str, float],
-        status: str = "done",
-        stage: str | None = None,
-        seconds: float | None = None,
-    ) -> None:
-        clean = {k: _finite(v) for k, v in metrics.items()}
-        with transaction(self._sessions) as s:
-            s.execute(delete(Iteration).where(Iteration.run_id == run_id, Iteration.iteration == iteration))
-            s.add(Iteration(run_id=run_id, iteration=iteration, status=status, metrics=clean,
-                            finished_at=utcnow() if status == "done" else None))  # fmt: skip
-            self._mark(s, run_id, iteration, stage, seconds)
 
     def iteration_metrics(self, run_id: int) -> list[dict[str, Any]]:
         with self._sessions() as s:

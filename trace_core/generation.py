@@ -103,6 +103,10 @@ class GenerationBackend(Protocol):
         """Forget cached prefix states."""
         ...
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling random stream, so a stage can be replayed exactly."""
+        ...
+
     def sync_weights(self, model: Any) -> None:
         """Make every later generation sample from `model`'s current weights (call after each
         policy update): the transformers backend adopts the object, others load its adapter."""

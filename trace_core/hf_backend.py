@@ -185,6 +185,9 @@ class TransformersBackend:
     def reset_cache(self) -> None:
         self.cache.clear()
 
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
     def sync_weights(self, model: PreTrainedModel) -> None:
         """Sample from `model` from now on; cached prefix states of the old weights are dropped."""
         self.model = model

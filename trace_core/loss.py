@@ -8,9 +8,10 @@ the token's advantage A (from `advantages.py`):
 
 aggregated at token level over the whole mini-batch (DAPO's token-mean; long answers are not
 down-weighted per sequence). KL_k3 = exp(ref - logp) - (ref - logp) - 1 is Schulman's unbiased
-estimator against the reference policy (the base weights: the LoRA adapter switched off), used
-only when beta > 0. pi_old is the policy that sampled the tokens: its log-probs are recorded at
-generation time (`Completion.logprobs`), so no extra forward pass is needed.
+estimator against the reference policy (the starting weights: the LoRA adapter switched off, or a
+frozen copy under full fine-tuning), used only when beta > 0. pi_old is the policy that sampled
+the tokens: its log-probs are recorded at generation time (`Completion.logprobs`), so no extra
+forward pass is needed.
 
 Deviations:
 1. Each iteration's sequences are split into `minibatches` optimizer steps (one epoch by default);
@@ -21,6 +22,7 @@ Deviations:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,6 +166,7 @@ def policy_update(
     config: PolicyConfig,
     pad_id: int,
     iteration: int = 0,
+    reference: PreTrainedModel | None = None,
 ) -> UpdateStats:
     """One iteration's policy update over `rows` in `config.minibatches` optimizer steps."""
     if not rows:
@@ -179,7 +182,7 @@ def policy_update(
                           for f in ("loss_mask", "advantages", "old_logprobs"))  # fmt: skip
         ref = None
         if config.kl_coef > 0:
-            ref = _reference_logprobs(model, ids, attention)
+            ref = _reference_logprobs(model, ids, attention, reference)
         logp = token_logprobs(model, ids, attention)
         loss, kl, clip = surrogate_loss(logp, old.to(logp.dtype), adv.to(logp.dtype), mask.to(logp.dtype),
                                         config.clip_eps, ref, config.kl_coef)  # fmt: skip
@@ -200,11 +203,24 @@ def policy_update(
     )  # fmt: skip
 
 
-def _reference_logprobs(model: PreTrainedModel, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    if not isinstance(model, PeftModel):
-        raise ValueError("a KL penalty needs a reference policy: use LoRA (the base weights are the reference)")
-    with torch.no_grad(), model.disable_adapter():
-        return token_logprobs(model, ids, attention)
+def _reference_logprobs(
+    model: PreTrainedModel, ids: torch.Tensor, attention: torch.Tensor, reference: PreTrainedModel | None
+) -> torch.Tensor:
+    """Log-probs under the reference policy: `reference` if given, else the LoRA model's base weights."""
+    with torch.no_grad():
+        if reference is not None:
+            return token_logprobs(reference, ids, attention)
+        if not isinstance(model, PeftModel):
+            raise ValueError("a KL penalty needs a reference policy: pass `reference` or train a LoRA adapter")
+        with model.disable_adapter():
+            return token_logprobs(model, ids, attention)
+
+
+def freeze_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of `model` (the reference policy for full fine-tuning with a KL penalty)."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 def make_optimizer(model: torch.nn.Module, config: PolicyConfig) -> torch.optim.Optimizer:

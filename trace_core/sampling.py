@@ -142,6 +142,29 @@ def effective_ratio(trees: Sequence[RolloutTree]) -> float:
     return sum(t.is_mixed() for t in grown) / len(grown) if grown else 0.0
 
 
+def allocation_outcomes(trees: Sequence[RolloutTree]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each prediction made at allocation time against what the bare rollouts (Stage 1) then did.
+
+    Only Stage-1 leaves count: Stage 2 continues exactly where prediction and outcome disagreed,
+    so scoring against the final targets would measure the allocator's selection, not the
+    predictor. Returns (predicted, success rate of the Stage-1 leaves below, their count).
+    """
+    predicted, target, weight = [], [], []
+    for tree in trees:
+        stage1 = {leaf.node_id: leaf.reward or 0.0 for leaf in tree.leaves() if leaf.origin == "stage1"}
+        below: dict[int, list[float]] = {}
+        for leaf_id, reward in stage1.items():
+            for node in tree.path(leaf_id)[:-1]:
+                below.setdefault(node.node_id, []).append(reward)
+        for node_id, rewards in below.items():
+            p = tree.nodes[node_id].predicted
+            if p is not None:
+                predicted.append(p)
+                target.append(sum(rewards) / len(rewards))
+                weight.append(len(rewards))
+    return np.array(predicted), np.array(target), np.array(weight, dtype=np.float64)
+
+
 def node_examples(
     trees: Sequence[RolloutTree], featurizer: Featurizer
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:

@@ -95,6 +95,11 @@ class SyntheticTaskSpec:
     n_train: int = 1500
     n_dev: int = 200
     n_test: int = 200
+    max_hops: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_hops <= 3:
+            raise ValueError(f"max_hops must be 1, 2 or 3, got {self.max_hops}")
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,8 @@ def generate_task(spec: SyntheticTaskSpec = SyntheticTaskSpec()) -> SyntheticTas
     corpus = _documents(ents, facts)
     by_hops: dict[int, list[tuple[tuple[str, ...], str]]] = {}
     for tpl in TEMPLATES:
-        by_hops.setdefault(len(tpl[0]), []).append(tpl)
+        if len(tpl[0]) <= spec.max_hops:
+            by_hops.setdefault(len(tpl[0]), []).append(tpl)
     wanted = spec.n_train + spec.n_dev + spec.n_test
     questions: dict[str, QARecord] = {}
     attempts = 0

@@ -27,7 +27,7 @@ def _args(*extra):
     return [item for s in [*TINY, *extra] for item in ("--set", s)]
 
 
-def test_run_builds_the_task_and_model_then_trains_and_logs_metrics(workdir, capsys):
+def test_run_builds_the_task_and_model_then_trains_and_logs_metrics(prefect_api, workdir, capsys):
     assert main(["run", *_args("run.name=smoke")]) == 0
     for path in ["data/synthetic/train.jsonl", "data/synthetic/corpus.jsonl", "data/synthetic/bm25/build.json",
                  "models/tiny-react/config.json", "models/tiny-react/tokenizer.json"]:  # fmt: skip
@@ -37,19 +37,19 @@ def test_run_builds_the_task_and_model_then_trains_and_logs_metrics(workdir, cap
     assert all(r["rollout/leaves"] == 8 for r in rows[1:])
     assert all(k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
                for r in rows for k in r)  # fmt: skip
-    out = capsys.readouterr().out
-    assert "warm start" in out and "dev EM before -> after" in out
+    assert "dev EM before -> after" in capsys.readouterr().out
+    built = (workdir / "models/tiny-react/build.json").stat().st_mtime_ns
     store = RolloutStore(f"sqlite:///{workdir / 'runs/rollouts.db'}")
     run = store.run_id("smoke")
     for it in (0, 1):
         trees = store.load_trees(run, it)
         assert sum(len(t.leaves()) for t in trees) == 8
         assert store.completed_stages(run, it) >= {"allocate_roots", "roll_out_roots", "update_policy", "evaluate"}
-    assert [m["iteration"] for m in store.iteration_metrics(run)] == [0, 1]
+    assert [m["iteration"] for m in store.iteration_metrics(run)] == [-1, 0, 1]  # -1: before training
     store.close()
 
     assert main(["run", *_args("run.name=smoke")]) == 0  # unchanged settings reuse what was built
-    assert "warm start" not in capsys.readouterr().out
+    assert (workdir / "models/tiny-react/build.json").stat().st_mtime_ns == built
 
 
 def test_a_bad_setting_stops_the_run_before_anything_is_built(workdir, capsys):

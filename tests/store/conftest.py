@@ -76,3 +76,9 @@ def make_tree(question_id: str, rewards: list[float], predicted: float = 0.4) ->
     tree.add(_turn(0, [40], [], terminal=True, reward=0.0, action="answer"))
     backup(tree)
     return tree
+
+
+def save_trees(store, run_id, iteration, trees, allocator="trace", stage=None):
+    """Write trees as one stage (the way the training flow does)."""
+    with store.stage(run_id, iteration, stage) as w:
+        w.trees(trees, allocator)

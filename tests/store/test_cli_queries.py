@@ -1,10 +1,10 @@
 from flows.cli import main
-from tests.store.conftest import make_tree
+from tests.store.conftest import make_tree, save_trees
 
 
 def _seed(store):
     run = store.open_run("fx", {}, "h", "test")
-    store.save_trees(run, 0, [make_tree("q1", [1.0, 0.0]), make_tree("q2", [0.0, 0.0])], "trace")
+    save_trees(store, run, 0, [make_tree("q1", [1.0, 0.0]), make_tree("q2", [0.0, 0.0])], "trace")
 
 
 def test_named_queries_print_tables_and_write_csv(store, capsys, tmp_path):

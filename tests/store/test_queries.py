@@ -3,7 +3,7 @@ import pytest
 from store import queries
 from store.db import make_engine
 from store.queries import ReadOnlyError, run_sql
-from tests.store.conftest import make_tree
+from tests.store.conftest import make_tree, save_trees
 
 
 @pytest.fixture()
@@ -11,8 +11,8 @@ def fixture_run(store):
     """Iteration 0: q1 leaves (1, 0, 0) mixed, q2 (0, 0, 0) not. Iteration 1: q3 (1, 1, 0) mixed.
     Only the roots carry a prediction (0.4)."""
     run = store.open_run("fx", {}, "h", "test")
-    store.save_trees(run, 0, [make_tree("q1", [1.0, 0.0]), make_tree("q2", [0.0, 0.0])], "trace")
-    store.save_trees(run, 1, [make_tree("q3", [1.0, 1.0])], "trace")
+    save_trees(store, run, 0, [make_tree("q1", [1.0, 0.0]), make_tree("q2", [0.0, 0.0])], "trace")
+    save_trees(store, run, 1, [make_tree("q3", [1.0, 1.0])], "trace")
     return store
 
 

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from store.db import StoreError, make_engine, render_url
 from store.models import Node, Prompt, Stage, Tree
 from store.store import RolloutStore
-from tests.store.conftest import make_tree
+from tests.store.conftest import make_tree, save_trees
 from trace_core.allocators import Anchor, PrefixPlan, RootPlan
 from trace_core.loss import UpdateStats
 
@@ -24,7 +24,7 @@ def _count(store, model, **where):
 def test_trees_round_trip_as_trace_core_trees(store):
     run = store.open_run("r1", {"a": 1}, "h1", "test")
     trees = [make_tree("q1", [1.0, 0.0]), make_tree("q2", [1.0, 1.0, 0.0])]
-    store.save_trees(run, 0, trees, "trace", stage="roll_out_roots")
+    save_trees(store, run, 0, trees, "trace", stage="roll_out_roots")
     loaded = store.load_trees(run, 0)
     for a, b in zip(trees, loaded):
         assert b.record == a.record
@@ -39,7 +39,7 @@ def test_trees_round_trip_as_trace_core_trees(store):
 
 def test_parent_ids_point_at_the_parent_rows(store):
     run = store.open_run("r1", {}, "h", "test")
-    store.save_trees(run, 0, [make_tree("q1", [1.0, 0.0])], "trace")
+    save_trees(store, run, 0, [make_tree("q1", [1.0, 0.0])], "trace")
     with store.engine.connect() as conn:
         rows = conn.execute(
             text(
@@ -54,18 +54,18 @@ def test_a_stage_written_twice_leaves_the_same_rows_as_once(store):
     run = store.open_run("r1", {}, "h", "test")
     trees = [make_tree("q1", [1.0, 0.0]), make_tree("q2", [0.0, 0.0])]
     for _ in range(2):
-        store.save_trees(run, 0, trees, "trace", stage="roll_out_roots")
+        save_trees(store, run, 0, trees, "trace", stage="roll_out_roots")
     assert _count(store, Tree) == 2 and _count(store, Node) == 10 and _count(store, Prompt) == 2
     assert _count(store, Stage) == 1
 
 
 def test_a_failure_in_the_middle_of_a_write_leaves_no_partial_rows(store):
     run = store.open_run("r1", {}, "h", "test")
-    store.save_trees(run, 0, [make_tree("q1", [1.0])], "trace", stage="roll_out_roots")
+    save_trees(store, run, 0, [make_tree("q1", [1.0])], "trace", stage="roll_out_roots")
     broken = make_tree("q2", [1.0])
     broken.set(replace(broken.nodes[2], text=None))  # violates NOT NULL after the trees were inserted
     with pytest.raises(IntegrityError):
-        store.save_trees(run, 0, [make_tree("q3", [0.0]), broken], "trace", stage="roll_out_prefixes")
+        save_trees(store, run, 0, [make_tree("q3", [0.0]), broken], "trace", stage="roll_out_prefixes")
     # the earlier write is intact and nothing of the failed one remains
     assert [t.record.id for t in store.load_trees(run, 0)] == ["q1"]
     assert store.completed_stages(run, 0) == {"roll_out_roots"}
@@ -82,11 +82,13 @@ def test_allocation_plans_round_trip(store):
     run = store.open_run("r1", {}, "h", "test")
     pool = [make_tree(f"q{i}", [1.0]).record for i in range(3)]
     plan1 = RootPlan((2, 0, 3), 0.9)
-    store.save_root_plan(run, 0, pool, [0.5, 0.1, 0.4], plan1, stage="allocate_roots")
+    with store.stage(run, 0, "allocate_roots") as w:
+        w.root_plan(pool, [0.5, 0.1, 0.4], plan1)
     loaded_pool, predicted, loaded = store.load_root_plan(run, 0)
     assert loaded_pool == pool and predicted == [0.5, 0.1, 0.4] and loaded.counts == (2, 0, 3)
     plan2 = PrefixPlan((Anchor(0, 1, 0.8, 0.0), Anchor(2, 1, 0.3, 1.0)), (3, 0), ((1, 2),), 1.0)
-    store.save_prefix_plan(run, 0, plan2, {1: 0.1}, stage="allocate_prefixes")
+    with store.stage(run, 0, "allocate_prefixes") as w:
+        w.prefix_plan(plan2, {1: 0.1})
     again = store.load_prefix_plan(run, 0)
     assert again.counts == (3, 0) and again.new_roots == ((1, 2),)
     assert [(a.tree, a.node_id, a.r) for a in again.anchors] == [(0, 1, 0.0), (2, 1, 1.0)]
@@ -119,8 +121,9 @@ def _writer(url: str, worker: int) -> None:
     store = RolloutStore(url)
     run = store.open_run(f"run-{worker}", {}, "h", "test")
     for it in range(3):
-        store.save_trees(run, it, [make_tree(f"shared-{j}", [1.0, 0.0]) for j in range(4)], "trace", stage="roll")
-        store.save_policy_update(run, it, UpdateStats(0.1, 0.0, 0.0, 1.0, 1e-3, 100, 8, 2), it, stage="update")
+        save_trees(store, run, it, [make_tree(f"shared-{j}", [1.0, 0.0]) for j in range(4)], "trace", stage="roll")
+        with store.stage(run, it, "update") as w:
+            w.policy_update(UpdateStats(0.1, 0.0, 0.0, 1.0, 1e-3, 100, 8, 2), it)
     store.close()
 
 

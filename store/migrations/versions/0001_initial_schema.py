@@ -171,6 +171,7 @@ def upgrade() -> None:
         sa.Column("stage", sa.String(length=40), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("seconds", sa.Double(), nullable=True),
+        sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),

@@ -1,0 +1,224 @@
+"""Final evaluation of a trained policy, and the run report (plots and an HTML page).
+
+`evaluate_run` loads the run's published policy (base model plus its LoRA adapter) and scores it on
+the whole dev and test sets: exact match and F1 averaged over `train.eval_samples` samples at
+temperature 1, and greedy exact match. Seeds are fixed, so two evaluations of the same policy give
+the same file.
+
+`write_report` draws, from the rollout database: accuracy and mean reward per iteration, the
+effective ratio per iteration, the predictor's reliability diagram, and one rollout tree with each
+turn's predicted and realised success; it ties them together in `index.html`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from peft import PeftModel
+from sqlalchemy import Engine, text
+
+from flows.pipeline import Log, load_runtime
+from flows.settings import Settings
+from store import queries
+from store.db import check_connection, make_engine
+from trace_core.default_model import load_policy
+from trace_core.evaluation import evaluate_policy
+
+
+def evaluate_run(s: Settings, log: Log) -> dict[str, Any]:
+    """Dev and test accuracy of the run's final policy (see the module docstring)."""
+    policy_dir = s.run.output_dir / s.run.name / "policy"
+    rt = load_runtime(s, log)
+    if (policy_dir / "adapter_config.json").exists():
+        rt.backend.sync_weights(PeftModel.from_pretrained(rt.model, policy_dir).eval())
+    elif (policy_dir / "config.json").exists():
+        rt.backend.sync_weights(load_policy(policy_dir, s.model.device)[0].eval())
+    else:
+        raise FileNotFoundError(f"{policy_dir}: no trained policy (run `trace-rl run` first)")
+    out: dict[str, Any] = {"policy": str(policy_dir), "samples": s.train.eval_samples}
+    for split in ("dev", "test"):
+        records = getattr(rt.data, split)
+        torch.manual_seed(s.run.seed)
+        rt.backend.reseed(s.run.seed)
+        sampled = evaluate_policy(records, rt.backend, rt.env, n=s.train.eval_samples, temperature=1.0)
+        rt.backend.reseed(s.run.seed)
+        greedy = evaluate_policy(records, rt.backend, rt.env, n=1, temperature=0.0)
+        out[split] = {"questions": len(records), "em": sampled.em, "f1": sampled.f1, "greedy_em": greedy.em,
+                      "greedy_f1": greedy.f1, **sampled.histogram()}  # fmt: skip
+        log(f"{split}: EM {sampled.em:.3f}  F1 {sampled.f1:.3f}  greedy EM {greedy.em:.3f}")
+    return out
+
+
+def iteration_table(engine: Engine, run: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT i.iteration, i.metrics FROM iterations i JOIN runs r ON i.run_id = r.id WHERE r.name = :n "
+                 "ORDER BY i.iteration"), {"n": run}
+        ).all()  # fmt: skip
+    out = []
+    for iteration, metrics in rows:
+        values = json.loads(metrics) if isinstance(metrics, str) else metrics
+        out.append({"iteration": iteration, **values})
+    return out
+
+
+def _line(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
+    points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
+    if points:
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, label=label, **style)
+
+
+def plot_progress(rows: list[dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    _line(ax, rows, "rollout/mean_reward", "mean training reward", color="#999999")
+    _line(ax, rows, "eval/em", "dev EM (avg@n, T=1)", marker="o", color="#1f77b4")
+    _line(ax, rows, "eval/f1", "dev F1", marker=".", linestyle="--", color="#2ca02c")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("accuracy / reward")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Accuracy and reward per iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_effective_ratio(rows: list[dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    _line(ax, rows, "rollout/effective_ratio", "effective ratio (trees with both outcomes)", marker="o")
+    _line(ax, rows, "rollout/nonzero_advantage_share", "leaves with non-zero advantage", marker=".", linestyle="--")
+    ax.set_xlabel("iteration")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Effective ratio per iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_calibration(table: queries.Table, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", label="perfect calibration")
+    if table.rows:
+        predicted = [float(r[3]) for r in table.rows]
+        realised = [float(r[4]) for r in table.rows]
+        leaves = [float(r[2]) for r in table.rows]
+        top = max(leaves)
+        ax.scatter(predicted, realised, s=[30 + 300 * n / top for n in leaves], alpha=0.7, label="bins (size: leaves)")
+        ax.plot(predicted, realised, alpha=0.5)
+    ax.set_xlabel("predicted success at allocation")
+    ax.set_ylabel("realised success (backed-up target)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title("Predictor reliability")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pick_tree(engine: Engine, run: str) -> int | None:
+    """A tree from the last iteration with both outcomes and a Stage-2 branch if there is one."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT t.id FROM trees t JOIN runs r ON t.run_id = r.id "
+                 "JOIN nodes root ON root.tree_id = t.id AND root.node_index = 0 "
+                 "WHERE r.name = :n AND root.target > 0 AND root.target < 1 "
+                 "ORDER BY t.iteration DESC, (SELECT COUNT(*) FROM nodes c WHERE c.tree_id = t.id "
+                 "AND c.origin = 'stage2') DESC, t.id LIMIT 1"), {"n": run}
+        ).first()  # fmt: skip
+    return None if row is None else int(row[0])
+
+
+def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
+    """Layered drawing: x by depth, leaves spread on y; colour = predicted p, edge colour = stage."""
+    with engine.connect() as conn:
+        nodes = conn.execute(
+            text("SELECT node_index, parent_index, depth, action, predicted, target, reward, origin FROM nodes "
+                 "WHERE tree_id = :t ORDER BY node_index"), {"t": tree_id}
+        ).all()  # fmt: skip
+        question = conn.execute(
+            text("SELECT p.question FROM trees t JOIN prompts p ON t.prompt_id = p.id WHERE t.id = :t"), {"t": tree_id}
+        ).scalar_one()
+    children: dict[int, list[Any]] = {}
+    for n in nodes:
+        if n.parent_index is not None:
+            children.setdefault(n.parent_index, []).append(n)
+    y: dict[int, float] = {}
+    counter = [0.0]
+
+    def place(node: Any) -> float:
+        kids = children.get(node.node_index, [])
+        if not kids:
+            y[node.node_index] = counter[0]
+            counter[0] += 1
+        else:
+            y[node.node_index] = sum(place(k) for k in kids) / len(kids)
+        return y[node.node_index]
+
+    place(nodes[0])
+    cmap = plt.get_cmap("RdYlGn")
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.35 * counter[0] + 1.5)))
+    for n in nodes[1:]:
+        color = "#d62728" if n.origin == "stage2" else "#555555"
+        ax.plot([n.depth - 1, n.depth], [y[n.parent_index], y[n.node_index]], color=color, lw=1.2, zorder=1)
+    for n in nodes:
+        p = n.predicted if n.predicted is not None else n.target
+        face = cmap(p) if p is not None else "#cccccc"
+        ax.scatter([n.depth], [y[n.node_index]], s=160, color=face, edgecolors="black", zorder=2)
+        label = f"t={n.target:.2f}" if n.target is not None else ""
+        if n.reward is not None:
+            label = "success" if n.reward > 0 else "fail"
+        ax.annotate(label, (n.depth, y[n.node_index]), xytext=(7, -3), textcoords="offset points", fontsize=7)
+    ax.set_xlabel("turn depth (0 = prompt)")
+    ax.set_yticks([])
+    ax.set_title(f"Tree {tree_id}: {question[:70]}\nnode colour: predicted success (red 0, green 1); "
+                 "red edges: Stage-2 continuations", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(s: Settings, out_dir: Path, log: Log) -> Path:
+    """Plots and an HTML page for run `run.name` (see the module docstring)."""
+    engine = make_engine(s.store_url(), read_only=True)
+    check_connection(engine)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = iteration_table(engine, s.run.name)
+    if not rows:
+        raise FileNotFoundError(f"no iterations of run {s.run.name!r} in the rollout database")
+    plot_progress(rows, out_dir / "accuracy.png")
+    plot_effective_ratio(rows, out_dir / "effective_ratio.png")
+    plot_calibration(queries.calibration(engine, s.run.name), out_dir / "calibration.png")
+    figures = ["accuracy.png", "effective_ratio.png", "calibration.png"]
+    tree_id = _pick_tree(engine, s.run.name)
+    if tree_id is not None:
+        plot_tree(engine, tree_id, out_dir / "tree.png")
+        figures.append("tree.png")
+    last = rows[-1]
+    summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/dev"))}
+    table = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.4g}</td></tr>"
+                    for k, v in sorted(summary.items()) if isinstance(v, (int, float)))  # fmt: skip
+    images = "".join(f'<figure><img src="{f}" alt="{f}"><figcaption>{f}</figcaption></figure>' for f in figures)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>trace-rl run {html.escape(s.run.name)}</title>"
+            "<style>body{font-family:sans-serif;max-width:900px;margin:auto}img{max-width:100%}"
+            "td{padding:2px 12px}</style></head><body>"
+            f"<h1>trace-rl run <code>{html.escape(s.run.name)}</code></h1>"
+            f"<p>allocator <b>{html.escape(s.trace.allocator)}</b>, {s.trace.budget} leaves per iteration, "
+            f"{len(rows) - 1} iterations.</p><h2>Last iteration</h2><table>{table}</table>"
+            f"<h2>Figures</h2>{images}</body></html>")  # fmt: skip
+    (out_dir / "index.html").write_text(page)
+    engine.dispose()
+    log(f"report written to {out_dir / 'index.html'}")
+    return out_dir / "index.html"

@@ -1,0 +1,169 @@
+"""The training flow: retries and restarts never repeat or lose a committed stage's work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import create_engine, text
+
+from flows.settings import SETTINGS_FILE_ENV, STAGES
+from store.store import RolloutStore
+from tests.flows.conftest import write_settings
+from trace_core.default_model import load_policy
+
+
+def _run_flow(monkeypatch, settings_file: Path, overrides: list[str] | None = None) -> list[dict]:
+    from flows.training import trace_training
+
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings_file))
+    return trace_training(overrides or [])
+
+
+def _snapshot(db: Path, run: str) -> dict:
+    """What a run left in the store and on disk, without ids, times or run-specific names."""
+    store = RolloutStore(f"sqlite:///{db}")
+    run_id = store.run_id(run)
+    trees = {}
+    for it in range(-1, 3):
+        trees[it] = [[(n.node_id, n.parent_id, n.model_ids, n.observation_ids, n.reward, n.target, n.predicted,
+                       n.origin) for n in t] for t in store.load_trees(run_id, it)]  # fmt: skip
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        counts = {
+            table: conn.execute(text(f"SELECT COUNT(*) FROM {table} WHERE run_id = :r"), {"r": run_id}).scalar_one()
+            for table in ("trees", "allocations", "stages", "predictor_fits", "policy_updates", "iterations")
+        }
+        allocations = conn.execute(
+            text("SELECT iteration, stage, pool_index, node_index, count FROM allocations WHERE run_id = :r "
+                 "ORDER BY iteration, stage, pool_index, node_index"), {"r": run_id}
+        ).all()  # fmt: skip
+    _, record = store.checkpoints(run_id, "policy")[-1]
+    weights = torch.load(record.location, weights_only=False)["weights"]
+    store.close()
+    return {"trees": trees, "counts": counts, "allocations": allocations, "weights": weights}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a["counts"] == b["counts"]
+    assert a["allocations"] == b["allocations"]
+    assert a["trees"] == b["trees"]
+    assert a["weights"].keys() == b["weights"].keys()
+    for k in a["weights"]:
+        assert torch.equal(a["weights"][k], b["weights"][k]), k
+
+
+def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, workspace, tmp_path, monkeypatch):
+    settings = write_settings(tmp_path / "s.toml", workspace, tmp_path / "runs", run={"name": "short"})
+    history = _run_flow(monkeypatch, settings)
+    assert [h["iteration"] for h in history] == [-1, 0, 1]
+    assert all("eval/em" in h for h in history)
+    assert all(k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
+               for h in history for k in h)  # fmt: skip
+    store = RolloutStore(f"sqlite:///{tmp_path / 'runs/rollouts.db'}")
+    run = store.run_id("short")
+    for it in (0, 1):
+        assert store.completed_stages(run, it) == set(STAGES)
+        assert sum(len(t.leaves()) for t in store.load_trees(run, it)) == 16
+    iteration, record = store.checkpoints(run, "policy")[-1]
+    trained = torch.load(record.location, weights_only=False)["weights"]
+    start = dict(load_policy(workspace / "models" / "tiny-react")[0].named_parameters())
+    assert iteration == 1 and any(not torch.equal(w, start[k]) for k, w in trained.items())
+    assert (tmp_path / "runs/short/policy/config.json").exists()  # the tiny model trains all weights
+    store.close()
+
+
+def test_one_injected_failure_per_stage_kind_leaves_the_store_and_weights_of_a_clean_run(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs"
+    clean = write_settings(tmp_path / "clean.toml", workspace, runs, run={"name": "clean"})
+    _run_flow(monkeypatch, clean)
+    faults = [f"{stage}@{i % 2}" for i, stage in enumerate(STAGES)]
+    faulty = write_settings(tmp_path / "faulty.toml", workspace, runs, run={"name": "faulty"},
+                            orchestration={"retries": 1, "fail_once": faults})  # fmt: skip
+    _run_flow(monkeypatch, faulty)
+    _same(_snapshot(runs / "rollouts.db", "clean"), _snapshot(runs / "rollouts.db", "faulty"))
+
+
+def _wait_for_stage(db: Path, run: str, iteration: int, stage: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        if db.exists():
+            try:
+                engine = create_engine(f"sqlite:///{db}")
+                with engine.connect() as conn:
+                    found = conn.execute(
+                        text("SELECT COUNT(*) FROM stages s JOIN runs r ON s.run_id = r.id "
+                             "WHERE r.name = :n AND s.iteration = :i AND s.stage = :s"),
+                        {"n": run, "i": iteration, "s": stage},
+                    ).scalar_one()  # fmt: skip
+                engine.dispose()
+                if found:
+                    return
+            except Exception:  # the schema may not exist yet
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"{stage}@{iteration} never committed")
+
+
+def test_a_run_killed_mid_iteration_resumes_and_ends_with_the_rows_of_an_uninterrupted_run(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs"
+    clean = write_settings(tmp_path / "clean.toml", workspace, runs, run={"name": "clean"})
+    _run_flow(monkeypatch, clean)
+    killed = write_settings(tmp_path / "killed.toml", workspace, runs, run={"name": "killed"})
+    env = {**os.environ, SETTINGS_FILE_ENV: str(killed), "PREFECT_API_URL": prefect_api}
+    command = [sys.executable, "-m", "flows.cli", "run"]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_stage(runs / "rollouts.db", "killed", 1, "roll_out_roots", proc, timeout=300)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    assert "update_policy" not in store.completed_stages(store.run_id("killed"), 1)  # it died mid-iteration
+    store.close()
+    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    _same(_snapshot(runs / "rollouts.db", "clean"), _snapshot(runs / "rollouts.db", "killed"))
+
+
+def test_a_run_restarted_with_other_settings_is_refused(prefect_api, workspace, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    settings = write_settings(tmp_path / "s.toml", workspace, runs, run={"name": "r"}, train={"iterations": 1})
+    _run_flow(monkeypatch, settings)
+    changed = write_settings(tmp_path / "s2.toml", workspace, runs, run={"name": "r"}, train={"iterations": 1},
+                             policy={"learning_rate": 0.5})  # fmt: skip
+    with pytest.raises(Exception, match="already exists with other settings"):
+        _run_flow(monkeypatch, changed)
+
+
+def test_a_stage_that_keeps_failing_stops_the_run_without_a_trace_and_a_rerun_continues(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs"
+    failing = write_settings(tmp_path / "f.toml", workspace, runs, run={"name": "r"},
+                             orchestration={"retries": 0, "fail_once": ["back_up@0"]})  # fmt: skip
+    with pytest.raises(Exception, match="injected failure of back_up@0"):
+        _run_flow(monkeypatch, failing)
+    store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    run = store.run_id("r")
+    assert store.completed_stages(run, 0) == {"allocate_roots", "roll_out_roots", "allocate_prefixes",
+                                              "roll_out_prefixes"}  # fmt: skip
+    assert all(n.target is None for t in store.load_trees(run, 0) for n in t)  # back_up wrote nothing
+    store.close()
+    # the same settings without the fault (fault injection is not part of the run's identity)
+    history = _run_flow(monkeypatch, failing, ["orchestration.fail_once=[]"])
+    assert [h["iteration"] for h in history] == [-1, 0, 1]

@@ -1,0 +1,30 @@
+from dataclasses import replace
+
+import numpy as np
+
+from trace_core.data import QARecord
+from trace_core.sampling import allocation_outcomes
+from trace_core.tree import RolloutNode, RolloutTree, backup
+
+
+def _turn(parent, terminal=False, reward=None, origin="stage1"):
+    return RolloutNode(-1, parent, -1, (1,), (0.0,), (), "", "", "search", "", "stop", terminal, reward, origin)
+
+
+def test_allocation_time_predictions_are_scored_on_the_bare_rollouts_only():
+    # root (p 0.6) -> a (p 0.9, bare rollout failed) -> 3 continuations that all succeed (Stage 2)
+    #             -> b (p 0.2, bare rollout succeeded)
+    tree = RolloutTree(QARecord("q", "q?", ("x",), "t"), (1,))
+    tree.set(replace(tree.root, predicted=0.6))
+    a = tree.add(replace(_turn(0), predicted=0.9))
+    tree.add(_turn(a.node_id, True, 0.0))
+    for _ in range(3):
+        tree.add(_turn(a.node_id, True, 1.0, origin="stage2"))
+    b = tree.add(replace(_turn(0), predicted=0.2))
+    tree.add(_turn(b.node_id, True, 1.0))
+    backup(tree)
+    predicted, target, weight = allocation_outcomes([tree])
+    # root: stage-1 leaves 0 and 1 -> 0.5 over 2; a: its bare leaf failed -> 0; b: succeeded -> 1
+    assert sorted(zip(predicted.tolist(), target.tolist(), weight.tolist())) == [(0.2, 1.0, 1.0), (0.6, 0.5, 2.0),
+                                                                                (0.9, 0.0, 1.0)]  # fmt: skip
+    assert np.isclose(tree.nodes[a.node_id].target, 0.75)  # the final target would have rewarded the selection
