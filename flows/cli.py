@@ -153,6 +153,15 @@ def _cell(value: object) -> str:
     return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from flows.bench import markdown_table, run_bench
+
+    summary = run_bench("quick" if args.quick else "default", Path(args.out), _log)
+    print(markdown_table(summary))
+    print(f"written to {args.out}/ (summary.json, table.md, runs.jsonl, plots)")
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     if args.defaults:
         from flows.settings import defaults_toml
@@ -252,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sql", cmd_sql, "your own read-only SQL over the rollout database"),
         ("db", cmd_db, "show or upgrade the rollout database's schema"),
         ("serve", cmd_serve, "serve the training flow as a Prefect deployment (scheduled by settings)"),
+        ("bench", cmd_bench, "train every allocator at equal budget over seeds and report the comparison"),
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
@@ -274,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--metrics", help="write the warm start's figures to this JSON file")
         if name == "evaluate":
             p.add_argument("--out", help="write the figures to this JSON file")
+        if name == "bench":
+            p.add_argument("--quick", action="store_true", help="the CI size: tiny task, one seed, one iteration")
+            p.add_argument("--out", default="bench/results", help="folder for runs.jsonl, summary.json and plots")
         if name == "report":
             p.add_argument("--out", default="report", help="folder for the plots and index.html")
         if name == "settings":

@@ -221,7 +221,7 @@ def roll_out_roots(ctx: TrainContext, it: int) -> None:
     def compute() -> list[RolloutTree]:
         pool, predicted, plan = ctx.store.load_root_plan(ctx.run_id, it)
         trees = new_trees(pool, ctx.runtime.env)
-        if ctx.allocator.uses_predictor:
+        if ctx.allocator.roots_by_predictor:
             for tree, v in zip(trees, predicted, strict=True):
                 tree.set(replace(tree.root, predicted=v))
         _fresh_generation(ctx, it, "roll_out_roots")

@@ -18,6 +18,8 @@ stage; Stage 2 always spends exactly what is left, so every allocator spends M.
   drawn uniformly at random.
 - `trace`: exact root allocation with the predictor on Stage 1's share, then the greedy prefix
   allocation over anchors with the predictor's p and each anchor's realised reward r.
+- `active_roots` / `active_prefixes`: the stage ablation, TRACE's rule in one stage only (random
+  prefixes after predicted roots; predicted prefixes after uniform roots).
 
 Deviations:
 1. When the anchors cannot absorb Stage 2's budget (every rollout answered at its first turn, say),
@@ -118,7 +120,11 @@ class Stage2Input:
 
 
 class Allocator(Protocol):
-    uses_predictor: bool
+    roots_by_predictor: bool
+    prefixes_by_predictor: bool
+
+    @property
+    def uses_predictor(self) -> bool: ...
 
     def roots(self, predicted: Sequence[float], config: AllocatorConfig, rng: np.random.Generator) -> RootPlan: ...
 
@@ -175,16 +181,24 @@ def _greedy_over_anchors(stage2: Stage2Input, budget: int, config: AllocatorConf
 
 class _Stage1:
     """Stage-1 behaviour shared by the allocators: uniform groups or the exact predicted split,
-    on the whole budget (single-stage allocators) or on Stage 1's share."""
+    on the whole budget (single-stage allocators) or on Stage 1's share.
 
-    uses_predictor = False
+    roots_by_predictor / prefixes_by_predictor say which stage needs the predictor's estimates.
+    """
+
+    roots_by_predictor = False
+    prefixes_by_predictor = False
     single_stage = False
+
+    @property
+    def uses_predictor(self) -> bool:
+        return self.roots_by_predictor or self.prefixes_by_predictor
 
     def _budget(self, config: AllocatorConfig) -> int:
         return config.budget if self.single_stage else config.stage1_budget
 
     def roots(self, predicted: Sequence[float], config: AllocatorConfig, rng: np.random.Generator) -> RootPlan:
-        if self.uses_predictor:
+        if self.roots_by_predictor:
             counts: Sequence[int] = allocate_roots(predicted, self._budget(config), config.max_per_prompt)
         else:
             counts = _uniform_counts(len(predicted), self._budget(config), config.group_size)
@@ -196,6 +210,26 @@ class _Stage1:
         return _no_prefixes(stage2, budget)
 
 
+def _random_prefixes(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
+    """Continuations from anchors drawn uniformly at random (capped per anchor)."""
+    anchors = stage2.anchors if stage2.anchors else stage2.roots
+    if budget and not anchors:
+        raise ValueError("Stage 2 has budget left but no tree to continue")
+    cap = config.max_per_anchor if len(anchors) * config.max_per_anchor >= budget else budget
+    counts = [0] * len(anchors)
+    for _ in range(budget):
+        open_ = [i for i, c in enumerate(counts) if c < cap]
+        counts[open_[int(rng.integers(len(open_)))]] += 1
+    value = sum(prefix_value(a.p, a.r, k) for a, k in zip(anchors, counts, strict=True))
+    return PrefixPlan(tuple(anchors), tuple(counts), (), value)
+
+
+def _greedy_prefixes(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
+    if budget == 0:
+        return PrefixPlan((), (), (), 0.0)
+    return _greedy_over_anchors(stage2, budget, config)
+
+
 @ALLOCATORS.register("uniform")
 class UniformAllocator(_Stage1):
     single_stage = True
@@ -203,7 +237,7 @@ class UniformAllocator(_Stage1):
 
 @ALLOCATORS.register("prompt_only")
 class PromptOnlyAllocator(_Stage1):
-    uses_predictor = True
+    roots_by_predictor = True
     single_stage = True
 
 
@@ -226,25 +260,39 @@ class RandomBranchAllocator(_Stage1):
     def prefixes(
         self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
     ) -> PrefixPlan:
-        anchors = stage2.anchors if stage2.anchors else stage2.roots
-        if budget and not anchors:
-            raise ValueError("Stage 2 has budget left but no tree to continue")
-        cap = config.max_per_anchor if len(anchors) * config.max_per_anchor >= budget else budget
-        counts = [0] * len(anchors)
-        for _ in range(budget):
-            open_ = [i for i, c in enumerate(counts) if c < cap]
-            counts[open_[int(rng.integers(len(open_)))]] += 1
-        value = sum(prefix_value(a.p, a.r, k) for a, k in zip(anchors, counts, strict=True))
-        return PrefixPlan(tuple(anchors), tuple(counts), (), value)
+        return _random_prefixes(stage2, budget, config, rng)
 
 
 @ALLOCATORS.register("trace")
 class TraceAllocator(_Stage1):
-    uses_predictor = True
+    roots_by_predictor = True
+    prefixes_by_predictor = True
 
     def prefixes(
         self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
     ) -> PrefixPlan:
-        if budget == 0:
-            return PrefixPlan((), (), (), 0.0)
-        return _greedy_over_anchors(stage2, budget, config)
+        return _greedy_prefixes(stage2, budget, config, rng)
+
+
+@ALLOCATORS.register("active_roots")
+class ActiveRootsAllocator(_Stage1):
+    """Stage ablation: TRACE's Stage 1, random prefixes in Stage 2."""
+
+    roots_by_predictor = True
+
+    def prefixes(
+        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
+    ) -> PrefixPlan:
+        return _random_prefixes(stage2, budget, config, rng)
+
+
+@ALLOCATORS.register("active_prefixes")
+class ActivePrefixesAllocator(_Stage1):
+    """Stage ablation: uniform groups in Stage 1, TRACE's Stage 2."""
+
+    prefixes_by_predictor = True
+
+    def prefixes(
+        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
+    ) -> PrefixPlan:
+        return _greedy_prefixes(stage2, budget, config, rng)

@@ -66,7 +66,7 @@ def plan_stage1(
     rng: np.random.Generator,
 ) -> RootPlan:
     """Predict v for every pool prompt (if the allocator uses it) and allocate bare rollouts."""
-    if allocator.uses_predictor:
+    if allocator.roots_by_predictor:
         v = predict_nodes(trees, [(i, 0) for i in range(len(trees))], predictor, featurizer)
     else:
         v = np.full(len(trees), predictor.config.prior)
@@ -100,7 +100,7 @@ def stage2_input(
             for node in tree.path(leaf.node_id)[1:-1]:
                 nodes.append((t, node.node_id))
                 rewards.append(leaf.reward or 0.0)
-    if allocator.uses_predictor:
+    if allocator.prefixes_by_predictor:
         p = predict_nodes(trees, nodes, predictor, featurizer)
     else:
         p = np.full(len(nodes), predictor.config.prior)

@@ -4,12 +4,12 @@ import pytest
 from trace_core.allocators import ALLOCATORS, AllocatorConfig, Anchor, Stage2Input, make_allocator
 from trace_core.registry import UnknownNameError
 
-NAMES = ["dynamic_sampling", "prompt_only", "random_branch", "trace", "uniform"]
+NAMES = ["active_prefixes", "active_roots", "dynamic_sampling", "prompt_only", "random_branch", "trace", "uniform"]
 
 
-def test_the_five_allocators_are_registered_and_an_unknown_name_lists_them():
+def test_the_allocators_and_ablation_variants_are_registered_and_an_unknown_name_lists_them():
     assert ALLOCATORS.names() == NAMES
-    with pytest.raises(UnknownNameError, match="valid names: dynamic_sampling, prompt_only, random_branch"):
+    with pytest.raises(UnknownNameError, match="valid names: active_prefixes, active_roots, dynamic_sampling"):
         make_allocator("grpo")
 
 

@@ -1,0 +1,237 @@
+"""`trace-rl bench`: does TRACE beat its baselines at equal sampling cost?
+
+Trains every allocator on the same task with the same budget of leaves per iteration, the same
+number of iterations and the same seeds, then evaluates each final policy on dev and test. Runs:
+- regime "small-groups" (the paper's): all allocators, uniform groups of G = 4 (TRACE gives 2 to 4
+  bare rollouts per chosen prompt), a candidate pool twice what the budget covers at 2 each;
+- regime "large-groups": `trace` against `uniform` with G = 8, where uniform already mixes often;
+- the stage ablation: uniform/uniform (`random_branch`), active roots only (`active_roots`),
+  active prefixes only (`active_prefixes`), active/active (`trace`), in the small-groups regime;
+- the oracle study on the known-probability task (`trace_core.oracle`).
+The effective ratio is reported in two forms: (a) the paper's, the share of an iteration's trees
+whose leaves hold both a success and a failure, and (b) the share of leaves whose advantage is not
+zero, the signal that actually reaches the gradient.
+
+Every finished run is appended to `runs.jsonl` in the output folder, so an interrupted benchmark
+continues where it stopped; `summary.json`, `table.md` and the plots are rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from flows.settings import load_settings
+from trace_core.allocators import AllocatorConfig
+from trace_core.oracle import oracle_study
+from trace_core.simulated import KnownProbabilityTask
+
+Log = Callable[[str], None]
+MAIN = ["trace", "uniform", "dynamic_sampling", "prompt_only", "random_branch"]
+ABLATION = {"uniform/uniform": "random_branch", "active roots only": "active_roots",
+            "active prefixes only": "active_prefixes", "active/active": "trace"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    seeds: int
+    iterations: int
+    eval_samples: int
+    tiny: bool  # the CI size: the tiny task and model of the tests
+
+
+SIZES = {"default": BenchSize(seeds=3, iterations=15, eval_samples=2, tiny=False),
+         "quick": BenchSize(seeds=1, iterations=1, eval_samples=1, tiny=True)}  # fmt: skip
+
+
+def plan(size: BenchSize) -> list[tuple[str, str, int, list[str]]]:
+    """(regime, allocator, seed, settings overrides) of every run."""
+    runs = []
+    for seed in range(size.seeds):
+        for allocator in MAIN:
+            runs.append(("small-groups", allocator, seed, ["trace.group_size=4"]))
+        for allocator in ("trace", "uniform"):
+            runs.append(("large-groups", allocator, seed, ["trace.group_size=8"]))
+        for allocator in ("active_roots", "active_prefixes"):
+            runs.append(("small-groups", allocator, seed, ["trace.group_size=4"]))
+    return runs
+
+
+def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: BenchSize, out: Path,
+             base: list[str], log: Log) -> dict[str, Any]:  # fmt: skip
+    from flows.report import evaluate_run
+    from flows.training import trace_training
+
+    name = f"bench-{regime}-{allocator}-s{seed}"
+    overrides = [*base, *extra, f"run.name={name}", f"run.seed={seed}", f"trace.allocator={allocator}",
+                 f"train.iterations={size.iterations}", f"train.eval_every={size.iterations}",
+                 f"run.output_dir={out / 'runs'}", f"train.eval_samples={size.eval_samples}"]  # fmt: skip
+    start = time.perf_counter()
+    history = trace_training(overrides)
+    train_seconds = time.perf_counter() - start
+    final = evaluate_run(load_settings(overrides), log)
+    rows = [h for h in history if h["iteration"] >= 0]
+
+    def series(key: str) -> list[float]:
+        return [float(r.get(key) or 0.0) for r in rows]
+
+    return {
+        "regime": regime, "allocator": allocator, "seed": seed, "iterations": len(rows),
+        "effective_ratio": series("rollout/effective_ratio"),
+        "nonzero_advantage_share": series("rollout/nonzero_advantage_share"),
+        "mean_reward": series("rollout/mean_reward"),
+        "generated_tokens": sum(series("rollout/generated_tokens")),
+        "leaves": sum(series("rollout/leaves")),
+        "dev_em": final["dev"]["em"], "dev_f1": final["dev"]["f1"],
+        "test_em": final["test"]["em"], "test_f1": final["test"]["f1"],
+        "dev_em_before": float(history[0].get("eval/em") or 0.0),
+        "train_seconds": train_seconds,
+    }  # fmt: skip
+
+
+def _tiny_overrides(workdir: Path) -> list[str]:
+    """The test suite's tiny task and model (for the CI size)."""
+    return [
+        f"task.data_dir={workdir / 'data'}", f"model.models_dir={workdir / 'models'}", "task.n_people=24",
+        "task.n_orgs=8", "task.n_cities=8", "task.n_countries=3", "task.n_train=40", "task.n_dev=8", "task.n_test=8",
+        "task.max_hops=1", "model.vocab_size=600", "model.hidden_size=64", "model.intermediate_size=128",
+        "model.num_layers=2", "model.num_heads=2", "model.head_dim=32", "warmstart.max_steps=300",
+        "warmstart.eval_every=50", "warmstart.eval_questions=8", "warmstart.batch_size=8", "warmstart.eval_samples=2",
+        "warmstart.learning_rate=0.005", "warmstart.success_low=0.05", "warmstart.success_high=0.95",
+        "agent.max_tokens_per_turn=24", "trace.budget=16", "trace.pool_size=10", "trace.max_per_prompt=8",
+        "train.eval_questions=4",
+    ]  # fmt: skip
+
+
+def run_bench(size_name: str, out: Path, log: Log) -> dict[str, Any]:
+    size = SIZES[size_name]
+    out.mkdir(parents=True, exist_ok=True)
+    base = _tiny_overrides(out / "tiny") if size.tiny else []
+    done_file = out / "runs.jsonl"
+    done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
+    finished = {(r["regime"], r["allocator"], r["seed"]) for r in done}
+    start = time.perf_counter()
+    for regime, allocator, seed, extra in plan(size):
+        if (regime, allocator, seed) in finished:
+            continue
+        log(f"bench: {regime} / {allocator} / seed {seed}")
+        result = _one_run(regime, allocator, seed, extra, size, out, base, log)
+        done.append(result)
+        with done_file.open("a") as handle:
+            handle.write(json.dumps(result) + "\n")
+    oracle = _oracle(size)
+    summary = summarise(done, oracle, size_name, time.perf_counter() - start)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "table.md").write_text(markdown_table(summary))
+    plot(done, oracle, out)
+    return summary
+
+
+def _oracle(size: BenchSize) -> dict[str, Any]:
+    task = KnownProbabilityTask(seed=0)
+    config = AllocatorConfig(budget=64, stage1_share=0.5, group_size=4)
+    iterations = 4 if size.tiny else 12
+    shares = [[r.share for r in oracle_study("trace", task, config, iterations, 64, seed=s)] for s in range(size.seeds)]
+    mean = np.mean(shares, axis=0)
+    return {"iterations": iterations, "seeds": size.seeds, "share_of_oracle_per_iteration": mean.round(4).tolist()}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, seconds: float) -> dict[str, Any]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in done:
+        groups.setdefault((r["regime"], r["allocator"]), []).append(r)
+    table: dict[str, dict[str, Any]] = {}
+    for (regime, allocator), runs in sorted(groups.items()):
+        table.setdefault(regime, {})[allocator] = {
+            "seeds": len(runs),
+            "effective_ratio": _stats([float(np.mean(r["effective_ratio"])) for r in runs]),
+            "nonzero_advantage_share": _stats([float(np.mean(r["nonzero_advantage_share"])) for r in runs]),
+            "mean_training_reward": _stats([float(np.mean(r["mean_reward"])) for r in runs]),
+            "dev_em": _stats([r["dev_em"] for r in runs]), "dev_f1": _stats([r["dev_f1"] for r in runs]),
+            "test_em": _stats([r["test_em"] for r in runs]), "test_f1": _stats([r["test_f1"] for r in runs]),
+            "dev_em_before": _stats([r["dev_em_before"] for r in runs]),
+            "generated_tokens": _stats([r["generated_tokens"] for r in runs]),
+            "leaves": _stats([r["leaves"] for r in runs]),
+            "train_seconds": _stats([r["train_seconds"] for r in runs]),
+        }  # fmt: skip
+    ablation = {label: table.get("small-groups", {}).get(name) for label, name in ABLATION.items()}
+    return {"size": size, "seconds": seconds, "allocators": table, "ablation": ablation, "oracle": oracle}
+
+
+def _cell(stats: dict[str, float] | None, digits: int = 3) -> str:
+    if not stats:
+        return "-"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    lines = []
+    for regime, rows in summary["allocators"].items():
+        lines += [f"### Regime: {regime}", "",
+                  "| allocator | effective ratio (a) | non-zero advantage (b) | dev EM | test EM | test F1 | "
+                  "generated tokens | leaves |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in rows.items():
+            lines.append(f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
+                         f"{_cell(r['dev_em'])} | {_cell(r['test_em'])} | {_cell(r['test_f1'])} | "
+                         f"{_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} |")  # fmt: skip
+        lines.append("")
+    lines += ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
+    for label, r in summary["ablation"].items():
+        lines.append(f"| {label} | {_cell(r['effective_ratio']) if r else '-'} | {_cell(r['test_em']) if r else '-'} |")
+    share = summary["oracle"]["share_of_oracle_per_iteration"]
+    lines += ["", f"Oracle study (known-probability task): TRACE's expected mixed groups as a share of the oracle's, "
+              f"per iteration: {', '.join(f'{s:.2f}' for s in share)}", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(done: list[dict[str, Any]], oracle: dict[str, Any], out: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for allocator in [a for a in MAIN if any(r["allocator"] == a and r["regime"] == "small-groups" for r in done)]:
+        runs = [r for r in done if r["allocator"] == allocator and r["regime"] == "small-groups"]
+        for ax, key in zip(axes[:2], ["effective_ratio", "nonzero_advantage_share"], strict=True):
+            ax.plot(np.mean([r[key] for r in runs], axis=0), label=allocator, marker=".")
+    axes[0].set_title("(a) effective ratio per iteration")
+    axes[1].set_title("(b) share of leaves with non-zero advantage")
+    for ax in axes[:2]:
+        ax.set_xlabel("iteration")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[2].plot(range(len(oracle["share_of_oracle_per_iteration"])), oracle["share_of_oracle_per_iteration"],
+                 marker="o")  # fmt: skip
+    axes[2].axhline(0.9, color="#999999", linestyle="--", label="90% of the oracle")
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("TRACE / oracle expected mixed groups")
+    axes[2].set_xlabel("iteration (known-probability task)")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "effective_ratio.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    small = [a for a in [*MAIN, "active_roots", "active_prefixes"]
+             if any(r["allocator"] == a and r["regime"] == "small-groups" for r in done)]  # fmt: skip
+    test_em = {a: [r["test_em"] for r in done if r["allocator"] == a and r["regime"] == "small-groups"] for a in small}
+    means = [float(np.mean(test_em[a])) for a in small]
+    stds = [float(np.std(test_em[a])) for a in small]
+    ax.bar(small, means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_ylabel("test EM (avg@n, T=1)")
+    ax.set_title("Final test accuracy at equal budget (mean ± std over seeds)")
+    plt.setp(ax.get_xticklabels(), rotation=20)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
