@@ -12,6 +12,7 @@ import json
 import platform
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def main() -> None:
     rt = load_runtime(s, print)
     build = json.loads((rt.model_dir / "build.json").read_text())
     result: dict = {
+        "command": "python bench/rollout.py " + " ".join(sys.argv[1:]),
         "machine": {
             "cpu_threads": torch.get_num_threads(),
             "python": platform.python_version(),

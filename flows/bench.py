@@ -45,14 +45,20 @@ ABLATION = {"uniform/uniform": "random_branch", "active roots only": "active_roo
 
 @dataclass(frozen=True)
 class BenchSize:
+    """seeds: training seeds per allocator; iterations: training iterations per run;
+    eval_questions / eval_samples: final dev and test evaluation of each run, on the first
+    questions of each split, avg@samples at temperature 1; tiny: the CI size (the tests' tiny
+    task and model)."""
+
     seeds: int
     iterations: int
+    eval_questions: int
     eval_samples: int
-    tiny: bool  # the CI size: the tiny task and model of the tests
+    tiny: bool
 
 
-SIZES = {"default": BenchSize(seeds=3, iterations=15, eval_samples=2, tiny=False),
-         "quick": BenchSize(seeds=1, iterations=1, eval_samples=1, tiny=True)}  # fmt: skip
+SIZES = {"default": BenchSize(seeds=3, iterations=20, eval_questions=200, eval_samples=4, tiny=False),
+         "quick": BenchSize(seeds=1, iterations=1, eval_questions=8, eval_samples=1, tiny=True)}  # fmt: skip
 
 
 def plan(size: BenchSize) -> list[tuple[str, str, int, list[str]]]:
@@ -76,11 +82,12 @@ def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: Ben
     name = f"bench-{regime}-{allocator}-s{seed}"
     overrides = [*base, *extra, f"run.name={name}", f"run.seed={seed}", f"trace.allocator={allocator}",
                  f"train.iterations={size.iterations}", f"train.eval_every={size.iterations}",
-                 f"run.output_dir={out / 'runs'}", f"train.eval_samples={size.eval_samples}"]  # fmt: skip
+                 f"run.output_dir={out / 'runs'}", f"train.eval_samples={size.eval_samples}",
+                 f"train.eval_questions={size.eval_questions}"]  # fmt: skip
     start = time.perf_counter()
     history = trace_training(overrides)
     train_seconds = time.perf_counter() - start
-    final = evaluate_run(load_settings(overrides), log)
+    final = evaluate_run(load_settings(overrides), log, questions=size.eval_questions, greedy=False)
     rows = [h for h in history if h["iteration"] >= 0]
 
     def series(key: str) -> list[float]:
@@ -183,12 +190,15 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines = []
     for regime, rows in summary["allocators"].items():
         lines += [f"### Regime: {regime}", "",
-                  "| allocator | effective ratio (a) | non-zero advantage (b) | dev EM | test EM | test F1 | "
-                  "generated tokens | leaves |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| allocator | effective ratio (a) | non-zero advantage (b) | training reward | dev EM before | "
+                  "dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in rows.items():
             lines.append(f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
-                         f"{_cell(r['dev_em'])} | {_cell(r['test_em'])} | {_cell(r['test_f1'])} | "
-                         f"{_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} |")  # fmt: skip
+                         f"{_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
+                         f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
+                         f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
+                         f"{_cell(r['train_seconds'], 0)} |")  # fmt: skip
         lines.append("")
     lines += ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
     for label, r in summary["ablation"].items():

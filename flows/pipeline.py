@@ -34,8 +34,10 @@ from trace_core.default_model import (
     train_tokenizer,
 )
 from trace_core.generation import BACKENDS, GenerationBackend
+from trace_core.loss import PolicyConfig
 from trace_core.retrieval import RETRIEVERS, BM25Retriever, Retriever, format_passages
 from trace_core.synthetic_qa import SyntheticTaskSpec, generate_task, write_task
+from trace_core.vllm_backend import VLLMBackend  # imports vllm only when one is built
 from trace_core.warmstart import Checkpoint, WarmStartConfig, expert_turns, warm_start
 
 Log = Callable[[str], None]
@@ -143,6 +145,14 @@ def agent_config(s: Settings) -> AgentConfig:
     return AgentConfig(a.max_turns, a.max_tokens_per_turn, s.retriever.topk, a.temperature, a.top_p, a.instruction)
 
 
+def policy_config(s: Settings) -> PolicyConfig:
+    p = s.policy
+    return PolicyConfig(
+        learning_rate=p.learning_rate, clip_eps=p.clip_eps, kl_coef=p.kl_coef, minibatches=p.minibatches,
+        lora=s.uses_lora(), lora_rank=p.lora_rank, lora_alpha=p.lora_alpha, seed=s.run.seed,
+    )  # fmt: skip
+
+
 def _tokenizer_texts(data: TaskData, retriever: Retriever, config: AgentConfig) -> list[str]:
     texts = [information(format_passages(hits)) for hits in retriever.search([d.title for d in data.corpus], 1)]
     texts += [r.question for r in data.train] + [config.instruction, information(FORMAT_ERROR)]
@@ -154,8 +164,19 @@ def _dtype(s: Settings) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[s.model.dtype]
 
 
-def make_backend(s: Settings, model: torch.nn.Module, tokenizer: Any, seed: int) -> GenerationBackend:
-    cls = BACKENDS.get(s.backend.name)
+def make_backend(
+    s: Settings, model: torch.nn.Module, tokenizer: Any, seed: int, model_dir: Path | None = None, name: str = ""
+) -> GenerationBackend:
+    """The generation backend `name` (default backend.name). The vLLM one loads the base weights from
+    `model_dir` and follows the policy's LoRA adapter through sync_weights; the others take `model`."""
+    name = name or s.backend.name
+    if name == "vllm":
+        if model_dir is None:
+            raise ValueError("the vLLM backend loads the policy's base weights from its directory: pass model_dir")
+        return VLLMBackend(model_dir, tokenizer, seed=seed, kv_cache_bytes=s.backend.kv_cache_mb * 2**20,
+                           max_lora_rank=s.policy.lora_rank, dtype=s.model.dtype,
+                           enforce_eager=s.model.device == "cpu")  # fmt: skip
+    cls = BACKENDS.get(name)
     return cls(  # type: ignore[no-any-return]
         model,
         tokenizer,
@@ -189,7 +210,8 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     tokenizer = train_tokenizer(_tokenizer_texts(data, retriever, config), spec.vocab_size)
     model = build_model(tokenizer, spec).to(torch.device(m.device))  # type: ignore[arg-type]
     env = SearchEnv(tokenizer, retriever, config)
-    backend = make_backend(s, model, tokenizer, m.seed)
+    # the model is not saved yet, so vLLM could not load it: the warm start generates with transformers
+    backend = make_backend(s, model, tokenizer, m.seed, name="transformers" if s.backend.name == "vllm" else "")
     probe = data.train[: ws.eval_questions]
     log(f"warm start: {count_parameters(model):,} parameters; stopping when sampled success is in "
         f"[{w.success_low}, {w.success_high}]")  # fmt: skip
@@ -235,7 +257,7 @@ def load_runtime(s: Settings, log: Log = print) -> Runtime:
     model_dir = prepare_model(s, data, retriever, log)
     model, tokenizer = load_policy(model_dir, s.model.device, _dtype(s))
     env = SearchEnv(tokenizer, retriever, agent_config(s))
-    return Runtime(data, env, make_backend(s, model, tokenizer, s.run.seed), model, model_dir)
+    return Runtime(data, env, make_backend(s, model, tokenizer, s.run.seed, model_dir), model, model_dir)
 
 
 def elapsed(start: float) -> str:

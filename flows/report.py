@@ -33,8 +33,9 @@ from trace_core.default_model import load_policy
 from trace_core.evaluation import evaluate_policy
 
 
-def evaluate_run(s: Settings, log: Log) -> dict[str, Any]:
-    """Dev and test accuracy of the run's final policy (see the module docstring)."""
+def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bool = True) -> dict[str, Any]:
+    """Dev and test accuracy of the run's final policy (see the module docstring), on the first
+    `questions` of each split (all when None), with or without the greedy pass."""
     policy_dir = s.run.output_dir / s.run.name / "policy"
     rt = load_runtime(s, log)
     if (policy_dir / "adapter_config.json").exists():
@@ -45,15 +46,19 @@ def evaluate_run(s: Settings, log: Log) -> dict[str, Any]:
         raise FileNotFoundError(f"{policy_dir}: no trained policy (run `trace-rl run` first)")
     out: dict[str, Any] = {"policy": str(policy_dir), "samples": s.train.eval_samples}
     for split in ("dev", "test"):
-        records = getattr(rt.data, split)
+        records = getattr(rt.data, split)[:questions]
         torch.manual_seed(s.run.seed)
         rt.backend.reseed(s.run.seed)
         sampled = evaluate_policy(records, rt.backend, rt.env, n=s.train.eval_samples, temperature=1.0)
-        rt.backend.reseed(s.run.seed)
-        greedy = evaluate_policy(records, rt.backend, rt.env, n=1, temperature=0.0)
-        out[split] = {"questions": len(records), "em": sampled.em, "f1": sampled.f1, "greedy_em": greedy.em,
-                      "greedy_f1": greedy.f1, **sampled.histogram()}  # fmt: skip
-        log(f"{split}: EM {sampled.em:.3f}  F1 {sampled.f1:.3f}  greedy EM {greedy.em:.3f}")
+        out[split] = {"questions": len(records), "em": sampled.em, "f1": sampled.f1, **sampled.histogram()}
+        if greedy:
+            rt.backend.reseed(s.run.seed)
+            best = evaluate_policy(records, rt.backend, rt.env, n=1, temperature=0.0)
+            out[split].update(greedy_em=best.em, greedy_f1=best.f1)
+        log(
+            f"{split}: EM {sampled.em:.3f}  F1 {sampled.f1:.3f}"
+            + (f"  greedy EM {out[split]['greedy_em']:.3f}" if greedy else "")
+        )
     return out
 
 
@@ -118,7 +123,7 @@ def plot_calibration(table: queries.Table, path: Path) -> None:
         ax.scatter(predicted, realised, s=[30 + 300 * n / top for n in leaves], alpha=0.7, label="bins (size: leaves)")
         ax.plot(predicted, realised, alpha=0.5)
     ax.set_xlabel("predicted success at allocation")
-    ax.set_ylabel("realised success (backed-up target)")
+    ax.set_ylabel("realised success of the bare rollouts below")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
@@ -174,8 +179,7 @@ def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
         color = "#d62728" if n.origin == "stage2" else "#555555"
         ax.plot([n.depth - 1, n.depth], [y[n.parent_index], y[n.node_index]], color=color, lw=1.2, zorder=1)
     for n in nodes:
-        p = n.predicted if n.predicted is not None else n.target
-        face = cmap(p) if p is not None else "#cccccc"
+        face = cmap(n.predicted) if n.predicted is not None else "#dddddd"
         ax.scatter([n.depth], [y[n.node_index]], s=160, color=face, edgecolors="black", zorder=2)
         label = f"t={n.target:.2f}" if n.target is not None else ""
         if n.reward is not None:
@@ -183,8 +187,9 @@ def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
         ax.annotate(label, (n.depth, y[n.node_index]), xytext=(7, -3), textcoords="offset points", fontsize=7)
     ax.set_xlabel("turn depth (0 = prompt)")
     ax.set_yticks([])
-    ax.set_title(f"Tree {tree_id}: {question[:70]}\nnode colour: predicted success (red 0, green 1); "
-                 "red edges: Stage-2 continuations", fontsize=9)  # fmt: skip
+    ax.set_title(f"Tree {tree_id}: {question[:70]}\nnode colour: predicted success at allocation (red 0, green 1; "
+                 "grey: not predicted); t: realised success below; red edges: Stage-2 continuations",
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

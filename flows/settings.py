@@ -30,6 +30,7 @@ from trace_core.agent import DEFAULT_INSTRUCTION
 from trace_core.allocators import ALLOCATORS
 from trace_core.generation import BACKENDS
 from trace_core.retrieval import RETRIEVERS
+from trace_core.vllm_backend import VLLMBackend  # noqa: F401  (registers 'vllm'; imports vllm only when built)
 
 SETTINGS_FILE_ENV = "TRACE_SETTINGS_FILE"
 
@@ -142,7 +143,12 @@ class WarmStartSection(Section):
     batch_size: int = Field(16, ge=1, description="Expert trajectories per step.")
     learning_rate: float = Field(3e-3, gt=0, description="AdamW peak learning rate.")
     max_steps: int = Field(3000, ge=1, description="Step limit.")
-    max_seconds: float = Field(600.0, gt=0, description="Time limit, seconds.")
+    max_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Safety time limit, seconds (the success band, not the clock, should stop it: a limit "
+        "hit on a loaded machine makes the model depend on the load).",
+    )
     eval_every: int = Field(40, ge=1, description="Steps between sampled success measurements.")
     eval_questions: int = Field(48, ge=8, description="Held-aside training questions measured.")
     eval_samples: int = Field(2, ge=1, description="Samples per measured question.")
@@ -247,6 +253,26 @@ class OrchestrationSection(Section):
         default_factory=list,
         description="Fault injection: stages that fail once, as 'stage@iteration' (e.g. 'update_policy@1').",
     )
+    task_runner: Literal["local", "ray"] = Field(
+        "local",
+        description="Where rollout shards grow: 'local' (one after another in this process) or 'ray' (one Prefect "
+        "task per shard on a Ray cluster; `pip install '.[ray]'`).",
+    )
+    rollout_shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Fixed shards (1 to 256) each rollout stage is split into, each with its own random stream; "
+        "changes what a run computes (not the runner: local and ray give the same trees).",
+    )
+    ray_address: str = Field(
+        "",
+        description="Ray cluster to join (task_runner='ray'), e.g. 'ray://head:10001' or 'auto'; empty: start a "
+        "local Ray bound to 127.0.0.1, dashboard off.",
+    )
+    ray_num_cpus: int = Field(
+        2, ge=1, le=1024, description="CPUs (1 to 1024) of the local Ray started when ray_address is empty."
+    )
 
     @field_validator("fail_once")
     @classmethod
@@ -312,13 +338,25 @@ class Settings(BaseSettings):
         """policy.weights resolved: LoRA unless asked for full, or auto with the tiny model."""
         return self.policy.weights == "lora" or (self.policy.weights == "auto" and self.model.preset != "tiny")
 
+    @model_validator(mode="after")
+    def _vllm_follows_lora_only(self) -> Settings:
+        if self.backend.name == "vllm" and not self.uses_lora():
+            resolved = " (auto: all weights of the tiny model)" if self.policy.weights == "auto" else ""
+            raise ValueError(
+                f"backend.name='vllm' follows LoRA adapters only, but policy.weights='{self.policy.weights}'"
+                f"{resolved} trains all weights; set policy.weights='lora'"
+            )
+        return self
+
     def identity(self) -> dict[str, Any]:
         """The settings that decide what a run computes. A run restarted under the same name must
-        match them; where results go, retries, fault injection and the iteration count may change
-        (so a finished run can be extended)."""
+        match them; where results go, retries, fault injection, the task runner and the iteration
+        count may change (so a finished run can be extended), the number of rollout shards may not."""
         snapshot = self.snapshot()
         for section in ("orchestration", "store"):
             snapshot.pop(section)
+        if self.orchestration.rollout_shards != 1:  # each shard has its own random stream; the runner is free
+            snapshot["orchestration"] = {"rollout_shards": self.orchestration.rollout_shards}
         snapshot["run"] = {"seed": self.run.seed}
         snapshot["train"] = {k: v for k, v in snapshot["train"].items() if k != "iterations"}
         return snapshot

@@ -15,7 +15,8 @@ transaction. So:
   and generation's prefix cache is emptied at the start of each rollout stage, so a replayed stage
   computes exactly what the first attempt would have.
 Checkpoints (policy weights, optimizer and random states; predictor) are written atomically and
-their sha256 is committed with the stage that produced them.
+their sha256 is committed with the stage that produced them. The two rollout stages grow their trees
+in `orchestration.rollout_shards` shards, in this process or as Prefect tasks on Ray (sharding.py).
 """
 
 from __future__ import annotations
@@ -34,17 +35,18 @@ from prefect.cache_policies import NO_CACHE
 from transformers import PreTrainedModel
 
 from flows.checkpoints import read_verified, write_atomic
-from flows.pipeline import Log, Runtime, code_version, load_runtime, settings_hash
+from flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
 from flows.settings import STAGES, Settings, load_settings
+from flows.sharding import LocalShards, ShardRunner, shard_runner
 from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter
 from trace_core.advantages import ADVANTAGES, nonzero_share
 from trace_core.allocators import AllocatorConfig, make_allocator
 from trace_core.evaluation import score_trees
 from trace_core.features import SearchAgentFeaturizer, TextEncoder
-from trace_core.loss import PolicyConfig, build_sequences, freeze_copy, make_optimizer, policy_update, wrap_policy
+from trace_core.loss import build_sequences, freeze_copy, make_optimizer, policy_update, wrap_policy
 from trace_core.predictor import PredictorConfig, SuccessPredictor, quality
-from trace_core.rollout import AgentGrower, new_trees, rollout_batch
+from trace_core.rollout import Expansion, new_trees, rollout_batch
 from trace_core.sampling import (
     allocation_outcomes,
     effective_ratio,
@@ -56,7 +58,7 @@ from trace_core.sampling import (
     stage2_expansions,
     stage2_input,
 )
-from trace_core.tree import RolloutTree, backup
+from trace_core.tree import Origin, RolloutTree, backup
 
 T = TypeVar("T")
 
@@ -74,10 +76,7 @@ class TrainContext:
         self.allocator = make_allocator(t.allocator)
         self.allocator_config = AllocatorConfig(t.budget, t.stage1_share, t.group_size, t.max_per_prompt,
                                                 t.max_per_anchor)  # fmt: skip
-        self.policy_config = PolicyConfig(
-            learning_rate=p.learning_rate, clip_eps=p.clip_eps, kl_coef=p.kl_coef, minibatches=p.minibatches,
-            lora=s.uses_lora(), lora_rank=p.lora_rank, lora_alpha=p.lora_alpha, seed=s.run.seed,
-        )  # fmt: skip
+        self.policy_config = policy_config(s)
         # full fine-tuning with a KL penalty needs a frozen copy of the starting policy as reference
         self.reference = freeze_copy(runtime.model) if p.kl_coef > 0 and not s.uses_lora() else None
         self.policy: PreTrainedModel = wrap_policy(runtime.model, self.policy_config)
@@ -90,10 +89,8 @@ class TrainContext:
         self.adapter_version = 0
         self.dirty: set[str] = set()  # "policy" / "predictor": changed in memory, not yet committed
         self.fired: set[str] = set()
-
-    @property
-    def grower(self) -> AgentGrower:
-        return AgentGrower(self.runtime.backend, self.runtime.env, self.runtime.env.config.sampling())
+        # where rollout shards grow; the flow swaps in the configured runner while it runs
+        self.shards: ShardRunner = LocalShards(runtime.backend, runtime.env, s.orchestration.rollout_shards)
 
 
 # -- shared stage machinery ----------------------------------------------------------------------
@@ -137,8 +134,32 @@ def _fresh_generation(ctx: TrainContext, iteration: int, stage: str) -> None:
     ctx.runtime.backend.reset_cache()
 
 
-def _rollout_metrics(trees: Sequence[RolloutTree], prefix: str) -> dict[str, float]:
-    return {f"{prefix}_generated_tokens": float(sum(n.generated_tokens for t in trees for n in t))}
+def _grow(
+    ctx: TrainContext,
+    iteration: int,
+    stage: str,
+    trees: list[RolloutTree],
+    expansions: Sequence[Expansion],
+    origin: Origin,
+) -> float | None:
+    """Grow a rollout stage in `orchestration.rollout_shards` shards on the configured task runner;
+    grown trees replace their entries in `trees`. Returns the stage's prefix-cache hit rate where
+    this process's backend did the work (None on Ray workers)."""
+    _fresh_generation(ctx, iteration, stage)
+    before = ctx.runtime.backend.stats.prefix_counts()
+    ctx.shards.grow(trees, expansions, origin, stage_seed(ctx, iteration, stage), ctx.policy)
+    return ctx.runtime.backend.stats.prefix_hit_rate_since(before)
+
+
+Grown = tuple[list[RolloutTree], float | None]  # a rollout stage's trees and its prefix-cache hit rate
+
+
+def _rollout_metrics(grown: Grown, tokens_key: str, hit_rate_key: str) -> dict[str, float]:
+    trees, hit_rate = grown
+    metrics = {tokens_key: float(sum(n.generated_tokens for t in trees for n in t))}
+    if hit_rate is not None:
+        metrics[hit_rate_key] = hit_rate
+    return metrics
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -218,19 +239,19 @@ def _or(value: float | None, default: float) -> float:
 
 @task(name="roll-out-roots", cache_policy=NO_CACHE)
 def roll_out_roots(ctx: TrainContext, it: int) -> None:
-    def compute() -> list[RolloutTree]:
+    def compute() -> Grown:
         pool, predicted, plan = ctx.store.load_root_plan(ctx.run_id, it)
         trees = new_trees(pool, ctx.runtime.env)
         if ctx.allocator.roots_by_predictor:
             for tree, v in zip(trees, predicted, strict=True):
                 tree.set(replace(tree.root, predicted=v))
-        _fresh_generation(ctx, it, "roll_out_roots")
-        ctx.grower(trees, stage1_expansions(plan), "stage1")
-        return trees
+        return trees, _grow(ctx, it, "roll_out_roots", trees, stage1_expansions(plan), "stage1")
 
-    def write(w: StageWriter, trees: list[RolloutTree]) -> None:
-        w.trees(trees, ctx.s.trace.allocator)
-        w.stage_metrics(_rollout_metrics(trees, "rollout/stage1"))
+    def write(w: StageWriter, grown: Grown) -> None:
+        w.trees(grown[0], ctx.s.trace.allocator)
+        w.stage_metrics(
+            _rollout_metrics(grown, "rollout/stage1_generated_tokens", "rollout/stage1_prefix_cache_hit_rate")
+        )
 
     run_stage(ctx, it, "roll_out_roots", compute, write)
 
@@ -259,15 +280,14 @@ def allocate_prefixes(ctx: TrainContext, it: int) -> None:
 
 @task(name="roll-out-prefixes", cache_policy=NO_CACHE)
 def roll_out_prefixes(ctx: TrainContext, it: int) -> None:
-    def compute() -> list[RolloutTree]:
+    def compute() -> Grown:
         trees = ctx.store.load_trees(ctx.run_id, it)
-        _fresh_generation(ctx, it, "roll_out_prefixes")
-        ctx.grower(trees, stage2_expansions(ctx.store.load_prefix_plan(ctx.run_id, it)), "stage2")
-        return trees
+        expansions = stage2_expansions(ctx.store.load_prefix_plan(ctx.run_id, it))
+        return trees, _grow(ctx, it, "roll_out_prefixes", trees, expansions, "stage2")
 
-    def write(w: StageWriter, trees: list[RolloutTree]) -> None:
-        w.trees(trees, ctx.s.trace.allocator)
-        w.stage_metrics(_rollout_metrics(trees, "rollout/all"))
+    def write(w: StageWriter, grown: Grown) -> None:
+        w.trees(grown[0], ctx.s.trace.allocator)
+        w.stage_metrics(_rollout_metrics(grown, "rollout/all_generated_tokens", "rollout/stage2_prefix_cache_hit_rate"))
 
     run_stage(ctx, it, "roll_out_prefixes", compute, write)
 
@@ -501,14 +521,15 @@ def trace_training(overrides: list[str] | None = None) -> list[dict[str, Any]]:
     if "evaluate" not in ctx.store.completed_stages(ctx.run_id, -1):
         tasks["evaluate"](ctx, -1)
     history.append({"iteration": -1, **_iteration_row(ctx, -1)})
-    for it in range(s.train.iterations):
-        done = ctx.store.completed_stages(ctx.run_id, it)
-        for name, stage_task in tasks.items():
-            if name not in done:
-                stage_task(ctx, it)
-        row = _iteration_row(ctx, it)
-        history.append({"iteration": it, **row})
-        _progress(ctx, it, row)
+    with shard_runner(s, ctx.runtime) as ctx.shards:
+        for it in range(s.train.iterations):
+            done = ctx.store.completed_stages(ctx.run_id, it)
+            for name, stage_task in tasks.items():
+                if name not in done:
+                    stage_task(ctx, it)
+            row = _iteration_row(ctx, it)
+            history.append({"iteration": it, **row})
+            _progress(ctx, it, row)
     ctx.store.set_run_status(ctx.run_id, "done")
     ctx.store.close()
     return history

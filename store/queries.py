@@ -3,8 +3,8 @@
 Each named query returns a `Table` (column names and rows) that the CLI prints or writes as CSV:
 - `effective-ratio`: per run and iteration, trees, mixed trees, the effective ratio, leaves and mean
   reward (the `effective_ratio` view);
-- `calibration`: predicted success at allocation time against the backed-up target, in equal-width
-  bins, leaf-weighted (a reliability table);
+- `calibration`: predicted success at allocation time against the success of the bare (Stage-1)
+  rollouts below each predicted node, in equal-width bins, leaf-weighted (a reliability table);
 - `depth-success`: per turn depth, nodes, leaves, leaf-weighted success rate and the share of nodes
   whose leaves are mixed;
 - `tree`: one tree drawn as indented text with each turn's predicted p, target and reward.
@@ -70,17 +70,39 @@ def effective_ratio(engine: Engine, run: str | None = None) -> Table:
     return _query(engine, sql, params)
 
 
-def calibration(engine: Engine, run: str | None = None, bins: int = 10) -> Table:
+def _allocation_outcomes(engine: Engine, run: str | None) -> list[tuple[float, float, int]]:
+    """(predicted, success rate of the Stage-1 leaves below, their count) per predicted node.
+
+    Stage-2 leaves are left out: they were sampled exactly where prediction and outcome disagreed,
+    so counting them would score the allocator's selection instead of the predictor.
+    """
     where, params = _run_filter(run)
     sql = (
-        "SELECT n.predicted, n.target, n.leaf_count FROM nodes n JOIN trees t ON n.tree_id = t.id "
-        "JOIN runs r ON t.run_id = r.id "
-        f"WHERE n.predicted IS NOT NULL AND n.target IS NOT NULL AND n.leaf_count > 0{where}"
+        "SELECT n.tree_id, n.node_index, n.parent_index, n.predicted, n.terminal, n.reward, n.origin "
+        f"FROM nodes n JOIN trees t ON n.tree_id = t.id JOIN runs r ON t.run_id = r.id WHERE 1 = 1{where}"
     )
     with engine.connect() as conn:
         rows = conn.execute(text(sql), params).all()
+    parent = {(r.tree_id, r.node_index): r.parent_index for r in rows}
+    sums: dict[tuple[int, int], list[float]] = {}
+    for r in rows:
+        if r.terminal and r.origin == "stage1":
+            node: int | None = r.parent_index
+            while node is not None:
+                acc = sums.setdefault((r.tree_id, node), [0.0, 0.0])
+                acc[0] += r.reward or 0.0
+                acc[1] += 1
+                node = parent[(r.tree_id, node)]
+    return [(r.predicted, sums[(r.tree_id, r.node_index)][0] / sums[(r.tree_id, r.node_index)][1],
+             int(sums[(r.tree_id, r.node_index)][1]))
+            for r in rows if r.predicted is not None and (r.tree_id, r.node_index) in sums]  # fmt: skip
+
+
+def calibration(engine: Engine, run: str | None = None, bins: int = 10) -> Table:
+    """Reliability table of the predictions made at allocation time against what the bare
+    (Stage-1) rollouts below each predicted node then did, leaf-weighted."""
     acc = [[0, 0.0, 0.0, 0.0] for _ in range(bins)]  # nodes, leaves, sum p * leaves, sum t * leaves
-    for p, t, n in rows:
+    for p, t, n in _allocation_outcomes(engine, run):
         b = min(int(p * bins), bins - 1)
         acc[b][0] += 1
         acc[b][1] += n

@@ -6,7 +6,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN_IN_CORE = {"prefect", "sqlalchemy", "pydantic_settings", "dvc", "flows", "store", "alembic"}
+FORBIDDEN_IN_CORE = {
+    "prefect",
+    "prefect_ray",
+    "ray",
+    "sqlalchemy",
+    "pydantic_settings",
+    "dvc",
+    "flows",
+    "store",
+    "alembic",
+}
 
 
 def _imported_roots(path: Path) -> set[str]:

@@ -91,6 +91,16 @@ class BackendStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def prefix_counts(self) -> tuple[int, int]:
+        """(reused, prefilled) prefix tokens so far; pass to `prefix_hit_rate_since` later."""
+        return self.reused_tokens, self.prefill_tokens
+
+    def prefix_hit_rate_since(self, earlier: tuple[int, int]) -> float | None:
+        """Share of the prefix tokens handled since `earlier` whose keys/values came from the cache
+        (None when no prefix was handled here, e.g. when the work ran in other processes)."""
+        reused, prefilled = self.reused_tokens - earlier[0], self.prefill_tokens - earlier[1]
+        return reused / (reused + prefilled) if reused + prefilled > 0 else None
+
 
 class GenerationBackend(Protocol):
     """What every backend offers. `generate` returns, per request, its n completions in order."""

@@ -6,6 +6,11 @@ for its k siblings. The environment then answers all turns of the round together
 call), and the branches that did not end form the next round. A bare rollout is a continuation
 from the root (the prompt); a Stage-2 continuation is one from an anchor turn.
 
+Sharding (`split_shards`): a stage's expansions can be split into a fixed number of shards, each
+holding whole trees, to be grown independently (in one process or on several workers), each from
+its own random stream (`shard_seed`); the split depends only on the expansions and the shard
+count, so a stage grown in shards is reproducible wherever its shards run.
+
 Deviations: none.
 """
 
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from trace_core.agent import SearchEnv
 from trace_core.data import QARecord
@@ -108,3 +115,70 @@ def rollout_batch(
     trees = new_trees(records, env)
     grow(trees, [Expansion(i, 0, n) for i in range(len(trees))], backend, env, params, "stage1")
     return trees
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One part of a stage's rollouts.
+
+    index: the shard's number, in [0, count).
+    trees: indices into the stage's tree list, ascending.
+    expansions: the stage's expansions on those trees, in their original order, with `tree`
+        renumbered to index into `trees`.
+    """
+
+    index: int
+    trees: tuple[int, ...]
+    expansions: tuple[Expansion, ...]
+
+    @property
+    def leaves(self) -> int:
+        return sum(e.k for e in self.expansions)
+
+
+def split_shards(expansions: Sequence[Expansion], count: int) -> list[Shard]:
+    """Split expansions into `count` shards (some may be empty), each tree wholly in one shard.
+
+    Deterministic, and balanced by leaves: trees are dealt most leaves first (ties: lower tree
+    index), each to the shard with the fewest leaves so far (ties: lower shard index). A tree
+    without expansions belongs to no shard.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    work: dict[int, int] = {}
+    for e in expansions:
+        work[e.tree] = work.get(e.tree, 0) + e.k
+    loads = [0] * count
+    owner: dict[int, int] = {}
+    for tree in sorted(work, key=lambda t: (-work[t], t)):
+        shard = min(range(count), key=lambda s: (loads[s], s))
+        owner[tree] = shard
+        loads[shard] += work[tree]
+    shards = []
+    for index in range(count):
+        trees = tuple(sorted(t for t, s in owner.items() if s == index))
+        position = {t: i for i, t in enumerate(trees)}
+        local = tuple(Expansion(position[e.tree], e.node_id, e.k) for e in expansions if e.tree in position)
+        shards.append(Shard(index, trees, local))
+    return shards
+
+
+def shard_seed(seed: int, index: int, count: int) -> int:
+    """The seed of shard `index` of `count` in a stage seeded with `seed`; a single shard keeps the
+    stage's own seed, so an unsharded stage computes what it always did."""
+    if count == 1:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def shard_trees(trees: Sequence[RolloutTree], shard: Shard) -> list[RolloutTree]:
+    """The shard's trees, in the numbering its expansions use."""
+    return [trees[i] for i in shard.trees]
+
+
+def merge_shard(trees: list[RolloutTree], shard: Shard, grown: Sequence[RolloutTree]) -> None:
+    """Put a shard's grown trees (as returned by a worker) back at their places in `trees`."""
+    if len(grown) != len(shard.trees):
+        raise ValueError(f"shard {shard.index} holds {len(shard.trees)} trees, got {len(grown)} back")
+    for i, tree in zip(shard.trees, grown, strict=True):
+        trees[i] = tree

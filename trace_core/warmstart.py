@@ -45,7 +45,7 @@ class WarmStartConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 20
     max_steps: int = 3000
-    max_seconds: float = 600.0
+    max_seconds: float = 3600.0
     eval_every: int = 40
     eval_questions: int = 48
     eval_samples: int = 2

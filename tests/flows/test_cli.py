@@ -37,6 +37,8 @@ def test_run_builds_the_task_and_model_then_trains_and_logs_metrics(prefect_api,
     assert all(r["rollout/leaves"] == 8 for r in rows[1:])
     assert all(k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
                for r in rows for k in r)  # fmt: skip
+    for r in rows[1:]:  # siblings and later turns reuse their prefix's cached keys/values
+        assert 0 < r["rollout/stage1_prefix_cache_hit_rate"] < 1
     assert "dev EM before -> after" in capsys.readouterr().out
     built = (workdir / "models/tiny-react/build.json").stat().st_mtime_ns
     store = RolloutStore(f"sqlite:///{workdir / 'runs/rollouts.db'}")

@@ -36,9 +36,11 @@ def test_depth_success(fixture_run):
     assert [float(r[4]) for r in rows] == pytest.approx([2 / 3, 1 / 6, 0.0])
 
 
-def test_calibration_bins_predictions_against_backed_up_targets(fixture_run):
+def test_calibration_bins_predictions_against_the_bare_rollouts_below_them(fixture_run):
+    # each root (p = 0.4) has two Stage-1 leaves: q1 (1, 0), q2 (0, 0), q3 (1, 0); the Stage-2
+    # leaves (the second answer under each first turn) are left out: 2 successes in 6 leaves
     table = queries.calibration(fixture_run.engine, "fx")
-    assert table.rows == (("0.4-0.5", 3, 9, pytest.approx(0.4), pytest.approx(1 / 3), pytest.approx(1 / 3 - 0.4)),)
+    assert table.rows == (("0.4-0.5", 3, 6, pytest.approx(0.4), pytest.approx(1 / 3), pytest.approx(1 / 3 - 0.4)),)
 
 
 def test_a_tree_is_drawn_with_predictions_targets_and_rewards(fixture_run):
