@@ -4,7 +4,9 @@ Trains every allocator on the same task with the same budget of leaves per itera
 number of iterations and the same seeds, then evaluates each final policy on dev and test. Runs:
 - regime "small-groups" (the paper's): all allocators, uniform groups of G = 4 (TRACE gives 2 to 4
   bare rollouts per chosen prompt), a candidate pool twice what the budget covers at 2 each;
-- regime "large-groups": `trace` against `uniform` with G = 8, where uniform already mixes often;
+- regime "large-groups": `trace` against `uniform` with G = 8, where uniform already mixes often
+  (TRACE's allocation does not take G, so its runs here repeat its small-group runs: identical
+  figures, which double as a check that a run is reproducible);
 - the stage ablation: uniform/uniform (`random_branch`), active roots only (`active_roots`),
   active prefixes only (`active_prefixes`), active/active (`trace`), in the small-groups regime;
 - the oracle study on the known-probability task (`trace_core.oracle`).
