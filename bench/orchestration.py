@@ -52,7 +52,7 @@ def main() -> None:
         previous_end = end
     shares = [(w - c) / w for w, c in zip(walls, computes, strict=True) if w > 0]
     result = {
-        "command": f"python bench/orchestration.py --run {args.run}",
+        "command": f"python bench/orchestration.py --run {args.run} --db {args.db}",
         "iterations": len(walls),
         "median_iteration_wall_s": statistics.median(walls),
         "median_stage_compute_s": {k: statistics.median(v) for k, v in per_stage.items()},
