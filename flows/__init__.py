@@ -5,6 +5,7 @@ beyond loopback, and a start-up timeout for the temporary API server above Prefe
 a loaded 2-core machine can exceed. Each can still be overridden from the environment.
 """
 
+import logging
 import os
 
 for _key, _value in {
@@ -15,3 +16,6 @@ for _key, _value in {
     "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_key, _value)
+
+# bm25s logs each index build at DEBUG, which Prefect's handlers would print among the progress lines
+logging.getLogger("bm25s").setLevel(logging.INFO)

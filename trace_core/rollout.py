@@ -92,18 +92,6 @@ def grow(
     return leaves
 
 
-class AgentGrower:
-    """`grow` bound to one backend, environment and sampling setting (the `Grower` of sampling.py)."""
-
-    def __init__(self, backend: GenerationBackend, env: SearchEnv, params: SamplingParams) -> None:
-        self.backend, self.env, self.params = backend, env, params
-
-    def __call__(
-        self, trees: Sequence[RolloutTree], expansions: Sequence[Expansion], origin: Origin
-    ) -> list[tuple[int, int]]:
-        return grow(trees, expansions, self.backend, self.env, self.params, origin)
-
-
 def rollout_batch(
     records: Sequence[QARecord],
     n: int,
