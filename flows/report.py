@@ -188,7 +188,7 @@ def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
     ax.set_xlabel("turn depth (0 = prompt)")
     ax.set_yticks([])
     ax.set_title(f"Tree {tree_id}: {question[:70]}\nnode colour: predicted success at allocation (red 0, green 1; "
-                 "grey: not predicted); t: realised success below; red edges: Stage-2 continuations",
+                 "grey: not predicted)\nt: realised success below; red edges: Stage-2 continuations",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
