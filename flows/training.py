@@ -144,8 +144,8 @@ def _grow(
 ) -> float | None:
     """Grow a rollout stage in `orchestration.rollout_shards` shards on the configured task runner;
     grown trees replace their entries in `trees`. Returns the stage's prefix-cache hit rate where
-    this process's backend did the work (None on Ray workers)."""
-    _fresh_generation(ctx, iteration, stage)
+    this process's backend did the work (None on Ray workers). Each runner reseeds generation and
+    empties the prefix cache per shard, so a replayed stage computes what its first attempt did."""
     before = ctx.runtime.backend.stats.prefix_counts()
     ctx.shards.grow(trees, expansions, origin, stage_seed(ctx, iteration, stage), ctx.policy)
     return ctx.runtime.backend.stats.prefix_hit_rate_since(before)
