@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows.settings import Settings, SettingsError, load_settings
+from flows.settings import Settings, SettingsError, load_settings, split_secrets
 from store.db import StoreError
 
 
@@ -92,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.training import trace_training
 
     start = time.perf_counter()
-    history = trace_training(overrides)
+    history = trace_training(_secrets_to_environment(overrides))
     run_dir = s.run.output_dir / s.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
@@ -176,8 +177,17 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secrets_to_environment(overrides: list[str]) -> list[str]:
+    """Move secret overrides (the store URL) into this process's environment, which the flow and
+    the flow runs a served deployment starts inherit, so that Prefect never stores them."""
+    public, env = split_secrets(overrides)
+    os.environ.update(env)
+    return public
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     s = _settings(args)
+    overrides = _secrets_to_environment(list(args.set or []))
     from flows.training import trace_training
 
     print(f"serving deployment 'trace-training/{s.orchestration.deployment}'"
@@ -187,7 +197,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     trace_training.serve(
         name=s.orchestration.deployment,
         cron=s.orchestration.cron or None,
-        parameters={"overrides": list(args.set or [])},
+        parameters={"overrides": overrides},
         print_starting_message=True,
         entrypoint_type=EntrypointType.MODULE_PATH,  # found by import, whatever the working directory
     )
@@ -232,10 +242,27 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from store.db import current_revision, ensure_schema, head_revision, make_engine, render_url, upgrade
+    from store.db import (
+        backup,
+        current_revision,
+        ensure_schema,
+        head_revision,
+        make_engine,
+        refuse_foreign,
+        render_url,
+        upgrade,
+    )
 
     url = _settings(args).store_url()
-    engine = make_engine(url)
+    if args.action == "backup":
+        if not args.target:
+            raise SettingsError("`trace-rl db backup` needs the file to copy to: trace-rl db backup PATH")
+        backup(url, Path(args.target))
+        print(f"{render_url(url)} copied to {args.target}")
+        return 0
+    if not (args.action == "upgrade" and args.adopt):
+        refuse_foreign(url)
+    engine = make_engine(url, read_only=args.action == "status")
     try:
         if args.action == "upgrade":
             upgrade(engine)
@@ -276,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("statement", help="a SELECT statement (runs on a read-only connection)")
             p.add_argument("--csv", help="also write the result to this CSV file")
         if name == "db":
-            p.add_argument("action", choices=["upgrade", "status"])
+            p.add_argument("action", choices=["upgrade", "status", "backup"])
+            p.add_argument("target", nargs="?", help="backup: the file to copy the SQLite database to")
+            p.add_argument("--adopt", action="store_true", help="upgrade: add trace-rl's tables to a database "
+                           "that already holds other tables")  # fmt: skip
         if name == "run":
             p.add_argument("--allocator", help="shorthand for --set trace.allocator=NAME")
             p.add_argument("--metrics", help="also write train.json and train.csv (per iteration) to this folder")

@@ -35,7 +35,7 @@ from trace_core.default_model import (
 )
 from trace_core.generation import BACKENDS, GenerationBackend
 from trace_core.loss import PolicyConfig
-from trace_core.retrieval import RETRIEVERS, BM25Retriever, Retriever, format_passages
+from trace_core.retrieval import RETRIEVERS, BM25Retriever, Retriever, corpus_fingerprint, format_passages
 from trace_core.synthetic_qa import SyntheticTaskSpec, generate_task, write_task
 from trace_core.vllm_backend import VLLMBackend  # imports vllm only when one is built
 from trace_core.warmstart import Checkpoint, WarmStartConfig, expert_turns, warm_start
@@ -129,8 +129,9 @@ def make_retriever(s: Settings, data: TaskData) -> Retriever:
         return RETRIEVERS.get("http")(s.retriever.url, s.retriever.timeout_s)  # type: ignore[no-any-return]
     RETRIEVERS.get(s.retriever.name)  # an unknown name fails here, listing the valid ones
     index_dir = data.directory / "bm25"
-    stat = [(p.name, p.stat().st_size) for p in sorted(data.directory.glob("corpus.*"))]
-    digest = settings_hash(len(data.corpus), stat, data.corpus[0].contents, data.corpus[-1].contents)
+    # every document's id and text, as read from whichever corpus file the task names: an edit anywhere
+    # (even in the middle of the file) rebuilds the index
+    digest = corpus_fingerprint(data.corpus)
     if _built(index_dir, digest):
         return BM25Retriever.load(index_dir, data.corpus)
     retriever = BM25Retriever(data.corpus)

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,13 +63,43 @@ class SettingsError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never meaningful settings (a learning rate of inf trains nothing but NaNs)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `true` as 1 for an int field; `train.iterations=true` is a mistake, not 1."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+# a run name becomes a folder under run.output_dir: one path component, never '.', '..' or absolute
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 class RunSection(Section):
-    name: str = Field("default", min_length=1, description="Run name; results go to <output_dir>/<name>.")
+    name: str = Field(
+        "default",
+        min_length=1,
+        max_length=200,
+        description="Run name; results go to <output_dir>/<name>. Letters, digits, '-', '_' and '.', "
+        "starting with a letter or digit (no path separators).",
+    )
     seed: int = Field(0, ge=0, description="Seed for every random generator of the run.")
     output_dir: Path = Field(Path("runs"), description="Folder holding one sub-folder per run.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a run name: use letters, digits, '-', '_' and '.', starting with a letter "
+                "or digit, without path separators (the name becomes a folder under run.output_dir)"
+            )
+        return name
 
 
 class TaskSection(Section):
@@ -248,6 +288,14 @@ class OrchestrationSection(Section):
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed stage task before the run fails.")
     retry_delay_s: float = Field(0.0, ge=0, description="Seconds between a stage's retries.")
     deployment: str = Field("default", min_length=1, description="Deployment name for `trace-rl serve`.")
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=5,
+        le=3600,
+        description="Seconds a run's write lease lasts without a heartbeat (renewed every third of it): a second "
+        "process is refused while the lease holds; a crashed writer's lease expires after this long (at once when "
+        "it ran on this host).",
+    )
     cron: str = Field("", description="Schedule of the deployment (cron syntax); empty: runs only on demand.")
     fail_once: list[str] = Field(
         default_factory=list,
@@ -378,6 +426,35 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return key.strip().split("."), value
+
+
+# settings that hold credentials: they travel in the environment, never as Prefect flow or
+# deployment parameters (Prefect stores parameters in plain text and shows them in its UI and API)
+SECRET_KEYS = {"store.url": "TRACE_STORE__URL"}
+
+
+def split_secrets(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(overrides without secret keys, {environment variable: value} for the secret ones)."""
+    public, env = [], {}
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        variable = SECRET_KEYS.get(key.strip())
+        if variable is None:
+            public.append(item)
+        else:
+            env[variable] = str(parse_override(item)[1]) if raw.strip() else ""
+    return public, env
+
+
+def refuse_secret_parameters(overrides: list[str]) -> None:
+    """A flow parameter is stored and shown by Prefect: refuse one that carries a secret."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in SECRET_KEYS:
+            raise SettingsError(
+                f"{key} must not be a flow or deployment parameter (Prefect stores parameters in plain text); "
+                f"set {SECRET_KEYS[key]} in the environment of the process that runs the flow instead"
+            )
 
 
 def _nest(overrides: list[str]) -> dict[str, Any]:

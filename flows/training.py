@@ -21,8 +21,11 @@ in `orchestration.rollout_shards` shards, in this process or as Prefect tasks on
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +39,7 @@ from transformers import PreTrainedModel
 
 from flows.checkpoints import read_verified, write_atomic
 from flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
-from flows.settings import STAGES, Settings, load_settings
+from flows.settings import STAGES, Settings, load_settings, refuse_secret_parameters
 from flows.sharding import LocalShards, ShardRunner, shard_runner
 from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter
@@ -431,8 +434,8 @@ def checkpoint(ctx: TrainContext, it: int) -> None:
         ctx.policy.save_pretrained(tmp)
         ctx.runtime.env.tokenizer.save_pretrained(tmp)
         digest = _directory_digest(tmp)
-        if target.exists():
-            _remove_tree(target)
+        if target.exists() or target.is_symlink():
+            _remove_tree(target, ctx.run_dir)
         tmp.replace(target)
         _prune(ctx)
         return CheckpointRecord("export", str(target), digest)
@@ -453,9 +456,16 @@ def _directory_digest(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def _remove_tree(path: Path) -> None:
+def _remove_tree(path: Path, run_dir: Path) -> None:
+    """Delete the run's previous export; never anything outside the run's own folder (a symlink
+    placed there is unlinked, not followed)."""
     import shutil
 
+    if path.is_symlink():
+        path.unlink()
+        return
+    if path.resolve().parent != run_dir.resolve():
+        raise RuntimeError(f"refusing to delete {path}: it is not inside the run's folder {run_dir}")
     shutil.rmtree(path)
 
 
@@ -487,11 +497,17 @@ assert tuple(STAGE_TASKS) == STAGES
 def open_context(s: Settings, log: Log) -> TrainContext:
     store = RolloutStore(s.store_url())
     run_id = store.open_run(s.run.name, s.snapshot(), settings_hash(s.identity()), code_version())
+    store.take_lease(run_id, s.run.name, s.orchestration.lease_ttl_s)  # refuses a second writer of the run
     log(f"rollout database: {render_url(s.store_url())} (run {s.run.name!r})")
-    ctx = TrainContext(s, store, run_id, load_runtime(s, log), log)
-    _initial_checkpoints(ctx)
-    restore(ctx, "policy")
-    restore(ctx, "predictor")
+    try:
+        ctx = TrainContext(s, store, run_id, load_runtime(s, log), log)
+        _initial_checkpoints(ctx)
+        restore(ctx, "policy")
+        restore(ctx, "predictor")
+    except BaseException:
+        store.release_lease("failed")
+        store.close()
+        raise
     return ctx
 
 
@@ -507,7 +523,9 @@ def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any]) -> None:
 @flow(name="trace-training", log_prints=False)
 def trace_training(overrides: list[str] | None = None) -> list[dict[str, Any]]:
     """Train with TRACE (or the configured allocator) on the settings plus `overrides`
-    ('section.key=value'); resumes a run of the same name from its last committed stage."""
+    ('section.key=value'); resumes a run of the same name from its last committed stage. Secrets
+    (the store URL) are refused here: they come from the environment, never as parameters."""
+    refuse_secret_parameters(overrides or [])
     s = load_settings(overrides)
     logger = get_run_logger()
 
@@ -515,6 +533,43 @@ def trace_training(overrides: list[str] | None = None) -> list[dict[str, Any]]:
         logger.info(message)
 
     ctx = open_context(s, log)
+    try:
+        with _terminate_as_interrupt():
+            history = _train(ctx)
+    except (KeyboardInterrupt, Terminated):
+        ctx.store.release_lease("interrupted")
+        raise
+    except BaseException:
+        ctx.store.release_lease("failed")
+        raise
+    finally:
+        ctx.store.close()
+    return history
+
+
+class Terminated(BaseException):
+    """SIGTERM (a cancelled Prefect flow run, `kill`, a stopped container) during training."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` so the run records `interrupted` and frees its lease."""
+
+    def raise_terminated(_signum: int, _frame: object) -> None:
+        raise Terminated("terminated by SIGTERM")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(ctx: TrainContext) -> list[dict[str, Any]]:
+    s = ctx.s
     retry = {"retries": s.orchestration.retries, "retry_delay_seconds": s.orchestration.retry_delay_s}
     tasks = {name: t.with_options(**retry) for name, t in STAGE_TASKS.items()}
     history = []
@@ -530,8 +585,7 @@ def trace_training(overrides: list[str] | None = None) -> list[dict[str, Any]]:
             row = _iteration_row(ctx, it)
             history.append({"iteration": it, **row})
             _progress(ctx, it, row)
-    ctx.store.set_run_status(ctx.run_id, "done")
-    ctx.store.close()
+    ctx.store.release_lease("done")
     return history
 
 

@@ -12,6 +12,8 @@ newer than this code's.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,9 +54,15 @@ def _where(url: URL) -> str:
     return f"host {url.host or 'localhost'}:{url.port or 5432}, database {url.database}"
 
 
-def make_engine(url: str, read_only: bool = False) -> Engine:
-    """An engine for `url`; read_only opens SQLite in read-only mode and PostgreSQL read-only
-    transactions, so no statement can write through it."""
+def make_engine(url: str, read_only: bool = False, statement_timeout_s: float = 60.0) -> Engine:
+    """An engine for `url`. With read_only, nothing can write through it, whatever SQL it is given:
+    - SQLite: the file is opened read-only by URI (`mode=ro`), and an authorizer allows only reading
+      (SELECT, reading tables and views, functions, recursive CTEs, a few schema-reading pragmas),
+      so ATTACH (which creates files), writes, DDL and transactions are denied before they run;
+    - PostgreSQL: every session starts with `default_transaction_read_only=on`, so even a transaction
+      begun after a COMMIT is read-only;
+    and each statement stops after `statement_timeout_s` seconds (PostgreSQL `statement_timeout`;
+    SQLite a progress handler, which also makes Ctrl-C interrupt a runaway query)."""
     parsed = parse_url(url)
     backend = parsed.get_backend_name()
     kwargs: dict[str, Any] = {}
@@ -72,6 +80,13 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
         kwargs["connect_args"] = {"connect_timeout": 5}
         kwargs["pool_pre_ping"] = True
         if read_only:
+            timeout_ms = max(1, int(statement_timeout_s * 1000))
+            given = parsed.query.get("options")  # e.g. a search_path in the URL: keep it
+            given = " ".join(given) if isinstance(given, tuple) else (given or "")
+            kwargs["connect_args"]["options"] = given + (
+                f" -c default_transaction_read_only=on -c statement_timeout={timeout_ms} "
+                f"-c idle_in_transaction_session_timeout={timeout_ms}"
+            )
             kwargs["execution_options"] = {"postgresql_readonly": True}
     try:
         engine = create_engine(parsed, **kwargs)
@@ -80,15 +95,84 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
     if backend == "sqlite":
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             if not read_only:
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+            if read_only:
+                guard = SQLiteGuard(statement_timeout_s)
+                record.info["guard"] = guard
+                dbapi_connection.set_authorizer(_read_only_authorizer)
+                dbapi_connection.set_progress_handler(guard.check, 1000)
+
+        if read_only:
+
+            @event.listens_for(engine, "before_cursor_execute")
+            def _start_clock(conn: Any, *_args: Any) -> None:
+                guard = conn.info.get("guard")
+                if guard is not None:
+                    guard.start()
 
     return engine
+
+
+# SQLite authorizer action codes (sqlite3.h) that only read
+_SQLITE_READS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    getattr(sqlite3, "SQLITE_RECURSIVE", 33),
+}
+_SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+                   "foreign_key_list", "collation_list", "function_list"}  # fmt: skip
+
+
+def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None, _view: str | None) -> int:
+    if action in _SQLITE_READS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is None and (arg1 or "").lower() in _SCHEMA_PRAGMAS:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+class SQLiteGuard:
+    """Per-connection progress handler: interrupts a statement past its time limit or on Ctrl-C."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.deadline = float("inf")
+        self.reason: str | None = None
+
+    def start(self) -> None:
+        self.deadline = time.monotonic() + self.limit_s
+        self.reason = None
+
+    def check(self) -> int:
+        try:
+            if time.monotonic() > self.deadline:
+                self.reason = f"stopped after the {self.limit_s:g} s time limit"
+                return 1
+        except KeyboardInterrupt:  # Ctrl-C arrives while SQLite calls back into Python
+            self.reason = "interrupted"
+            return 1
+        return 0
+
+
+def start_guard(conn: Any) -> None:
+    """Start the time limit of a statement run on the connection's raw cursor (SQLAlchemy's own
+    executions start it themselves)."""
+    guard = conn.info.get("guard")
+    if guard is not None:
+        guard.start()
+
+
+def interruption(engine: Engine, conn: Any) -> str | None:
+    """Why the last statement on `conn` was stopped by its guard, if it was."""
+    guard = conn.info.get("guard") if engine.dialect.name == "sqlite" else None
+    return guard.reason if guard is not None else None
 
 
 def check_connection(engine: Engine) -> None:
@@ -121,6 +205,44 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine), revision)
+
+
+def refuse_foreign(url: str) -> None:
+    """Refuse a database that holds tables but no trace-rl schema version, before anything changes
+    it (a SQLite file is inspected read-only, so it is not even switched to WAL mode)."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).exists()):
+        return  # a new file: ours to create
+    engine = make_engine(url, read_only=True)
+    try:
+        check_connection(engine)
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if tables and "alembic_version" not in tables:
+        raise StoreError(
+            f"{render_url(parsed)} holds tables ({', '.join(sorted(tables)[:3])}...) but no trace-rl schema "
+            "version, so it is not a trace-rl database; point store.url at a new database (or pass --adopt to "
+            "`trace-rl db upgrade` to add trace-rl's tables to it on purpose)"
+        )
+
+
+def backup(url: str, target: Path) -> None:
+    """A consistent copy of a SQLite rollout database (the online backup API: it includes what sits
+    in the write-ahead log and may run while a training run writes). PostgreSQL: use pg_dump."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        raise StoreError(f"`trace-rl db backup` copies SQLite files; back up {render_url(parsed)} with pg_dump")
+    source = Path(parsed.database)
+    if not source.exists():
+        raise StoreError(f"no rollout database at {source}")
+    if target.exists():
+        raise StoreError(f"{target} already exists; choose a new file for the backup")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    dst.close()
+    src.close()
 
 
 def ensure_schema(engine: Engine, create: bool = True) -> None:

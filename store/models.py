@@ -42,9 +42,13 @@ class Run(Base):
     settings: Mapped[dict[str, Any]]
     settings_hash: Mapped[str] = mapped_column(String(64))
     code_version: Mapped[str] = mapped_column(String(64))
+    # running | done | failed | interrupted; a run whose writer was killed stays `running` with an
+    # expired lease (see store/lease.py)
     status: Mapped[str] = mapped_column(String(20), default="running")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))  # host:pid:token of the one writer
+    lease_expires_at: Mapped[datetime | None]
 
 
 class Iteration(Base):

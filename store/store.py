@@ -25,7 +25,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
-from store.db import StoreError, ensure_schema, make_engine, render_url, session_factory, transaction
+from store.db import StoreError, ensure_schema, make_engine, refuse_foreign, render_url, session_factory, transaction
+from store.lease import RunLease
 from store.models import (
     Allocation,
     Checkpoint,
@@ -216,9 +217,11 @@ class RolloutStore:
 
     def __init__(self, url: str, create: bool = True) -> None:
         self.url = url
+        refuse_foreign(url)
         self.engine = make_engine(url)
         ensure_schema(self.engine, create)
         self._sessions = session_factory(self.engine)
+        self._lease: RunLease | None = None
 
     def __repr__(self) -> str:
         return f"RolloutStore({render_url(self.url)})"
@@ -250,8 +253,21 @@ class RolloutStore:
                     f"run {name!r} already exists with other settings (hash {run.settings_hash}, now "
                     f"{settings_hash}); resume it with the same settings or choose another run.name"
                 )
-            run.status = "running"
             return run.id
+
+    def take_lease(self, run_id: int, name: str, ttl_s: float) -> RunLease:
+        """Become the run's only writer (see store/lease.py); every later stage transaction checks
+        that this process still is. Raises RunLeaseError naming the current holder."""
+        lease = RunLease(self._sessions, run_id, name, ttl_s)
+        lease.acquire()
+        self._lease = lease
+        return lease
+
+    def release_lease(self, status: str) -> None:
+        """Record the run's end (`done`, `failed`, `interrupted`) and let another process write it."""
+        if self._lease is not None:
+            self._lease.release(status)
+            self._lease = None
 
     def set_run_status(self, run_id: int, status: str) -> None:
         with transaction(self._sessions) as s:
@@ -278,6 +294,8 @@ class RolloutStore:
         An exception inside the block rolls everything back: nothing of the attempt remains.
         """
         with transaction(self._sessions) as s:
+            if self._lease is not None:
+                self._lease.verify(s)
             writer = StageWriter(self, s, run_id, iteration)
             yield writer
             if name is not None:
@@ -286,6 +304,15 @@ class RolloutStore:
                 )
                 metrics = {k: _finite(v) for k, v in writer.metrics.items()}
                 s.add(Stage(run_id=run_id, iteration=iteration, stage=name, seconds=seconds, metrics=metrics))
+        self._fold_wal()
+
+    def _fold_wal(self) -> None:
+        """SQLite: copy committed pages from the write-ahead log into the database file (passive: never
+        waits for readers), so that after a kill -9 the file `rollouts.db` alone holds every
+        committed stage. `trace-rl db backup` takes a consistent copy at any moment."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def stage_metrics(self, run_id: int, iteration: int) -> dict[str, Any]:
         """The measurements of every committed stage of an iteration, merged, with `time/<stage>`."""

@@ -14,6 +14,7 @@ Deviations: none.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -55,6 +56,18 @@ def format_passages(passages: Sequence[Passage]) -> str:
 
 def _passage(doc: CorpusDoc, score: float) -> Passage:
     return Passage(doc.id, doc.title, doc.text, float(score))
+
+
+def corpus_fingerprint(docs: Sequence[CorpusDoc]) -> str:
+    """sha256 over every document's id and contents, streamed (lengths delimit the fields, so no
+    two different corpora share a fingerprint by concatenation)."""
+    digest = hashlib.sha256()
+    for doc in docs:
+        for field in (doc.id, doc.contents):
+            raw = field.encode()
+            digest.update(len(raw).to_bytes(8, "little"))
+            digest.update(raw)
+    return digest.hexdigest()
 
 
 @RETRIEVERS.register("bm25")

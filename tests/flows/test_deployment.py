@@ -93,8 +93,10 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
     try:
         _wait(lambda: _healthy(api), 180, "the Prefect server", [server])
         serve_log = (tmp_path / "serve.log").open("w")
-        serve = subprocess.Popen([str(BIN / "trace-rl"), "serve"], env=env, cwd=tmp_path, stdout=serve_log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        # the store URL given on the command line must reach the runs, but never Prefect's parameters
+        db_url = f"store.url=sqlite:///{tmp_path / 'runs' / 'rollouts.db'}"
+        serve = subprocess.Popen([str(BIN / "trace-rl"), "serve", "--set", db_url], env=env, cwd=tmp_path,
+                                 stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
         def triggered() -> bool:
             result = subprocess.run([str(BIN / "prefect"), "deployment", "run", "trace-training/test-deploy"],
@@ -105,6 +107,10 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
         _wait(
             lambda: _run_done(tmp_path / "runs" / "rollouts.db", "deployed"), 400, "the deployed run", [server, serve]
         )
+        shown = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "trace-training/test-deploy"],
+                               env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert shown.returncode == 0 and "parameters" in shown.stdout
+        assert "store.url" not in shown.stdout and "rollouts.db" not in shown.stdout
     finally:
         if serve is not None:
             _stop(serve)

@@ -65,3 +65,38 @@ def test_a_malformed_settings_file_is_named(tmp_path):
 def test_an_override_without_equals_sign_is_refused():
     with pytest.raises(SettingsError, match="section.key=value"):
         load_settings(["agent.max_turns"])
+
+
+@pytest.mark.parametrize("name", ["/some/dir", "..", ".", "a/b", "../escape", "-flag", "a\\b", "with space", ""])
+def test_a_run_name_that_is_not_a_plain_folder_name_is_refused(name):
+    with pytest.raises(SettingsError, match="run.name"):
+        load_settings([f'run.name="{name}"'])
+
+
+def test_plain_run_names_are_accepted():
+    assert load_settings(["run.name=exp-1.2_b"]).run.name == "exp-1.2_b"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("policy.learning_rate=inf", "policy.learning_rate: Input should be a finite number"),
+        ("predictor.learning_rate=nan", "predictor.learning_rate: Input should be a finite number"),
+        ("train.iterations=true", "train.iterations: expected a number, got the boolean true"),
+        ("policy.clip_eps=false", "policy.clip_eps: expected a number, got the boolean false"),
+    ],
+)
+def test_infinite_and_boolean_numbers_are_refused(override, message):
+    with pytest.raises(SettingsError) as err:
+        load_settings([override])
+    assert message in str(err.value)
+
+
+def test_a_store_url_never_becomes_a_flow_parameter():
+    from flows.settings import refuse_secret_parameters, split_secrets
+
+    public, env = split_secrets(["run.name=x", "store.url=postgresql://me:hunter2@db/x"])
+    assert public == ["run.name=x"] and env == {"TRACE_STORE__URL": "postgresql://me:hunter2@db/x"}
+    with pytest.raises(SettingsError, match="TRACE_STORE__URL") as err:
+        refuse_secret_parameters(["store.url=postgresql://me:hunter2@db/x"])
+    assert "hunter2" not in str(err.value)

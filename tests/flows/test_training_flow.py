@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -163,7 +165,67 @@ def test_a_stage_that_keeps_failing_stops_the_run_without_a_trace_and_a_rerun_co
     assert store.completed_stages(run, 0) == {"allocate_roots", "roll_out_roots", "allocate_prefixes",
                                               "roll_out_prefixes"}  # fmt: skip
     assert all(n.target is None for t in store.load_trees(run, 0) for n in t)  # back_up wrote nothing
+    assert _status(store, "r") == ("failed", None)  # recorded truthfully, and the lease is free
     store.close()
     # the same settings without the fault (fault injection is not part of the run's identity)
     history = _run_flow(monkeypatch, failing, ["orchestration.fail_once=[]"])
     assert [h["iteration"] for h in history] == [-1, 0, 1]
+    store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    assert _status(store, "r") == ("done", None)
+    store.close()
+
+
+def _status(store: RolloutStore, name: str) -> tuple:
+    with store.engine.connect() as conn:
+        return tuple(conn.execute(text("SELECT status, lease_owner FROM runs WHERE name = :n"), {"n": name}).one())
+
+
+def test_a_second_process_on_a_running_run_is_refused_in_one_line_and_writes_nothing(
+    prefect_api, workspace, tmp_path, monkeypatch, capsys
+):
+    """The first writer is alive (here a stand-in process whose id holds the lease): the second
+    `trace-rl run` of the same name must not skip, replay or overwrite anything."""
+    from flows.cli import main
+
+    runs = tmp_path / "runs"
+    settings = write_settings(tmp_path / "s.toml", workspace, runs, run={"name": "busy"}, train={"iterations": 1})
+    store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    from flows.pipeline import code_version, settings_hash
+    from flows.settings import load_settings
+
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
+    s = load_settings()
+    run = store.open_run("busy", s.snapshot(), settings_hash(s.identity()), code_version())
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        owner = f"{socket.gethostname()}:{holder.pid}:0123abcd"
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE runs SET lease_owner = :o, lease_expires_at = :e WHERE id = :r"),
+                         {"o": owner, "e": datetime.now(UTC) + timedelta(minutes=5), "r": run})  # fmt: skip
+        assert main(["run"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and owner in err and "busy" in err
+        assert store.completed_stages(run, -1) == set() and store.completed_stages(run, 0) == set()
+        assert _status(store, "busy") == ("running", owner)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["run"]) == 0  # the holder died: its lease on this host frees at once
+    assert _status(store, "busy") == ("done", None)
+    store.close()
+
+
+def test_publishing_the_policy_never_deletes_outside_the_run_folder(tmp_path):
+    from flows.training import _remove_tree
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "IMPORTANT.txt").write_text("keep")
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "policy").symlink_to(outside, target_is_directory=True)
+    _remove_tree(run_dir / "policy", run_dir)
+    assert (outside / "IMPORTANT.txt").read_text() == "keep" and not (run_dir / "policy").exists()
+    with pytest.raises(RuntimeError, match="not inside the run's folder"):
+        _remove_tree(outside, run_dir)
+    assert (outside / "IMPORTANT.txt").exists()

@@ -1,0 +1,75 @@
+"""The SQLite file: foreign databases are left alone; committed stages survive a copy of the file."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+from flows.cli import main
+from store.store import RolloutStore
+from tests.store.conftest import make_tree, save_trees
+
+
+def _foreign(path):
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    conn.close()
+
+
+def _tables_and_journal(path):
+    with sqlite3.connect(path) as conn:
+        tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master"))
+        journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    return tables, journal
+
+
+def test_db_upgrade_refuses_somebody_elses_sqlite_file_and_leaves_it_untouched(tmp_path, capsys):
+    path = tmp_path / "theirs.db"
+    _foreign(path)
+    before = _tables_and_journal(path)
+    assert main(["db", "upgrade", "--set", f"store.url=sqlite:///{path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a trace-rl database" in err and "--adopt" in err
+    assert _tables_and_journal(path) == before == (["invoices"], "delete")
+    assert main(["db", "upgrade", "--adopt", "--set", f"store.url=sqlite:///{path}"]) == 0  # asked for on purpose
+    assert "runs" in _tables_and_journal(path)[0]
+
+
+def test_training_refuses_somebody_elses_database(tmp_path):
+    import pytest
+
+    from store.db import StoreError
+
+    path = tmp_path / "theirs.db"
+    _foreign(path)
+    with pytest.raises(StoreError, match="not a trace-rl database"):
+        RolloutStore(f"sqlite:///{path}")
+    assert _tables_and_journal(path) == (["invoices"], "delete")
+
+
+def test_a_copy_of_the_database_file_alone_holds_every_committed_stage(tmp_path):
+    """As after a kill -9: the store is never closed, and only `rollouts.db` is copied, not its -wal."""
+    store = RolloutStore(f"sqlite:///{tmp_path / 'rollouts.db'}")
+    run = store.open_run("r", {}, "h", "test")
+    save_trees(store, run, 0, [make_tree("q1", [1.0, 0.0])], stage="roll_out_roots")
+    shutil.copy(tmp_path / "rollouts.db", tmp_path / "copy.db")
+    copy = RolloutStore(f"sqlite:///{tmp_path / 'copy.db'}")
+    assert copy.completed_stages(copy.run_id("r"), 0) == {"roll_out_roots"}
+    copy.close()
+    store.close()
+
+
+def test_db_backup_writes_a_consistent_copy_while_the_store_is_open(tmp_path, capsys):
+    store = RolloutStore(f"sqlite:///{tmp_path / 'rollouts.db'}")
+    run = store.open_run("r", {}, "h", "test")
+    save_trees(store, run, 0, [make_tree("q1", [1.0, 0.0])], stage="roll_out_roots")
+    url = f"store.url=sqlite:///{tmp_path / 'rollouts.db'}"
+    assert main(["db", "backup", str(tmp_path / "backup.db"), "--set", url]) == 0
+    copy = RolloutStore(f"sqlite:///{tmp_path / 'backup.db'}")
+    assert copy.completed_stages(copy.run_id("r"), 0) == {"roll_out_roots"}
+    copy.close()
+    assert main(["db", "backup", str(tmp_path / "backup.db"), "--set", url]) == 1  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+    store.close()
