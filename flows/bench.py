@@ -14,6 +14,13 @@ The effective ratio is reported in two forms: (a) the paper's, the share of an i
 whose leaves hold both a success and a failure, and (b) the share of leaves whose advantage is not
 zero, the signal that actually reaches the gradient.
 
+`--variants` runs only the named variants (an allocator, optionally with a predictor:
+`trace+online`) in the small-groups regime; with `--late K` they run in the late regime instead,
+every variant of a seed starting from the same checkpoint of K iterations of `uniform` training
+(its predictor first learns from that pre-run's rollouts, as a resumed deployment could). Every
+variant is also compared with `uniform` seed by seed: the paired difference of (a), (b), dev and
+test EM with a bootstrap 95% interval (`paired_vs_uniform`).
+
 Every finished run is appended to `runs.jsonl` in the output folder, so an interrupted benchmark
 continues where it stopped; `summary.json`, `table.md` and the plots are rebuilt from it.
 """
@@ -63,9 +70,18 @@ SIZES = {"default": BenchSize(seeds=3, iterations=20, eval_questions=200, eval_s
          "quick": BenchSize(seeds=1, iterations=1, eval_questions=8, eval_samples=1, tiny=True)}  # fmt: skip
 
 
-def plan(size: BenchSize) -> list[tuple[str, str, int, list[str]]]:
-    """(regime, allocator, seed, settings overrides) of every run."""
+def plan(size: BenchSize, variants: list[str] | None = None, late: int = 0) -> list[tuple[str, str, int, list[str]]]:
+    """(regime, variant, seed, settings overrides) of every run. A variant is an allocator name,
+    optionally with a predictor (`trace+online`); `variants` runs only those, in the small-groups
+    regime, instead of the whole comparison. With `late` = K, they run in the late regime instead:
+    every variant of a seed starts from the same checkpoint, K iterations of `uniform` training
+    (`pre_run_name`), and its predictor first learns from that pre-run's rollouts."""
     runs = []
+    if variants and late:
+        return [(f"late{late}", v, seed, ["trace.group_size=4", f"run.init_from={pre_run_name(late, seed)}"])
+                for seed in range(size.seeds) for v in variants]  # fmt: skip
+    if variants:
+        return [("small-groups", v, seed, ["trace.group_size=4"]) for seed in range(size.seeds) for v in variants]
     for seed in range(size.seeds):
         for allocator in MAIN:
             runs.append(("small-groups", allocator, seed, ["trace.group_size=4"]))
@@ -76,13 +92,32 @@ def plan(size: BenchSize) -> list[tuple[str, str, int, list[str]]]:
     return runs
 
 
+def pre_run_name(iterations: int, seed: int) -> str:
+    return f"bench-pre{iterations}-uniform-s{seed}"
+
+
+def _pre_run(iterations: int, seed: int, size: BenchSize, out: Path, base: list[str], log: Log) -> None:
+    """The late regime's shared start: `uniform` for `iterations` (resumed if it exists)."""
+    from flows.training import trace_training
+
+    log(f"bench: pre-run of {iterations} uniform iterations, seed {seed}")
+    name = pre_run_name(iterations, seed)
+    trace_training([
+        *base, "trace.group_size=4", "trace.allocator=uniform", f"run.name={name}", f"run.seed={seed}",
+        f"train.iterations={iterations}", f"train.eval_every={iterations}", f"run.output_dir={out / 'runs'}",
+        f"train.eval_samples={size.eval_samples}", f"train.eval_questions={size.eval_questions}",
+    ])  # fmt: skip
+
+
 def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: BenchSize, out: Path,
              base: list[str], log: Log) -> dict[str, Any]:  # fmt: skip
     from flows.report import evaluate_run
     from flows.training import trace_training
 
-    name = f"bench-{regime}-{allocator}-s{seed}"
-    overrides = [*base, *extra, f"run.name={name}", f"run.seed={seed}", f"trace.allocator={allocator}",
+    name = f"bench-{regime}-{allocator.replace('+', '-with-')}-s{seed}"
+    allocator_name, _, predictor = allocator.partition("+")
+    variant = [f"trace.allocator={allocator_name}"] + ([f"predictor.name={predictor}"] if predictor else [])
+    overrides = [*base, *extra, *variant, f"run.name={name}", f"run.seed={seed}",
                  f"train.iterations={size.iterations}", f"train.eval_every={size.iterations}",
                  f"run.output_dir={out / 'runs'}", f"train.eval_samples={size.eval_samples}",
                  f"train.eval_questions={size.eval_questions}"]  # fmt: skip
@@ -95,11 +130,17 @@ def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: Ben
     def series(key: str) -> list[float]:
         return [float(r.get(key) or 0.0) for r in rows]
 
+    def nan_series(key: str) -> list[float]:
+        return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
+
     return {
         "regime": regime, "allocator": allocator, "seed": seed, "iterations": len(rows),
         "effective_ratio": series("rollout/effective_ratio"),
         "nonzero_advantage_share": series("rollout/nonzero_advantage_share"),
         "mean_reward": series("rollout/mean_reward"),
+        # the predictor at allocation time, scored on the bare rollouts that followed (NaN: not predicted)
+        "root_auc": nan_series("predictor/root_auc"), "root_ece": nan_series("predictor/root_ece"),
+        "anchor_auc": nan_series("predictor/anchor_auc"), "anchor_ece": nan_series("predictor/anchor_ece"),
         "generated_tokens": sum(series("rollout/generated_tokens")),
         "leaves": sum(series("rollout/leaves")),
         "dev_em": final["dev"]["em"], "dev_f1": final["dev"]["f1"],
@@ -123,17 +164,28 @@ def _tiny_overrides(workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_bench(size_name: str, out: Path, log: Log) -> dict[str, Any]:
+def run_bench(
+    size_name: str,
+    out: Path,
+    log: Log,
+    variants: list[str] | None = None,
+    seeds: int | None = None,
+    late: int = 0,
+) -> dict[str, Any]:
     size = SIZES[size_name]
+    if seeds is not None:
+        size = BenchSize(seeds, size.iterations, size.eval_questions, size.eval_samples, size.tiny)
     out.mkdir(parents=True, exist_ok=True)
     base = _tiny_overrides(out / "tiny") if size.tiny else []
     done_file = out / "runs.jsonl"
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     finished = {(r["regime"], r["allocator"], r["seed"]) for r in done}
     start = time.perf_counter()
-    for regime, allocator, seed, extra in plan(size):
+    for regime, allocator, seed, extra in plan(size, variants, late):
         if (regime, allocator, seed) in finished:
             continue
+        if late:
+            _pre_run(late, seed, size, out, base, log)
         log(f"bench: {regime} / {allocator} / seed {seed}")
         result = _one_run(regime, allocator, seed, extra, size, out, base, log)
         done.append(result)
@@ -179,7 +231,39 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "train_seconds": _stats([r["train_seconds"] for r in runs]),
         }  # fmt: skip
     ablation = {label: table.get("small-groups", {}).get(name) for label, name in ABLATION.items()}
-    return {"size": size, "seconds": seconds, "allocators": table, "ablation": ablation, "oracle": oracle}
+    return {"size": size, "seconds": seconds, "allocators": table, "ablation": ablation, "oracle": oracle,
+            "paired_vs_uniform": paired_vs_uniform(done)}  # fmt: skip
+
+
+PAIRED = ("effective_ratio", "nonzero_advantage_share", "dev_em", "test_em")
+
+
+def paired_vs_uniform(done: list[dict[str, Any]], draws: int = 10_000) -> dict[str, dict[str, Any]]:
+    """Per regime and variant: the per-seed difference variant - uniform (same seed, same start),
+    its mean and a percentile bootstrap 95% interval over seeds (with 3 seeds the interval is crude:
+    it can only be as wide as the seeds disagree)."""
+    by_key = {(r["regime"], r["allocator"], r["seed"]): r for r in done}
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, Any]] = {}
+    for regime, variant in sorted({(r["regime"], r["allocator"]) for r in done if r["allocator"] != "uniform"}):
+        seeds = sorted(s for (g, v, s) in by_key if g == regime and v == variant and (g, "uniform", s) in by_key)
+        if not seeds:
+            continue
+        entry: dict[str, Any] = {"seeds": seeds}
+        for key in PAIRED:
+            diffs = np.array([_final(by_key[(regime, variant, s)], key) - _final(by_key[(regime, "uniform", s)], key)
+                              for s in seeds])  # fmt: skip
+            boot = diffs[rng.integers(0, len(diffs), size=(draws, len(diffs)))].mean(axis=1)
+            entry[key] = {"per_seed": diffs.round(4).tolist(), "mean": float(diffs.mean()),
+                          "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}  # fmt: skip
+        out[f"{regime}/{variant}"] = entry
+    return out
+
+
+def _final(run: dict[str, Any], key: str) -> float:
+    """A run's figure: accuracy at the end, per-iteration rates averaged over the run."""
+    value = run[key]
+    return float(np.mean(value)) if isinstance(value, list) else float(value)
 
 
 def _cell(stats: dict[str, float] | None, digits: int = 3) -> str:
@@ -205,6 +289,15 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines += ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
     for label, r in summary["ablation"].items():
         lines.append(f"| {label} | {_cell(r['effective_ratio']) if r else '-'} | {_cell(r['test_em']) if r else '-'} |")
+    if summary.get("paired_vs_uniform"):
+        lines += ["", "### Paired against uniform (same seed and start): mean difference [bootstrap 95% interval]", "",
+                  "| regime / variant | effective ratio (a) | non-zero advantage (b) | dev EM | test EM |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, entry in summary["paired_vs_uniform"].items():
+            cells = [
+                f"{entry[k]['mean']:+.3f} [{entry[k]['ci95'][0]:+.3f}, {entry[k]['ci95'][1]:+.3f}]" for k in PAIRED
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     share = summary["oracle"]["share_of_oracle_per_iteration"]
     lines += ["", f"Oracle study (known-probability task): TRACE's expected mixed groups as a share of the oracle's, "
               f"per iteration: {', '.join(f'{s:.2f}' for s in share)}", ""]  # fmt: skip
@@ -213,7 +306,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def plot(done: list[dict[str, Any]], oracle: dict[str, Any], out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for allocator in [a for a in MAIN if any(r["allocator"] == a and r["regime"] == "small-groups" for r in done)]:
+    present = list(dict.fromkeys(r["allocator"] for r in done if r["regime"] == "small-groups"))
+    for allocator in [a for a in present if a not in ("active_roots", "active_prefixes")]:
         runs = [r for r in done if r["allocator"] == allocator and r["regime"] == "small-groups"]
         for ax, key in zip(axes[:2], ["effective_ratio", "nonzero_advantage_share"], strict=True):
             ax.plot(np.mean([r[key] for r in runs], axis=0), label=allocator, marker=".")
@@ -235,8 +329,7 @@ def plot(done: list[dict[str, Any]], oracle: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "effective_ratio.png", dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    small = [a for a in [*MAIN, "active_roots", "active_prefixes"]
-             if any(r["allocator"] == a and r["regime"] == "small-groups" for r in done)]  # fmt: skip
+    small = list(dict.fromkeys(r["allocator"] for r in done if r["regime"] == "small-groups"))
     test_em = {a: [r["test_em"] for r in done if r["allocator"] == a and r["regime"] == "small-groups"] for a in small}
     means = [float(np.mean(test_em[a])) for a in small]
     stds = [float(np.std(test_em[a])) for a in small]

@@ -157,7 +157,13 @@ def _cell(value: object) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from flows.bench import markdown_table, run_bench
 
-    summary = run_bench("quick" if args.quick else "default", Path(args.out), _log)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    for variant in variants or []:
+        allocator, _, predictor = variant.partition("+")
+        load_settings([f"trace.allocator={allocator}"] + ([f"predictor.name={predictor}"] if predictor else []))
+    if args.late and not variants:
+        raise SettingsError("--late needs --variants: the late regime runs the chosen variants from a shared pre-run")
+    summary = run_bench("quick" if args.quick else "default", Path(args.out), _log, variants, args.seeds, args.late)
     print(markdown_table(summary))
     print(f"written to {args.out}/ (summary.json, table.md, runs.jsonl, plots)")
     return 0
@@ -317,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bench":
             p.add_argument("--quick", action="store_true", help="the CI size: tiny task, one seed, one iteration")
             p.add_argument("--out", default="bench/results", help="folder for runs.jsonl, summary.json and plots")
+            p.add_argument(
+                "--variants",
+                help="only these, comma-separated: allocator names, optionally with a "
+                "predictor, e.g. 'uniform,trace,trace+online' (small-groups regime)",
+            )
+            p.add_argument("--seeds", type=int, help="seeds per variant (default: the size's)")
+            p.add_argument("--late", type=int, default=0, metavar="K", help="late regime: every variant starts "
+                           "from the checkpoint of K iterations of uniform training (per seed, shared)")  # fmt: skip
         if name == "report":
             p.add_argument("--out", default="report", help="folder for the plots and index.html")
         if name == "settings":

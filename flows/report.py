@@ -112,6 +112,25 @@ def plot_effective_ratio(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_predictor_quality(rows: list[dict[str, Any]], path: Path) -> None:
+    """AUC and calibration error of the predictions made at allocation time, scored on the bare
+    rollouts that followed, for roots (Stage 1) and anchors (Stage 2) apart."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    _line(ax, rows, "predictor/root_auc", "root AUC", marker="o", color="#1f77b4")
+    _line(ax, rows, "predictor/anchor_auc", "anchor AUC", marker=".", color="#2ca02c")
+    _line(ax, rows, "predictor/root_ece", "root calibration error", linestyle="--", color="#1f77b4")
+    _line(ax, rows, "predictor/anchor_ece", "anchor calibration error", linestyle="--", color="#2ca02c")
+    ax.axhline(0.5, color="#bbbbbb", linewidth=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right", fontsize=8)
+    ax.set_title("Predictor at allocation time (held out)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_calibration(table: queries.Table, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", label="perfect calibration")
@@ -206,13 +225,14 @@ def write_report(s: Settings, out_dir: Path, log: Log) -> Path:
     plot_progress(rows, out_dir / "accuracy.png")
     plot_effective_ratio(rows, out_dir / "effective_ratio.png")
     plot_calibration(queries.calibration(engine, s.run.name), out_dir / "calibration.png")
-    figures = ["accuracy.png", "effective_ratio.png", "calibration.png"]
+    plot_predictor_quality(rows, out_dir / "predictor.png")
+    figures = ["accuracy.png", "effective_ratio.png", "calibration.png", "predictor.png"]
     tree_id = _pick_tree(engine, s.run.name)
     if tree_id is not None:
         plot_tree(engine, tree_id, out_dir / "tree.png")
         figures.append("tree.png")
     last = rows[-1]
-    summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/dev"))}
+    summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/"))}
     table = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.4g}</td></tr>"
                     for k, v in sorted(summary.items()) if isinstance(v, (int, float)))  # fmt: skip
     images = "".join(f'<figure><img src="{f}" alt="{f}"><figcaption>{f}</figcaption></figure>' for f in figures)

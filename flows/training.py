@@ -39,7 +39,7 @@ from transformers import PreTrainedModel
 
 from flows.checkpoints import read_verified, write_atomic
 from flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
-from flows.settings import STAGES, Settings, load_settings, refuse_secret_parameters
+from flows.settings import STAGES, Settings, SettingsError, load_settings, refuse_secret_parameters
 from flows.sharding import LocalShards, ShardRunner, shard_runner
 from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter
@@ -48,11 +48,12 @@ from trace_core.allocators import AllocatorConfig, make_allocator
 from trace_core.evaluation import score_trees
 from trace_core.features import SearchAgentFeaturizer, TextEncoder
 from trace_core.loss import build_sequences, freeze_copy, make_optimizer, policy_update, wrap_policy
-from trace_core.predictor import PredictorConfig, SuccessPredictor, quality
+from trace_core.predictor import PredictorConfig, make_predictor, quality
 from trace_core.rollout import Expansion, new_trees, rollout_batch
 from trace_core.sampling import (
     allocation_outcomes,
     effective_ratio,
+    learn_history,
     node_examples,
     plan_stage1,
     plan_stage2,
@@ -87,7 +88,7 @@ class TrainContext:
         self.featurizer = SearchAgentFeaturizer(TextEncoder(device=s.model.device), s.agent.max_turns)
         q = s.predictor
         self.predictor_config = PredictorConfig(q.prior, q.window, q.hidden, q.epochs, q.learning_rate, seed=s.run.seed)
-        self.predictor = SuccessPredictor(self.featurizer.dim, self.predictor_config)
+        self.predictor = make_predictor(q.name, self.featurizer.dim, self.predictor_config)
         self.run_dir = s.run.output_dir / s.run.name
         self.adapter_version = 0
         self.dirty: set[str] = set()  # "policy" / "predictor": changed in memory, not yet committed
@@ -324,7 +325,7 @@ def refit_predictor(ctx: TrainContext, it: int) -> None:
     def compute() -> tuple[Any, Any, CheckpointRecord]:
         trees = ctx.store.load_trees(ctx.run_id, it)
         x, target, weight, nodes = node_examples(trees, ctx.featurizer)
-        before = quality(*allocation_outcomes(trees))
+        before = {kind: quality(*allocation_outcomes(trees, kind)) for kind in ("all", "root", "anchor")}
         ctx.dirty.add("predictor")
         ctx.predictor.add(it, x, target, weight, [trees[t].record.id for t, _ in nodes])
         fit = ctx.predictor.fit()
@@ -333,10 +334,17 @@ def refit_predictor(ctx: TrainContext, it: int) -> None:
 
     def write(w: StageWriter, out: tuple[Any, Any, CheckpointRecord]) -> None:
         before, fit, record = out
-        w.predictor_fit(fit, before)
+        w.predictor_fit(fit, before["all"])
         w.checkpoint(record)
-        w.stage_metrics({"predictor/brier": before.brier, "predictor/auc": before.auc, "predictor/ece": before.ece,
-                         "predictor/fit_loss": fit.loss, "predictor/fit_steps": fit.steps})  # fmt: skip
+        # quality at allocation time, scored on the bare rollouts that followed: all predicted nodes,
+        # then roots (Stage 1's v) and anchors (Stage 2's p) apart
+        metrics = {"predictor/fit_loss": fit.loss, "predictor/fit_steps": fit.steps}
+        for kind, q in before.items():
+            prefix = "predictor/" if kind == "all" else f"predictor/{kind}_"
+            metrics.update({f"{prefix}brier": q.brier, f"{prefix}auc": q.auc, f"{prefix}ece": q.ece})
+            if kind != "all":
+                metrics.update({f"{prefix}mean_predicted": q.mean_predicted, f"{prefix}mean_outcome": q.mean_target})
+        w.stage_metrics(metrics)
 
     run_stage(ctx, it, "refit_predictor", compute, write)
     ctx.dirty.discard("predictor")
@@ -501,6 +509,8 @@ def open_context(s: Settings, log: Log) -> TrainContext:
     log(f"rollout database: {render_url(s.store_url())} (run {s.run.name!r})")
     try:
         ctx = TrainContext(s, store, run_id, load_runtime(s, log), log)
+        if s.run.init_from and not store.checkpoints(run_id, "policy"):
+            _start_from(ctx, s.run.init_from)
         _initial_checkpoints(ctx)
         restore(ctx, "policy")
         restore(ctx, "predictor")
@@ -509,6 +519,32 @@ def open_context(s: Settings, log: Log) -> TrainContext:
         store.close()
         raise
     return ctx
+
+
+# settings a run started from another run's checkpoint must share with it (the same model and task)
+_SHARED_WITH_SOURCE = ("task", "model", "warmstart", "agent", "retriever")
+
+
+def _start_from(ctx: TrainContext, source: str) -> None:
+    """A new run's starting point is `source`'s latest policy checkpoint, and its predictor first
+    learns from `source`'s stored rollouts (a deployment resuming from a checkpoint has them)."""
+    source_id = ctx.store.run_id(source)
+    theirs, ours = ctx.store.run_settings(source_id), ctx.s.snapshot()
+    for section in _SHARED_WITH_SOURCE:
+        for key, value in ours[section].items():
+            there = theirs.get(section, {}).get(key)
+            if there != value:
+                raise SettingsError(f"run.init_from={source!r}: {section}.{key} is {there!r} there, {value!r} here; "
+                                    "a run can only start from a run of the same model and task")  # fmt: skip
+    saved = ctx.store.checkpoints(source_id, "policy")
+    if not saved:
+        raise SettingsError(f"run.init_from={source!r}: that run has no policy checkpoint yet")
+    _, record = saved[-1]
+    _load_policy_state(ctx, read_verified(Path(record.location), record.sha256))
+    history = [(it, ctx.store.load_trees(source_id, it)) for it in ctx.store.backed_up_iterations(source_id)]
+    learn_history(ctx.predictor, ctx.featurizer, history)
+    ctx.log(f"starting from run {source!r}: policy of iteration {saved[-1][0]}, predictor taught {len(history)} "
+            "iterations of its rollouts")  # fmt: skip
 
 
 def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any]) -> None:

@@ -273,6 +273,17 @@ class RolloutStore:
         with transaction(self._sessions) as s:
             s.execute(update(Run).where(Run.id == run_id).values(status=status, updated_at=utcnow()))
 
+    def run_settings(self, run_id: int) -> dict[str, Any]:
+        """The settings snapshot the run was started with."""
+        with self._sessions() as s:
+            return dict(s.scalars(select(Run.settings).where(Run.id == run_id)).one())
+
+    def backed_up_iterations(self, run_id: int) -> list[int]:
+        """Iterations whose trees carry backed-up targets (their `back_up` stage committed)."""
+        with self._sessions() as s:
+            rows = s.scalars(select(Stage.iteration).where(Stage.run_id == run_id, Stage.stage == "back_up"))
+            return sorted(set(rows))
+
     def run_id(self, name: str) -> int:
         with self._sessions() as s:
             found = s.scalar(select(Run.id).where(Run.name == name))

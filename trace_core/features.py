@@ -8,6 +8,10 @@ whether the last turn searched, whether its query was grounded (it appears in th
 earlier observation), whether the top passage's title equals the query, and whether the search
 found nothing.
 
+An optional block of hashed question words (unigrams and bigrams) can follow; measured with the
+`online` predictor it did not add to the sentence embedding (root AUC 0.722 against 0.727,
+bench/results/predictor.json), so the training flow leaves it out.
+
 The question embedding lets the predictor carry what it learned about one question's kind (hop
 count, relations) to questions it has never seen; the turn text and structural features say how
 far the rollout got and whether its tool calls went well.
@@ -17,7 +21,9 @@ Deviations: none (the paper does not specify the predictor's inputs).
 
 from __future__ import annotations
 
+import itertools
 import re
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,13 +117,29 @@ def structural_features(tree: RolloutTree, node_id: int, max_turns: int) -> np.n
     )
 
 
-class SearchAgentFeaturizer:
-    """[e(question) | e(last turn text) | structural] for nodes of search-agent rollout trees."""
+_WORD = re.compile(r"[a-z0-9']+")
 
-    def __init__(self, encoder: TextEncoder, max_turns: int) -> None:
+
+def question_words(question: str, buckets: int) -> np.ndarray:
+    """The question's wording as a (buckets,) 0/1 vector: its lower-cased words and word pairs,
+    each hashed (crc32) into one of `buckets` slots. What the question asks (its relations) is in
+    these words; a sentence embedding blurs them with the entity names."""
+    out = np.zeros(buckets)
+    words = _WORD.findall(question.lower())
+    for gram in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
+        out[zlib.crc32(gram.encode()) % buckets] = 1.0
+    return out
+
+
+class SearchAgentFeaturizer:
+    """[e(question) | e(last turn text) | structural | question words] for nodes of search-agent
+    rollout trees; the word block (`word_buckets` wide) is left out when word_buckets is 0."""
+
+    def __init__(self, encoder: TextEncoder, max_turns: int, word_buckets: int = 0) -> None:
         self.encoder = encoder
         self.max_turns = max_turns
-        self.dim = 2 * encoder.dim + STRUCTURAL
+        self.word_buckets = word_buckets
+        self.dim = 2 * encoder.dim + STRUCTURAL + word_buckets
 
     def features(self, trees: Sequence[RolloutTree], nodes: Sequence[tuple[int, int]]) -> np.ndarray:
         """Feature rows for (tree index, node id) pairs: (len(nodes), dim)."""
@@ -128,4 +150,8 @@ class SearchAgentFeaturizer:
             if nodes
             else (np.zeros((0, STRUCTURAL)))
         )
-        return np.concatenate([questions, turns, structure], axis=1)
+        blocks = [questions, turns, structure]
+        if self.word_buckets:
+            blocks.append(np.stack([question_words(trees[t].record.question, self.word_buckets) for t, _ in nodes])
+                          if nodes else np.zeros((0, self.word_buckets)))  # fmt: skip
+        return np.concatenate(blocks, axis=1)

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from trace_core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,43 @@ def calibration_error(p: np.ndarray, t: np.ndarray, w: np.ndarray, bins: int = 1
     return float(err)
 
 
+class Predictor(Protocol):
+    """What allocation and the training flow need of a success predictor (registered in PREDICTORS)."""
+
+    dim: int
+    config: PredictorConfig
+
+    @property
+    def fitted(self) -> bool: ...
+
+    def predict(self, features: np.ndarray) -> np.ndarray: ...
+
+    def add(
+        self,
+        iteration: int,
+        features: np.ndarray,
+        target: np.ndarray,
+        weight: np.ndarray,
+        groups: Sequence[str] | None = None,
+    ) -> None: ...
+
+    def fit(self) -> FitReport: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# name -> factory(feature dimension, config); `online` registers itself in online_predictor.py
+PREDICTORS: Registry[Callable[[int, PredictorConfig], Predictor]] = Registry("predictor")
+
+
+def make_predictor(name: str, dim: int, config: PredictorConfig) -> Predictor:
+    """The predictor registered as `name`; an unknown name lists the valid ones."""
+    return PREDICTORS.get(name)(dim, config)
+
+
+@PREDICTORS.register("mlp")
 class SuccessPredictor:
     """MLP success predictor over fixed-size feature vectors, refitted on a window of iterations."""
 

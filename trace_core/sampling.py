@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from trace_core.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
-from trace_core.predictor import SuccessPredictor
+from trace_core.predictor import Predictor
 from trace_core.rollout import Expansion
 from trace_core.tree import Origin, RolloutTree
 
@@ -42,7 +42,7 @@ class Grower(Protocol):
 def predict_nodes(
     trees: Sequence[RolloutTree],
     nodes: Sequence[tuple[int, int]],
-    predictor: SuccessPredictor,
+    predictor: Predictor,
     featurizer: Featurizer,
 ) -> np.ndarray:
     """Predicted success for (tree, node) pairs, also recorded on the nodes."""
@@ -61,7 +61,7 @@ def plan_stage1(
     trees: Sequence[RolloutTree],
     allocator: Allocator,
     config: AllocatorConfig,
-    predictor: SuccessPredictor,
+    predictor: Predictor,
     featurizer: Featurizer,
     rng: np.random.Generator,
 ) -> RootPlan:
@@ -86,7 +86,7 @@ def stage2_input(
     trees: Sequence[RolloutTree],
     plan: RootPlan,
     allocator: Allocator,
-    predictor: SuccessPredictor,
+    predictor: Predictor,
     featurizer: Featurizer,
 ) -> Stage2Input:
     """Anchors (every non-terminal turn of depth >= 1 in the bare rollouts, with its rollout's
@@ -142,12 +142,15 @@ def effective_ratio(trees: Sequence[RolloutTree]) -> float:
     return sum(t.is_mixed() for t in grown) / len(grown) if grown else 0.0
 
 
-def allocation_outcomes(trees: Sequence[RolloutTree]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def allocation_outcomes(
+    trees: Sequence[RolloutTree], kind: Literal["all", "root", "anchor"] = "all"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each prediction made at allocation time against what the bare rollouts (Stage 1) then did.
 
     Only Stage-1 leaves count: Stage 2 continues exactly where prediction and outcome disagreed,
     so scoring against the final targets would measure the allocator's selection, not the
-    predictor. Returns (predicted, success rate of the Stage-1 leaves below, their count).
+    predictor. kind: every predicted node, only roots (Stage 1's v) or only anchors (Stage 2's p,
+    depth >= 1). Returns (predicted, success rate of the Stage-1 leaves below, their count).
     """
     predicted, target, weight = [], [], []
     for tree in trees:
@@ -158,6 +161,8 @@ def allocation_outcomes(trees: Sequence[RolloutTree]) -> tuple[np.ndarray, np.nd
                 below.setdefault(node.node_id, []).append(reward)
         for node_id, rewards in below.items():
             p = tree.nodes[node_id].predicted
+            if kind != "all" and (node_id == 0) != (kind == "root"):
+                continue
             if p is not None:
                 predicted.append(p)
                 target.append(sum(rewards) / len(rewards))
@@ -178,3 +183,16 @@ def node_examples(
     weight = np.array([trees[t].nodes[n].leaf_count for t, n in nodes], dtype=np.float64)
     features = featurizer.features(trees, nodes) if nodes else np.zeros((0, featurizer.dim))
     return features, target, weight, nodes
+
+
+def learn_history(
+    predictor: Predictor, featurizer: Featurizer, history: Sequence[tuple[int, Sequence[RolloutTree]]]
+) -> None:
+    """Feed a predictor earlier iterations' backed-up trees, oldest first, exactly as training
+    does after each iteration (add the node examples, refit): e.g. a shared pre-run's rollouts
+    for a run that starts from its checkpoint."""
+    for iteration, trees in history:
+        x, target, weight, nodes = node_examples(trees, featurizer)
+        if len(target):
+            predictor.add(iteration, x, target, weight, [trees[t].record.id for t, _ in nodes])
+            predictor.fit()

@@ -26,3 +26,39 @@ def test_the_quick_benchmark_compares_every_allocator_at_equal_cost(prefect_api,
     runs_before = (tmp_path / "runs.jsonl").read_text()
     run_bench("quick", tmp_path, lambda _: None)
     assert (tmp_path / "runs.jsonl").read_text() == runs_before
+
+
+@pytest.mark.slow
+def test_a_benchmark_of_chosen_variants_trains_a_predictor_variant_under_its_own_name(prefect_api, tmp_path):
+    summary = run_bench("quick", tmp_path, lambda _: None, variants=["uniform", "trace+online"], seeds=1)
+    assert set(summary["allocators"]) == {"small-groups"}
+    assert set(summary["allocators"]["small-groups"]) == {"uniform", "trace+online"}
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    online = next(r for r in runs if r["allocator"] == "trace+online")
+    assert len(online["root_auc"]) == online["iterations"] and len(online["anchor_ece"]) == online["iterations"]
+    assert (tmp_path / "runs" / "bench-small-groups-trace-with-online-s0" / "policy").exists()
+
+
+def test_the_late_regime_starts_every_variant_of_a_seed_from_the_same_pre_run():
+    from flows.bench import SIZES, plan, pre_run_name
+
+    runs = plan(SIZES["quick"], ["uniform", "trace+online"], late=5)
+    assert [(r[0], r[1], r[2]) for r in runs] == [("late5", "uniform", 0), ("late5", "trace+online", 0)]
+    assert all(f"run.init_from={pre_run_name(5, 0)}" in r[3] for r in runs)
+
+
+def test_paired_differences_against_uniform_match_each_seeds_difference():
+    from flows.bench import paired_vs_uniform
+
+    def row(allocator, seed, test_em, ratios):
+        return {"regime": "r", "allocator": allocator, "seed": seed, "test_em": test_em, "dev_em": 0.5,
+                "effective_ratio": ratios, "nonzero_advantage_share": ratios}  # fmt: skip
+
+    done = [row("uniform", 0, 0.40, [0.5, 0.7]), row("uniform", 1, 0.50, [0.6]),
+            row("trace", 0, 0.45, [0.8, 0.8]), row("trace", 1, 0.49, [0.6])]  # fmt: skip
+    entry = paired_vs_uniform(done)["r/trace"]
+    # test EM: +0.05 and -0.01; effective ratio: 0.8 - 0.6 = +0.2 and 0.0
+    assert entry["test_em"]["per_seed"] == [0.05, -0.01] and entry["test_em"]["mean"] == pytest.approx(0.02)
+    assert entry["effective_ratio"]["per_seed"] == [0.2, 0.0]
+    low, high = entry["test_em"]["ci95"]
+    assert -0.01 - 1e-9 <= low <= 0.02 <= high <= 0.05 + 1e-9

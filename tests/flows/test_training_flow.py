@@ -15,7 +15,7 @@ import pytest
 import torch
 from sqlalchemy import create_engine, text
 
-from flows.settings import SETTINGS_FILE_ENV, STAGES
+from flows.settings import SETTINGS_FILE_ENV, STAGES, SettingsError
 from store.store import RolloutStore
 from tests.flows.conftest import write_settings
 from trace_core.default_model import load_policy
@@ -73,6 +73,10 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
     for it in (0, 1):
         assert store.completed_stages(run, it) == set(STAGES)
         assert sum(len(t.leaves()) for t in store.load_trees(run, it)) == 16
+        # the predictor's allocation-time quality, for roots and anchors apart, is stored every iteration
+        assert {f"predictor/{kind}_{m}" for kind in ("root", "anchor") for m in ("auc", "brier", "ece")} <= set(
+            store.stage_metrics(run, it)
+        )
     iteration, record = store.checkpoints(run, "policy")[-1]
     trained = torch.load(record.location, weights_only=False)["weights"]
     start = dict(load_policy(workspace / "models" / "tiny-react")[0].named_parameters())
@@ -229,3 +233,30 @@ def test_publishing_the_policy_never_deletes_outside_the_run_folder(tmp_path):
     with pytest.raises(RuntimeError, match="not inside the run's folder"):
         _remove_tree(outside, run_dir)
     assert (outside / "IMPORTANT.txt").exists()
+
+
+def test_a_run_started_from_another_starts_from_its_policy_and_a_predictor_taught_by_its_rollouts(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs"
+    first = write_settings(tmp_path / "a.toml", workspace, runs, run={"name": "pre"}, train={"iterations": 1},
+                           trace={"allocator": "uniform"})  # fmt: skip
+    _run_flow(monkeypatch, first)
+    second = write_settings(tmp_path / "b.toml", workspace, runs, run={"name": "late", "init_from": "pre"},
+                            train={"iterations": 1}, predictor={"name": "online"})  # fmt: skip
+    _run_flow(monkeypatch, second)
+    store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    pre, late = store.run_id("pre"), store.run_id("late")
+    source = torch.load(store.checkpoints(pre, "policy")[-1][1].location, weights_only=False)["weights"]
+    start_iteration, start = store.checkpoints(late, "policy")[0]
+    assert start_iteration == -1
+    start_weights = torch.load(start.location, weights_only=False)["weights"]
+    assert all(torch.equal(start_weights[k], source[k]) for k in source)
+    # the predictor learnt the pre-run's rollouts before allocating the first iteration: no flat prior
+    roots = [t.root.predicted for t in store.load_trees(late, 0)]
+    assert len(set(roots)) > 1
+    store.close()
+    other = write_settings(tmp_path / "c.toml", workspace, runs, run={"name": "late2", "init_from": "pre"},
+                           train={"iterations": 1}, agent={"max_turns": 3})  # fmt: skip
+    with pytest.raises(SettingsError, match="agent.max_turns is 4 there, 3 here"):
+        _run_flow(monkeypatch, other)

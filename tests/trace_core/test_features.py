@@ -44,3 +44,13 @@ def test_featurizer_rows_hold_question_turn_and_structure(encoder, env, small_ta
     x = featurizer.features(trees, [(0, 0), (1, 0)])
     assert x.shape == (2, 2 * encoder.dim + STRUCTURAL)
     assert not np.allclose(x[0, : encoder.dim], x[1, : encoder.dim])  # different questions
+
+
+def test_question_words_mark_the_same_slots_for_the_same_wording_whatever_the_case():
+    from trace_core.features import question_words
+
+    a = question_words("Where was the founder of Orvik born?", 256)
+    assert a.shape == (256,) and set(np.unique(a)) <= {0.0, 1.0}
+    assert np.array_equal(a, question_words("WHERE was the founder of orvik born", 256))
+    # 7 words and 6 word pairs: at most 13 slots (fewer where two hash to one)
+    assert 10 <= a.sum() <= 13

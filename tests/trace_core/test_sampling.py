@@ -28,3 +28,8 @@ def test_allocation_time_predictions_are_scored_on_the_bare_rollouts_only():
     assert sorted(zip(predicted.tolist(), target.tolist(), weight.tolist())) == [(0.2, 1.0, 1.0), (0.6, 0.5, 2.0),
                                                                                 (0.9, 0.0, 1.0)]  # fmt: skip
     assert np.isclose(tree.nodes[a.node_id].target, 0.75)  # the final target would have rewarded the selection
+    # roots (Stage 1's v) and anchors (Stage 2's p) are scored apart
+    root_p, root_t, root_w = allocation_outcomes([tree], "root")
+    assert (root_p.tolist(), root_t.tolist(), root_w.tolist()) == ([0.6], [0.5], [2.0])
+    anchor_p, _, _ = allocation_outcomes([tree], "anchor")
+    assert sorted(anchor_p.tolist()) == [0.2, 0.9]
