@@ -38,7 +38,7 @@ from trace_core.allocation import allocate_roots  # noqa: E402
 from trace_core.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
 from trace_core.online_predictor import OnlinePredictor  # noqa: E402
 from trace_core.predictor import PredictorConfig, PredictorQuality, SuccessPredictor, quality  # noqa: E402
-from trace_core.sampling import node_examples  # noqa: E402
+from trace_core.sampling import node_examples, stage1_outcomes  # noqa: E402
 
 # name -> (predictor factory, featurizer: "base" or "words", anchor prior strength n0 or None)
 PREDICTORS = {
@@ -121,7 +121,7 @@ def replay(
             trees = [t for t in trees_by_it[it] if t.leaves()]
             if predictor.fitted:
                 roots, anchors = _roots_and_anchors(trees)
-                targets = stage1_targets(trees)
+                targets = stage1_outcomes(trees)
                 root_p = predictor.predict(featurizer.features(trees, roots))
                 anchor_p = predictor.predict(featurizer.features(trees, anchors)) if anchors else np.zeros(0)
                 if n0 is not None:
@@ -134,19 +134,6 @@ def replay(
             predictor.add(it, x, t, w, [trees_by_it[it][i].record.id for i, _ in nodes])
             predictor.fit()
         out[name] = {"iterations": rows, "seconds": time.perf_counter() - start, **_summary(rows)}
-    return out
-
-
-def stage1_targets(trees: list[Any]) -> dict[tuple[int, int], tuple[float, int]]:
-    """(tree, node) -> (success rate of the bare leaves below, their count)."""
-    out: dict[tuple[int, int], tuple[float, int]] = {}
-    for i, tree in enumerate(trees):
-        below: dict[int, list[float]] = {}
-        for leaf in tree.leaves():
-            if leaf.origin == "stage1":
-                for node in tree.path(leaf.node_id)[:-1]:
-                    below.setdefault(node.node_id, []).append(leaf.reward or 0.0)
-        out.update({(i, n): (float(np.mean(r)), len(r)) for n, r in below.items()})
     return out
 
 

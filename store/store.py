@@ -269,10 +269,6 @@ class RolloutStore:
             self._lease.release(status)
             self._lease = None
 
-    def set_run_status(self, run_id: int, status: str) -> None:
-        with transaction(self._sessions) as s:
-            s.execute(update(Run).where(Run.id == run_id).values(status=status, updated_at=utcnow()))
-
     def run_settings(self, run_id: int) -> dict[str, Any]:
         """The settings snapshot the run was started with."""
         with self._sessions() as s:

@@ -142,6 +142,20 @@ def effective_ratio(trees: Sequence[RolloutTree]) -> float:
     return sum(t.is_mixed() for t in grown) / len(grown) if grown else 0.0
 
 
+def stage1_outcomes(trees: Sequence[RolloutTree]) -> dict[tuple[int, int], tuple[float, int]]:
+    """(tree index, node id) -> (success rate of the bare Stage-1 leaves below the node, their
+    count), for every node with a bare leaf below it."""
+    out: dict[tuple[int, int], tuple[float, int]] = {}
+    for t, tree in enumerate(trees):
+        below: dict[int, list[float]] = {}
+        for leaf in tree.leaves():
+            if leaf.origin == "stage1":
+                for node in tree.path(leaf.node_id)[:-1]:
+                    below.setdefault(node.node_id, []).append(leaf.reward or 0.0)
+        out.update({(t, n): (sum(r) / len(r), len(r)) for n, r in below.items()})
+    return out
+
+
 def allocation_outcomes(
     trees: Sequence[RolloutTree], kind: Literal["all", "root", "anchor"] = "all"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,20 +167,13 @@ def allocation_outcomes(
     depth >= 1). Returns (predicted, success rate of the Stage-1 leaves below, their count).
     """
     predicted, target, weight = [], [], []
-    for tree in trees:
-        stage1 = {leaf.node_id: leaf.reward or 0.0 for leaf in tree.leaves() if leaf.origin == "stage1"}
-        below: dict[int, list[float]] = {}
-        for leaf_id, reward in stage1.items():
-            for node in tree.path(leaf_id)[:-1]:
-                below.setdefault(node.node_id, []).append(reward)
-        for node_id, rewards in below.items():
-            p = tree.nodes[node_id].predicted
-            if kind != "all" and (node_id == 0) != (kind == "root"):
-                continue
-            if p is not None:
-                predicted.append(p)
-                target.append(sum(rewards) / len(rewards))
-                weight.append(len(rewards))
+    for (t, node_id), (rate, count) in stage1_outcomes(trees).items():
+        p = trees[t].nodes[node_id].predicted
+        if p is None or (kind != "all" and (node_id == 0) != (kind == "root")):
+            continue
+        predicted.append(p)
+        target.append(rate)
+        weight.append(count)
     return np.array(predicted), np.array(target), np.array(weight, dtype=np.float64)
 
 
