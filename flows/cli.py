@@ -237,6 +237,27 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_headroom(args: argparse.Namespace) -> int:
+    from flows.report import headroom_table
+    from store.store import RolloutStore
+
+    s = _settings(args)
+    store = RolloutStore(s.store_url(), create=False)
+    try:
+        table = headroom_table(store, s.run.name)
+    finally:
+        store.close()
+    if not table.rows:
+        print(f"run {s.run.name!r} has no headroom measurement: train it with `--set headroom.every=N` "
+              "(measures at iteration 0 and every N after)")  # fmt: skip
+        return 1
+    print(table.render())
+    if args.csv:
+        table.to_csv(args.csv)
+        print(f"\nwritten to {args.csv}")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     from store.queries import run_sql
 
@@ -292,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("settings", cmd_settings, "print the resolved settings"),
         ("query", cmd_query, "a named analysis query over the rollout database"),
         ("sql", cmd_sql, "your own read-only SQL over the rollout database"),
+        ("headroom", cmd_headroom, "the oracle ledger of a run: its Stage 1 against the oracle's and uniform's"),
         ("db", cmd_db, "show or upgrade the rollout database's schema"),
         ("serve", cmd_serve, "serve the training flow as a Prefect deployment (scheduled by settings)"),
         ("bench", cmd_bench, "train every allocator at equal budget over seeds and report the comparison"),
@@ -305,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--run", help="only this run")
             p.add_argument("--bins", type=int, default=10, help="calibration bins")
             p.add_argument("--csv", help="also write the table to this CSV file")
+        if name == "headroom":
+            p.add_argument("--csv", help="also write the ledger to this CSV file")
         if name == "sql":
             p.add_argument("statement", help="a SELECT statement (runs on a read-only connection)")
             p.add_argument("--csv", help="also write the result to this CSV file")

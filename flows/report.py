@@ -6,8 +6,12 @@ temperature 1, and greedy exact match. Seeds are fixed, so two evaluations of th
 the same file.
 
 `write_report` draws, from the rollout database: accuracy and mean reward per iteration, the
-effective ratio per iteration, the predictor's reliability diagram, and one rollout tree with each
-turn's predicted and realised success; it ties them together in `index.html`.
+effective ratio per iteration, the predictor's reliability diagram, the oracle ledger where the run
+measured it (`headroom.every`), and one rollout tree with each turn's predicted and realised
+success; it ties them together in `index.html`.
+
+`headroom_table` is the oracle ledger of a run (trace_core/headroom.py), recomputed from its stored
+measurement rollouts with the group size and cap the run was trained with.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from flows.pipeline import Log, load_runtime
 from flows.settings import Settings
 from store import queries
 from store.db import check_connection, make_engine
+from store.store import RolloutStore
 from trace_core.default_model import load_policy
 from trace_core.evaluation import evaluate_policy
+from trace_core.headroom import ledger
 
 
 def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bool = True) -> dict[str, Any]:
@@ -131,6 +137,60 @@ def plot_predictor_quality(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+HEADROOM_COLUMNS = (
+    "iteration",
+    "stage1_leaves",
+    "oracle_mixed",
+    "allocator_mixed",
+    "rule_mixed",
+    "uniform_mixed",
+    "share_of_gain",
+    "oracle_nonzero",
+    "allocator_nonzero",
+    "uniform_nonzero",
+    "pool_success",
+)
+
+
+def headroom_table(store: RolloutStore, run: str) -> queries.Table:
+    """One row per measured iteration: expected mixed groups (and non-zero-advantage leaves) of the
+    oracle's, the run's allocator's, the predictor's rule's and uniform's Stage 1 on the same pool
+    and budget, and the allocator's share of the oracle's gain over uniform."""
+    run_id = store.run_id(run)
+    trace = store.run_settings(run_id)["trace"]
+    rows = []
+    for iteration, pool in store.headroom(run_id).items():
+        book = ledger(pool, trace["group_size"], trace["max_per_prompt"])
+        success = sum(p.successes_first + p.successes_second for p in pool) / sum(2 * p.half for p in pool)
+        rows.append((iteration, book.budget, book.oracle.mixed, book.allocator.mixed, book.predictor_rule.mixed,
+                     book.uniform.mixed, book.share_of_gain, book.oracle.nonzero_leaves,
+                     book.allocator.nonzero_leaves, book.uniform.nonzero_leaves, success))  # fmt: skip
+    return queries.Table(HEADROOM_COLUMNS, tuple(rows))
+
+
+def plot_headroom(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Expected mixed Stage-1 groups per measured iteration: oracle, the run's allocator, the
+    predictor's rule and uniform on the same pool and budget. False when nothing was measured."""
+    if not any(r.get("headroom/oracle_mixed") is not None for r in rows):
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    _line(ax, rows, "headroom/oracle_mixed", "oracle (measured success)", marker="o", color="#2ca02c")
+    _line(ax, rows, "headroom/allocator_mixed", "this run's allocator", marker="o", color="#1f77b4")
+    _line(ax, rows, "headroom/predictor_rule_mixed", "TRACE rule on the predictor's v", marker=".", linestyle="--",
+          color="#9467bd")  # fmt: skip
+    _line(ax, rows, "headroom/uniform_mixed", "uniform (GRPO)", marker="s", color="#7f7f7f")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("expected mixed groups (Stage 1)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Oracle ledger: same pool, same Stage-1 budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_calibration(table: queries.Table, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", label="perfect calibration")
@@ -227,6 +287,8 @@ def write_report(s: Settings, out_dir: Path, log: Log) -> Path:
     plot_calibration(queries.calibration(engine, s.run.name), out_dir / "calibration.png")
     plot_predictor_quality(rows, out_dir / "predictor.png")
     figures = ["accuracy.png", "effective_ratio.png", "calibration.png", "predictor.png"]
+    if plot_headroom(rows, out_dir / "headroom.png"):
+        figures.append("headroom.png")
     tree_id = _pick_tree(engine, s.run.name)
     if tree_id is not None:
         plot_tree(engine, tree_id, out_dir / "tree.png")

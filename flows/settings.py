@@ -53,11 +53,28 @@ STAGES = (
     "allocate_prefixes",
     "roll_out_prefixes",
     "back_up",
+    "measure_headroom",
     "refit_predictor",
     "update_policy",
     "evaluate",
     "checkpoint",
 )
+
+
+# each stage's random stream (with the run seed and the iteration): a number given once and never
+# reused, so adding a stage changes no other stage's stream, and no run's results
+STAGE_STREAMS = {
+    "allocate_roots": 0,
+    "roll_out_roots": 1,
+    "allocate_prefixes": 2,
+    "roll_out_prefixes": 3,
+    "back_up": 4,
+    "refit_predictor": 5,
+    "update_policy": 6,
+    "evaluate": 7,
+    "checkpoint": 8,
+    "measure_headroom": 9,
+}
 
 
 class SettingsError(ValueError):
@@ -353,6 +370,30 @@ class OrchestrationSection(Section):
         return items
 
 
+class HeadroomSection(Section):
+    every: int = Field(
+        0,
+        ge=0,
+        description="Measure the oracle ledger (`trace-rl headroom`) at iteration 0 and every this many iterations "
+        "after: each pool prompt is sampled `samples` times by the current policy, outside the training budget and "
+        "never trained on, to score the oracle's, uniform's and the run's Stage 1. 0: never (costs about "
+        "pool_size * samples rollouts per measurement).",
+    )
+    samples: int = Field(
+        16,
+        ge=4,
+        description="Measurement rollouts per pool prompt: even, and half of them at least trace.max_per_prompt "
+        "(the oracle is cross-fitted on the two halves).",
+    )
+
+    @field_validator("samples")
+    @classmethod
+    def _even(cls, samples: int) -> int:
+        if samples % 2:
+            raise ValueError(f"must be even (two halves for cross-fitting), got {samples}")
+        return samples
+
+
 class StoreSection(Section):
     url: SecretStr = Field(
         SecretStr(""),
@@ -384,6 +425,7 @@ class Settings(BaseSettings):
     predictor: PredictorSection = PredictorSection()
     policy: PolicySection = PolicySection()
     train: TrainSection = TrainSection()
+    headroom: HeadroomSection = HeadroomSection()
     store: StoreSection = StoreSection()
     orchestration: OrchestrationSection = OrchestrationSection()
 
@@ -417,12 +459,22 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _headroom_halves_cover_the_cap(self) -> Settings:
+        if self.headroom.every and self.headroom.samples // 2 < self.trace.max_per_prompt:
+            raise ValueError(
+                f"headroom.samples={self.headroom.samples}: half of them must be at least "
+                f"trace.max_per_prompt={self.trace.max_per_prompt} (the oracle is cross-fitted on two halves)"
+            )
+        return self
+
     def identity(self) -> dict[str, Any]:
         """The settings that decide what a run computes. A run restarted under the same name must
-        match them; where results go, retries, fault injection, the task runner and the iteration
-        count may change (so a finished run can be extended), the number of rollout shards may not."""
+        match them; where results go, retries, fault injection, the task runner, the iteration
+        count (so a finished run can be extended) and the headroom measurement (which trains nothing
+        and draws from its own random stream) may change, the number of rollout shards may not."""
         snapshot = self.snapshot()
-        for section in ("orchestration", "store"):
+        for section in ("orchestration", "store", "headroom"):  # headroom: measurement only, see measure_headroom
             snapshot.pop(section)
         if self.orchestration.rollout_shards != 1:  # each shard has its own random stream; the runner is free
             snapshot["orchestration"] = {"rollout_shards": self.orchestration.rollout_shards}

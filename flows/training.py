@@ -1,7 +1,10 @@
 """The training flow: each iteration is a sequence of retried, idempotent Prefect tasks.
 
     allocate_roots -> roll_out_roots -> allocate_prefixes -> roll_out_prefixes -> back_up
-    -> refit_predictor -> update_policy -> evaluate -> checkpoint
+    -> [measure_headroom] -> refit_predictor -> update_policy -> evaluate -> checkpoint
+
+(`measure_headroom` only at the iterations `headroom.every` names: measurement rollouts of the
+pool, outside the training budget, by the policy and predictor that allocated it.)
 
 Every task loads its inputs from the rollout store (and the in-memory policy and predictor),
 calls trace_core, and commits its outputs together with its completion marker in one store
@@ -39,7 +42,7 @@ from transformers import PreTrainedModel
 
 from flows.checkpoints import read_verified, write_atomic
 from flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
-from flows.settings import STAGES, Settings, SettingsError, load_settings, refuse_secret_parameters
+from flows.settings import STAGE_STREAMS, STAGES, Settings, SettingsError, load_settings, refuse_secret_parameters
 from flows.sharding import LocalShards, ShardRunner, shard_runner
 from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter
@@ -47,6 +50,7 @@ from trace_core.advantages import ADVANTAGES, nonzero_share
 from trace_core.allocators import AllocatorConfig, make_allocator
 from trace_core.evaluation import score_trees
 from trace_core.features import SearchAgentFeaturizer, TextEncoder
+from trace_core.headroom import PoolSample, ledger, measure_pool
 from trace_core.loss import build_sequences, freeze_copy, make_optimizer, policy_update, wrap_policy
 from trace_core.predictor import PredictorConfig, make_predictor, quality
 from trace_core.rollout import Expansion, new_trees, rollout_batch
@@ -101,7 +105,7 @@ class TrainContext:
 
 
 def stage_seed(ctx: TrainContext, iteration: int, stage: str) -> int:
-    seq = np.random.SeedSequence([ctx.s.run.seed, iteration + 1, STAGES.index(stage)])
+    seq = np.random.SeedSequence([ctx.s.run.seed, iteration + 1, STAGE_STREAMS[stage]])
     return int(seq.generate_state(1)[0])
 
 
@@ -317,6 +321,44 @@ def back_up(ctx: TrainContext, it: int) -> None:
     run_stage(ctx, it, "back_up", compute, write)
 
 
+def headroom_due(s: Settings, it: int) -> bool:
+    return s.headroom.every > 0 and it % s.headroom.every == 0
+
+
+@task(name="measure-headroom", cache_policy=NO_CACHE)
+def measure_headroom(ctx: TrainContext, it: int) -> None:
+    """The oracle ledger of this iteration's pool (trace_core/headroom.py). Runs before the
+    predictor's refit and the policy's update, so both are the ones that allocated the pool; its
+    rollouts come from their own random stream and are stored apart from the trees: they never
+    reach the predictor, the update or any later stage's randomness."""
+
+    def compute() -> tuple[list[Any], list[PoolSample], dict[str, float]]:
+        pool, _, plan = ctx.store.load_root_plan(ctx.run_id, it)
+        trees = new_trees(pool, ctx.runtime.env)
+        predicted = predict_nodes(trees, [(i, 0) for i in range(len(trees))], ctx.predictor, ctx.featurizer)
+        _fresh_generation(ctx, it, "measure_headroom")
+        half = ctx.s.headroom.samples // 2
+        sampling = ctx.runtime.env.config.sampling()
+        samples = measure_pool(
+            pool, predicted.tolist(), plan.counts, half, ctx.runtime.backend, ctx.runtime.env, sampling
+        )
+        metrics = ledger(samples, ctx.s.trace.group_size, ctx.s.trace.max_per_prompt).metrics()
+        # the predictor against the measured success of the whole pool: no range restriction to the
+        # prompts an allocator chose
+        rates = np.array([(m.successes_first + m.successes_second) / (2 * half) for m in samples])
+        q = quality(np.asarray(predicted), rates, np.full(len(samples), 2.0 * half))
+        metrics.update({"headroom/pool_auc": q.auc, "headroom/pool_brier": q.brier, "headroom/pool_ece": q.ece,
+                        "headroom/pool_success": float(rates.mean()) if len(rates) else float("nan")})  # fmt: skip
+        return pool, samples, metrics
+
+    def write(w: StageWriter, out: tuple[list[Any], list[PoolSample], dict[str, float]]) -> None:
+        pool, samples, metrics = out
+        w.headroom(pool, samples)
+        w.stage_metrics(metrics)
+
+    run_stage(ctx, it, "measure_headroom", compute, write)
+
+
 @task(name="refit-predictor", cache_policy=NO_CACHE)
 def refit_predictor(ctx: TrainContext, it: int) -> None:
     if "predictor" in ctx.dirty:  # an earlier attempt changed it in memory: start from the committed one
@@ -491,6 +533,7 @@ STAGE_TASKS: dict[str, Any] = {
     "allocate_prefixes": allocate_prefixes,
     "roll_out_prefixes": roll_out_prefixes,
     "back_up": back_up,
+    "measure_headroom": measure_headroom,
     "refit_predictor": refit_predictor,
     "update_policy": update_policy,
     "evaluate": evaluate,
@@ -616,7 +659,7 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
         for it in range(s.train.iterations):
             done = ctx.store.completed_stages(ctx.run_id, it)
             for name, stage_task in tasks.items():
-                if name not in done:
+                if name not in done and (name != "measure_headroom" or headroom_due(s, it)):
                     stage_task(ctx, it)
             row = _iteration_row(ctx, it)
             history.append({"iteration": it, **row})

@@ -196,3 +196,22 @@ class Checkpoint(Base):
     location: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HeadroomSample(Base):
+    """The oracle ledger's measurement (trace_core/headroom.py): one row per pool prompt of a measured
+    iteration, sampled `samples` times by the policy of that iteration, outside the training budget."""
+
+    __tablename__ = "headroom_samples"
+    __table_args__ = (UniqueConstraint("run_id", "iteration", "pool_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    iteration: Mapped[int]
+    pool_index: Mapped[int]
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    samples: Mapped[int]  # measurement rollouts of this prompt (two halves for cross-fitting)
+    successes_first: Mapped[int]  # successes among the first half
+    successes_second: Mapped[int]  # ... and the second half
+    predicted: Mapped[float] = mapped_column(Float)  # the predictor's v at allocation time
+    allocated: Mapped[int]  # the run's Stage-1 bare rollouts for this prompt

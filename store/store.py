@@ -30,6 +30,7 @@ from store.lease import RunLease
 from store.models import (
     Allocation,
     Checkpoint,
+    HeadroomSample,
     Iteration,
     Node,
     PolicyUpdate,
@@ -43,6 +44,7 @@ from store.models import (
 from trace_core.allocation import prefix_value, root_value
 from trace_core.allocators import Anchor, PrefixPlan, RootPlan
 from trace_core.data import QARecord
+from trace_core.headroom import PoolSample
 from trace_core.loss import UpdateStats
 from trace_core.predictor import FitReport, PredictorQuality
 from trace_core.tree import RolloutNode, RolloutTree
@@ -166,6 +168,23 @@ class StageWriter:
                 Allocation.run_id == self.run_id, Allocation.iteration == self.iteration, Allocation.stage == stage
             )
         )
+
+    def headroom(self, pool: Sequence[QARecord], samples: Sequence[PoolSample]) -> None:
+        """The oracle ledger's measurement of the iteration's pool (one row per prompt)."""
+        self.s.execute(
+            delete(HeadroomSample).where(
+                HeadroomSample.run_id == self.run_id, HeadroomSample.iteration == self.iteration
+            )
+        )
+        prompts = self.store._prompt_ids(self.s, pool)
+        rows = [
+            {"run_id": self.run_id, "iteration": self.iteration, "pool_index": i,
+             "prompt_id": prompts[(r.data_source, r.id)], "samples": 2 * m.half, "successes_first": m.successes_first,
+             "successes_second": m.successes_second, "predicted": m.predicted, "allocated": m.allocated}
+            for i, (r, m) in enumerate(zip(pool, samples, strict=True))
+        ]  # fmt: skip
+        if rows:
+            self.s.execute(insert(_table(HeadroomSample)), rows)
 
     def predictor_fit(self, fit: FitReport, before: PredictorQuality) -> None:
         """The refit's loss and size, and the quality of the predictions made before it (`before`)."""
@@ -431,6 +450,21 @@ class RolloutStore:
         return PrefixPlan(
             tuple(a for a, _ in anchors), tuple(k for _, k in anchors), refills, sum(r.value for r in rows)
         )
+
+    def headroom(self, run_id: int) -> dict[int, list[PoolSample]]:
+        """Every measured iteration's pool (in pool order), for the oracle ledger."""
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(HeadroomSample)
+                .where(HeadroomSample.run_id == run_id)
+                .order_by(HeadroomSample.iteration, HeadroomSample.pool_index)
+            ).all()
+        out: dict[int, list[PoolSample]] = {}
+        for r in rows:
+            out.setdefault(r.iteration, []).append(
+                PoolSample(r.successes_first, r.successes_second, r.samples // 2, r.predicted, r.allocated)
+            )
+        return out
 
     def checkpoints(self, run_id: int, kind: str) -> list[tuple[int, CheckpointRecord]]:
         with self._sessions() as s:

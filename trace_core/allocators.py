@@ -140,7 +140,7 @@ def make_allocator(name: str) -> Allocator:
     return ALLOCATORS.get(name)()  # type: ignore[no-any-return]
 
 
-def _uniform_counts(n_pool: int, budget: int, group: int) -> list[int]:
+def uniform_counts(n_pool: int, budget: int, group: int) -> list[int]:
     """G each for the first prompts; a remainder below 2 joins the last chosen prompt."""
     if n_pool * group < budget and n_pool * group > 0:
         group = math.ceil(budget / n_pool)
@@ -201,7 +201,7 @@ class _Stage1:
         if self.roots_by_predictor:
             counts: Sequence[int] = allocate_roots(predicted, self._budget(config), config.max_per_prompt)
         else:
-            counts = _uniform_counts(len(predicted), self._budget(config), config.group_size)
+            counts = uniform_counts(len(predicted), self._budget(config), config.group_size)
         return RootPlan(tuple(counts), _expected_roots(predicted, counts))
 
     def prefixes(
@@ -250,7 +250,7 @@ class DynamicSamplingAllocator(_Stage1):
             return PrefixPlan((), (), (), 0.0)
         if not stage2.unused:  # the pool is used up: refill the groups that are all-same
             return _greedy_over_anchors(Stage2Input((), stage2.roots, (), ()), budget, config)
-        counts = _uniform_counts(len(stage2.unused), budget, config.group_size)
+        counts = uniform_counts(len(stage2.unused), budget, config.group_size)
         new = tuple((c, m) for c, m in zip(stage2.unused, counts, strict=True) if m)
         return PrefixPlan((), (), new, _expected_roots(stage2.unused_predicted, counts))
 

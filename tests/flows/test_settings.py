@@ -48,6 +48,7 @@ def test_a_settings_file_can_be_named_by_environment_variable(monkeypatch, tmp_p
         ("model.preset=path", "model: preset='path' needs model.path"),
         ("warmstart.success_low=0.9", "success_low must be below warmstart.success_high"),
         ("task.source=files", "task: source='files' needs task.train_file, task.dev_file, task.corpus_file"),
+        ("headroom.samples=15", "headroom.samples: must be even"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key_and_the_reason(override, message):
@@ -100,3 +101,16 @@ def test_a_store_url_never_becomes_a_flow_parameter():
     with pytest.raises(SettingsError, match="TRACE_STORE__URL") as err:
         refuse_secret_parameters(["store.url=postgresql://me:hunter2@db/x"])
     assert "hunter2" not in str(err.value)
+
+
+def test_headroom_halves_must_cover_the_per_prompt_cap_only_when_measured():
+    with pytest.raises(SettingsError, match="half of them must be at least trace.max_per_prompt=8"):
+        load_settings(["headroom.every=5", "headroom.samples=10"])
+    load_settings(["headroom.samples=10"])  # never measured: no constraint
+    load_settings(["headroom.every=5", "headroom.samples=10", "trace.max_per_prompt=5"])
+
+
+def test_the_headroom_measurement_is_not_part_of_a_runs_identity():
+    plain, measured = load_settings(), load_settings(["headroom.every=5"])
+    assert plain.identity() == measured.identity()
+    assert plain.snapshot() != measured.snapshot()

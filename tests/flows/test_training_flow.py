@@ -71,7 +71,7 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
     store = RolloutStore(f"sqlite:///{tmp_path / 'runs/rollouts.db'}")
     run = store.run_id("short")
     for it in (0, 1):
-        assert store.completed_stages(run, it) == set(STAGES)
+        assert store.completed_stages(run, it) == set(STAGES) - {"measure_headroom"}  # headroom.every = 0
         assert sum(len(t.leaves()) for t in store.load_trees(run, it)) == 16
         # the predictor's allocation-time quality, for roots and anchors apart, is stored every iteration
         assert {f"predictor/{kind}_{m}" for kind in ("root", "anchor") for m in ("auc", "brier", "ece")} <= set(
@@ -96,6 +96,48 @@ def test_one_injected_failure_per_stage_kind_leaves_the_store_and_weights_of_a_c
                             orchestration={"retries": 1, "fail_once": faults})  # fmt: skip
     _run_flow(monkeypatch, faulty)
     _same(_snapshot(runs / "rollouts.db", "clean"), _snapshot(runs / "rollouts.db", "faulty"))
+
+
+def test_measuring_headroom_trains_exactly_what_a_run_without_it_trains_and_stores_the_ledger(
+    prefect_api, workspace, tmp_path, monkeypatch, capsys
+):
+    from flows.cli import main
+
+    runs = tmp_path / "runs"
+    plain = write_settings(tmp_path / "plain.toml", workspace, runs, run={"name": "plain"})
+    _run_flow(monkeypatch, plain)
+    measured = write_settings(tmp_path / "measured.toml", workspace, runs, run={"name": "measured"},
+                              headroom={"every": 1, "samples": 16},
+                              orchestration={"retries": 1, "fail_once": ["measure_headroom@1"]})  # fmt: skip
+    history = _run_flow(monkeypatch, measured)
+    a, b = _snapshot(runs / "rollouts.db", "plain"), _snapshot(runs / "rollouts.db", "measured")
+    assert b["counts"]["stages"] == a["counts"]["stages"] + 2  # one measure_headroom per iteration, nothing else
+    b["counts"]["stages"] = a["counts"]["stages"]
+    _same(a, b)
+    store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    run = store.run_id("measured")
+    pools = store.headroom(run)
+    assert sorted(pools) == [0, 1]
+    for it, pool in pools.items():
+        assert len(pool) == 10 and all(p.half == 8 for p in pool)
+        assert sum(p.allocated for p in pool) == store.stage_metrics(run, it)["alloc/stage1_leaves"]
+    assert store.headroom(store.run_id("plain")) == {}
+    store.close()
+    for row in history[1:]:
+        assert {"headroom/oracle_mixed", "headroom/uniform_mixed", "headroom/allocator_mixed",
+                "headroom/pool_auc"} <= set(row)  # fmt: skip
+        assert row["headroom/oracle_mixed"] >= 0 and row["headroom/budget"] == row["alloc/stage1_leaves"]
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(measured))
+    capsys.readouterr()
+    assert main(["headroom"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["iteration", "stage1_leaves", "oracle_mixed", "allocator_mixed", "rule_mixed",
+                                "uniform_mixed", "share_of_gain", "oracle_nonzero", "allocator_nonzero",
+                                "uniform_nonzero", "pool_success"]  # fmt: skip
+    assert [line.split()[0] for line in lines[2:]] == ["0", "1"]
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(plain))
+    assert main(["headroom"]) == 1
+    assert "headroom.every" in capsys.readouterr().out
 
 
 def _wait_for_stage(db: Path, run: str, iteration: int, stage: str, proc: subprocess.Popen, timeout: float) -> None:

@@ -73,3 +73,17 @@ def test_db_backup_writes_a_consistent_copy_while_the_store_is_open(tmp_path, ca
     assert main(["db", "backup", str(tmp_path / "backup.db"), "--set", url]) == 1  # never overwrites
     assert "already exists" in capsys.readouterr().err
     store.close()
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_declare(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from store.models import Base
+
+    RolloutStore(f"sqlite:///{tmp_path / 'db.sqlite'}").close()  # upgraded to head
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()
