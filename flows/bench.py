@@ -14,12 +14,19 @@ The effective ratio is reported in two forms: (a) the paper's, the share of an i
 whose leaves hold both a success and a failure, and (b) the share of leaves whose advantage is not
 zero, the signal that actually reaches the gradient.
 
-`--variants` runs only the named variants (an allocator, optionally with a predictor:
-`trace+online`) in the small-groups regime; with `--late K` they run in the late regime instead,
-every variant of a seed starting from the same checkpoint of K iterations of `uniform` training
-(its predictor first learns from that pre-run's rollouts, as a resumed deployment could). Every
-variant is also compared with `uniform` seed by seed: the paired difference of (a), (b), dev and
-test EM with a bootstrap 95% interval (`paired_vs_uniform`).
+`--variants` runs only the named variants (an allocator, optionally with a predictor,
+`trace+online`, and settings, `uniform@policy.learning_rate=0.0001;policy.kl_coef=0.1`) in the
+small-groups ("warm") regime; with `--late K` they run in the late regime
+instead, every variant of a seed starting from the same checkpoint of K iterations of `uniform`
+training (its predictor first learns from that pre-run's rollouts, as a resumed deployment could);
+`--regimes warm,late` runs both. Every variant is also compared with `uniform` seed by seed: the
+paired difference of (a), (b), dev and test EM with a bootstrap 95% interval (`paired_vs_uniform`).
+
+Every run measures the oracle ledger (trace_core/headroom.py) at iteration 0 and every
+`headroom_every` iterations: the share of the oracle's Stage-1 gain over uniform its allocator
+reached, pooled over the measured iterations and seeds (sum of gains over sum of the oracle's
+gains), and the predictor's AUC and calibration on the whole measured pool. Dev EM is evaluated
+twice per run (half-way and at the end), against cumulative leaves and generated tokens.
 
 Every finished run is appended to `runs.jsonl` in the output folder, so an interrupted benchmark
 continues where it stopped; `summary.json`, `table.md` and the plots are rebuilt from it.
@@ -31,7 +38,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +71,34 @@ class BenchSize:
     eval_questions: int
     eval_samples: int
     tiny: bool
+    headroom_every: int = 0  # iterations between oracle-ledger measurements (0: none)
 
 
-SIZES = {"default": BenchSize(seeds=3, iterations=20, eval_questions=200, eval_samples=4, tiny=False),
-         "quick": BenchSize(seeds=1, iterations=1, eval_questions=8, eval_samples=1, tiny=True)}  # fmt: skip
+SIZES = {"default": BenchSize(seeds=3, iterations=20, eval_questions=200, eval_samples=4, tiny=False,
+                              headroom_every=5),
+         "quick": BenchSize(seeds=1, iterations=1, eval_questions=8, eval_samples=1, tiny=True,
+                            headroom_every=1)}  # fmt: skip
 
 
-def plan(size: BenchSize, variants: list[str] | None = None, late: int = 0) -> list[tuple[str, str, int, list[str]]]:
+def plan(
+    size: BenchSize, variants: list[str] | None = None, late: int = 0, warm: bool | None = None
+) -> list[tuple[str, str, int, list[str]]]:
     """(regime, variant, seed, settings overrides) of every run. A variant is an allocator name,
     optionally with a predictor (`trace+online`); `variants` runs only those, in the small-groups
-    regime, instead of the whole comparison. With `late` = K, they run in the late regime instead:
-    every variant of a seed starts from the same checkpoint, K iterations of `uniform` training
-    (`pre_run_name`), and its predictor first learns from that pre-run's rollouts."""
+    ("warm") regime, instead of the whole comparison. With `late` = K, they run in the late regime
+    instead (also in the warm one when `warm` is True): every variant of a seed starts from the
+    same checkpoint, K iterations of `uniform` training (`pre_run_name`), and its predictor first
+    learns from that pre-run's rollouts. Seed by seed, so a benchmark cut short has whole seeds."""
     runs = []
-    if variants and late:
-        return [(f"late{late}", v, seed, ["trace.group_size=4", f"run.init_from={pre_run_name(late, seed)}"])
-                for seed in range(size.seeds) for v in variants]  # fmt: skip
     if variants:
-        return [("small-groups", v, seed, ["trace.group_size=4"]) for seed in range(size.seeds) for v in variants]
+        warm = not late if warm is None else warm
+        for seed in range(size.seeds):
+            if warm:
+                runs += [("small-groups", v, seed, ["trace.group_size=4"]) for v in variants]
+            if late:
+                runs += [(f"late{late}", v, seed, ["trace.group_size=4", f"run.init_from={pre_run_name(late, seed)}"])
+                         for v in variants]  # fmt: skip
+        return runs
     for seed in range(size.seeds):
         for allocator in MAIN:
             runs.append(("small-groups", allocator, seed, ["trace.group_size=4"]))
@@ -90,6 +107,21 @@ def plan(size: BenchSize, variants: list[str] | None = None, late: int = 0) -> l
         for allocator in ("active_roots", "active_prefixes"):
             runs.append(("small-groups", allocator, seed, ["trace.group_size=4"]))
     return runs
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """'allocator[+predictor][@section.key=value;...]' -> settings overrides, e.g.
+    'uniform@policy.learning_rate=0.0001' (a recipe variant, every other setting as the bench's)."""
+    head, _, recipe = variant.partition("@")
+    allocator, _, predictor = head.partition("+")
+    out = [f"trace.allocator={allocator}"] + ([f"predictor.name={predictor}"] if predictor else [])
+    return out + [item for item in recipe.split(";") if item]
+
+
+def variant_slug(variant: str) -> str:
+    """A variant as part of a run name (letters, digits, '-', '_', '.')."""
+    slug = variant.replace("+", "-with-").replace("@", "-at-").replace(";", "-").replace("=", "-")
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in slug)
 
 
 def pre_run_name(iterations: int, seed: int) -> str:
@@ -114,13 +146,12 @@ def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: Ben
     from flows.report import evaluate_run
     from flows.training import trace_training
 
-    name = f"bench-{regime}-{allocator.replace('+', '-with-')}-s{seed}"
-    allocator_name, _, predictor = allocator.partition("+")
-    variant = [f"trace.allocator={allocator_name}"] + ([f"predictor.name={predictor}"] if predictor else [])
+    name = f"bench-{regime}-{variant_slug(allocator)}-s{seed}"
+    variant = variant_overrides(allocator)
     overrides = [*base, *extra, *variant, f"run.name={name}", f"run.seed={seed}",
-                 f"train.iterations={size.iterations}", f"train.eval_every={size.iterations}",
+                 f"train.iterations={size.iterations}", f"train.eval_every={max(1, size.iterations // 2)}",
                  f"run.output_dir={out / 'runs'}", f"train.eval_samples={size.eval_samples}",
-                 f"train.eval_questions={size.eval_questions}"]  # fmt: skip
+                 f"train.eval_questions={size.eval_questions}", f"headroom.every={size.headroom_every}"]  # fmt: skip
     start = time.perf_counter()
     history = trace_training(overrides)
     train_seconds = time.perf_counter() - start
@@ -141,6 +172,14 @@ def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: Ben
         # the predictor at allocation time, scored on the bare rollouts that followed (NaN: not predicted)
         "root_auc": nan_series("predictor/root_auc"), "root_ece": nan_series("predictor/root_ece"),
         "anchor_auc": nan_series("predictor/anchor_auc"), "anchor_ece": nan_series("predictor/anchor_ece"),
+        # the oracle ledger at the measured iterations (NaN: not measured)
+        "headroom_oracle": nan_series("headroom/oracle_mixed"),
+        "headroom_uniform": nan_series("headroom/uniform_mixed"),
+        "headroom_allocator": nan_series("headroom/allocator_mixed"),
+        "headroom_rule": nan_series("headroom/predictor_rule_mixed"),
+        "pool_auc": nan_series("headroom/pool_auc"), "pool_ece": nan_series("headroom/pool_ece"),
+        # dev EM against cost: (iteration, cumulative leaves, cumulative generated tokens, dev EM)
+        "dev_curve": _dev_curve(history),
         "generated_tokens": sum(series("rollout/generated_tokens")),
         "leaves": sum(series("rollout/leaves")),
         "dev_em": final["dev"]["em"], "dev_f1": final["dev"]["f1"],
@@ -148,6 +187,35 @@ def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: Ben
         "dev_em_before": float(history[0].get("eval/em") or 0.0),
         "train_seconds": train_seconds,
     }  # fmt: skip
+
+
+def _dev_curve(history: list[dict[str, Any]]) -> list[list[float]]:
+    curve, leaves, tokens = [], 0.0, 0.0
+    for row in history:
+        leaves += float(row.get("rollout/leaves") or 0.0)
+        tokens += float(row.get("rollout/generated_tokens") or 0.0)
+        if row.get("eval/em") is not None:
+            curve.append([float(row["iteration"]), leaves, tokens, float(row["eval/em"])])
+    return curve
+
+
+def pooled_share(runs: list[dict[str, Any]], key: str = "headroom_allocator") -> float:
+    """The share of the oracle's Stage-1 gain over uniform that `key` reached, pooled over every
+    measured iteration of `runs`: sum(key - uniform) / sum(oracle - uniform). NaN if nothing was
+    measured or the oracle gained nothing."""
+    gain = reached = 0.0
+    for r in runs:
+        for o, u, a in zip(r.get("headroom_oracle", []), r.get("headroom_uniform", []), r.get(key, []), strict=True):
+            if not any(np.isnan([o, u, a])):
+                gain += o - u
+                reached += a - u
+    return reached / gain if gain > 1e-9 else float("nan")
+
+
+def _late_mean(runs: list[dict[str, Any]], key: str, start: int = 5) -> float:
+    """Mean over runs of the mean of `key` from iteration `start` on (NaN entries skipped)."""
+    values = [v for r in runs for v in r.get(key, [])[start:] if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _tiny_overrides(workdir: Path) -> list[str]:
@@ -171,20 +239,21 @@ def run_bench(
     variants: list[str] | None = None,
     seeds: int | None = None,
     late: int = 0,
+    warm: bool | None = None,
 ) -> dict[str, Any]:
     size = SIZES[size_name]
     if seeds is not None:
-        size = BenchSize(seeds, size.iterations, size.eval_questions, size.eval_samples, size.tiny)
+        size = replace(size, seeds=seeds)
     out.mkdir(parents=True, exist_ok=True)
     base = _tiny_overrides(out / "tiny") if size.tiny else []
     done_file = out / "runs.jsonl"
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     finished = {(r["regime"], r["allocator"], r["seed"]) for r in done}
     start = time.perf_counter()
-    for regime, allocator, seed, extra in plan(size, variants, late):
+    for regime, allocator, seed, extra in plan(size, variants, late, warm):
         if (regime, allocator, seed) in finished:
             continue
-        if late:
+        if regime.startswith("late"):
             _pre_run(late, seed, size, out, base, log)
         log(f"bench: {regime} / {allocator} / seed {seed}")
         result = _one_run(regime, allocator, seed, extra, size, out, base, log)
@@ -229,6 +298,10 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "generated_tokens": _stats([r["generated_tokens"] for r in runs]),
             "leaves": _stats([r["leaves"] for r in runs]),
             "train_seconds": _stats([r["train_seconds"] for r in runs]),
+            # the oracle ledger, pooled over measured iterations and seeds; the predictor from iteration 5 on
+            "oracle_share": pooled_share(runs), "rule_oracle_share": pooled_share(runs, "headroom_rule"),
+            "root_auc_from_5": _late_mean(runs, "root_auc"), "root_ece_from_5": _late_mean(runs, "root_ece"),
+            "pool_auc_from_5": _late_mean(runs, "pool_auc"), "pool_ece_from_5": _late_mean(runs, "pool_ece"),
         }  # fmt: skip
     ablation = {label: table.get("small-groups", {}).get(name) for label, name in ABLATION.items()}
     return {"size": size, "seconds": seconds, "allocators": table, "ablation": ablation, "oracle": oracle,
@@ -285,6 +358,18 @@ def markdown_table(summary: dict[str, Any]) -> str:
                          f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
                          f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
                          f"{_cell(r['train_seconds'], 0)} |")  # fmt: skip
+        lines += ["", "| allocator | (a) / uniform | (b) / uniform | oracle share (Stage 1) | predictor rule's share | "
+                  "root AUC (it >= 5) | root ECE (it >= 5) | pool AUC (it >= 5) | pool ECE (it >= 5) |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        base = rows.get("uniform")
+        for name, r in rows.items():
+            ratio_a = r["effective_ratio"]["mean"] / base["effective_ratio"]["mean"] if base else float("nan")
+            ratio_b = (r["nonzero_advantage_share"]["mean"] / base["nonzero_advantage_share"]["mean"]
+                       if base else float("nan"))  # fmt: skip
+            figures = [ratio_a, ratio_b] + [r.get(k, float("nan")) for k in (
+                "oracle_share", "rule_oracle_share", "root_auc_from_5", "root_ece_from_5", "pool_auc_from_5",
+                "pool_ece_from_5")]  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join("-" if np.isnan(c) else f"{c:.3f}" for c in figures) + " |")
         lines.append("")
     lines += ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
     for label, r in summary["ablation"].items():

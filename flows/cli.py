@@ -155,15 +155,17 @@ def _cell(value: object) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from flows.bench import markdown_table, run_bench
+    from flows.bench import markdown_table, run_bench, variant_overrides
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     for variant in variants or []:
-        allocator, _, predictor = variant.partition("+")
-        load_settings([f"trace.allocator={allocator}"] + ([f"predictor.name={predictor}"] if predictor else []))
+        load_settings(variant_overrides(variant))  # refuse a bad variant before anything trains
     if args.late and not variants:
         raise SettingsError("--late needs --variants: the late regime runs the chosen variants from a shared pre-run")
-    summary = run_bench("quick" if args.quick else "default", Path(args.out), _log, variants, args.seeds, args.late)
+    if args.with_warm and not args.late:
+        raise SettingsError("--with-warm adds the warm regime to --late K; without --late the warm regime runs alone")
+    summary = run_bench("quick" if args.quick else "default", Path(args.out), _log, variants, args.seeds, args.late,
+                        warm=True if args.with_warm else None)  # fmt: skip
     print(markdown_table(summary))
     print(f"written to {args.out}/ (summary.json, table.md, runs.jsonl, plots)")
     return 0
@@ -349,10 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default="bench/results", help="folder for runs.jsonl, summary.json and plots")
             p.add_argument(
                 "--variants",
-                help="only these, comma-separated: allocator names, optionally with a "
-                "predictor, e.g. 'uniform,trace,trace+online' (small-groups regime)",
+                help="only these, comma-separated: allocator names, optionally with a predictor and settings, "
+                "e.g. 'uniform,trace+online,uniform@policy.learning_rate=0.0001;policy.kl_coef=0.1'",
             )
             p.add_argument("--seeds", type=int, help="seeds per variant (default: the size's)")
+            p.add_argument("--with-warm", action="store_true", help="with --late: run the warm regime too, seed by "
+                           "seed (benchmark v2)")  # fmt: skip
             p.add_argument("--late", type=int, default=0, metavar="K", help="late regime: every variant starts "
                            "from the checkpoint of K iterations of uniform training (per seed, shared)")  # fmt: skip
         if name == "report":

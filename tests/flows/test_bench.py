@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from flows.bench import MAIN, run_bench
@@ -62,3 +63,44 @@ def test_paired_differences_against_uniform_match_each_seeds_difference():
     assert entry["effective_ratio"]["per_seed"] == [0.2, 0.0]
     low, high = entry["test_em"]["ci95"]
     assert -0.01 - 1e-9 <= low <= 0.02 <= high <= 0.05 + 1e-9
+
+
+def test_benchmark_v2_runs_both_regimes_seed_by_seed():
+    from flows.bench import SIZES, plan
+
+    runs = plan(SIZES["quick"], ["uniform", "trace"], late=5, warm=True)
+    assert [(r[0], r[1], r[2]) for r in runs] == [
+        ("small-groups", "uniform", 0), ("small-groups", "trace", 0), ("late5", "uniform", 0), ("late5", "trace", 0),
+    ]  # fmt: skip
+    assert not any("run.init_from" in o for r in runs[:2] for o in r[3])
+
+
+def test_the_oracle_share_pools_gains_over_measured_iterations_and_seeds():
+    from flows.bench import pooled_share
+
+    nan = float("nan")
+    runs = [
+        # gains over uniform: oracle 2 and 4 (iteration 1 not measured); allocator 1 and 1
+        {
+            "headroom_oracle": [5.0, nan, 7.0],
+            "headroom_uniform": [3.0, nan, 3.0],
+            "headroom_allocator": [4.0, nan, 4.0],
+        },
+        # a loss of 1 where the oracle gains 2
+        {"headroom_oracle": [4.0], "headroom_uniform": [2.0], "headroom_allocator": [1.0]},
+    ]
+    assert pooled_share(runs) == pytest.approx((1 + 1 - 1) / (2 + 4 + 2))
+    assert np.isnan(pooled_share([{"headroom_oracle": [], "headroom_uniform": [], "headroom_allocator": []}]))
+    assert np.isnan(pooled_share([{}]))
+
+
+def test_a_recipe_variant_adds_its_settings_and_names_its_runs_as_folder_names():
+    from flows.bench import variant_overrides, variant_slug
+    from flows.settings import RUN_NAME
+
+    variant = "trace+online@policy.learning_rate=0.0001;policy.kl_coef=0.1"
+    assert variant_overrides(variant) == ["trace.allocator=trace", "predictor.name=online",
+                                          "policy.learning_rate=0.0001", "policy.kl_coef=0.1"]  # fmt: skip
+    assert variant_overrides("uniform") == ["trace.allocator=uniform"]
+    assert RUN_NAME.fullmatch(f"bench-small-groups-{variant_slug(variant)}-s0")
+    assert variant_slug("uniform@policy.kl_coef=0.1") != variant_slug("uniform@policy.kl_coef=0.2")
