@@ -29,7 +29,7 @@ Deviations:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,8 +49,17 @@ def prefix_value(p: float, r: float, k: int) -> float:
     return float(1.0 - q**k)
 
 
-def allocate_roots(predicted: Sequence[float], budget: int, cap: int) -> tuple[int, ...]:
-    """Exact Stage-1 allocation: m_i in {0, 2..cap}, sum m_i == budget, maximising sum V_root.
+def nonzero_leaves_value(v: float, m: int) -> float:
+    """Expected leaves with a non-zero group-relative advantage among m rollouts: m V_root(v, m)
+    (every leaf of a mixed group has one, no leaf of an all-same group does)."""
+    return m * root_value(v, m)
+
+
+def allocate_roots(
+    predicted: Sequence[float], budget: int, cap: int, value: Callable[[float, int], float] = root_value
+) -> tuple[int, ...]:
+    """Exact Stage-1 allocation: m_i in {0, 2..cap}, sum m_i == budget, maximising sum value(v_i, m_i)
+    (the paper's V_root by default; any per-prompt value, e.g. `nonzero_leaves_value`).
 
     Raises ValueError when no allocation spends exactly `budget` (budget 1, or more than N * cap).
     """
@@ -72,7 +81,7 @@ def allocate_roots(predicted: Sequence[float], budget: int, cap: int) -> tuple[i
             if m > budget:
                 break
             shifted = np.full(budget + 1, neg)
-            shifted[m:] = best[: budget + 1 - m] + root_value(v, m)
+            shifted[m:] = best[: budget + 1 - m] + value(v, m)
             better = shifted > new + 1e-12  # strict: the smaller m wins ties, keeping the order stable
             new = np.where(better, shifted, new)
             picks[i] = np.where(better, m, picks[i])

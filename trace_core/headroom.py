@@ -36,14 +36,14 @@ common ground to score another plan's prefixes on).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import comb
 
 import numpy as np
 
 from trace_core.agent import SearchEnv
-from trace_core.allocation import allocate_roots
+from trace_core.allocation import allocate_roots, root_value
 from trace_core.allocators import uniform_counts
 from trace_core.data import QARecord
 from trace_core.generation import GenerationBackend, SamplingParams
@@ -75,15 +75,21 @@ def score_plan(successes: Sequence[int], samples: Sequence[int], counts: Sequenc
 
 
 def cross_fitted_oracle(
-    first: Sequence[int], second: Sequence[int], half: int, budget: int, cap: int
+    first: Sequence[int],
+    second: Sequence[int],
+    half: int,
+    budget: int,
+    cap: int,
+    value: Callable[[float, int], float] = root_value,
 ) -> tuple[PlanScore, tuple[int, ...]]:
-    """The oracle plan allocated on one half's plug-in rates and scored on the other half, both ways,
-    averaged. Returns the score and the plan allocated on the first half."""
+    """The oracle plan (maximising sum value(v, m), the paper's V_root by default) allocated on one
+    half's plug-in rates and scored on the other half, both ways, averaged. Returns the score and
+    the plan allocated on the first half."""
     if half < cap:
         raise ValueError(f"cross-fitting needs half the samples ({half}) >= the per-prompt cap ({cap})")
     halves = [half] * len(first)
-    plan_a = allocate_roots([s / half for s in first], budget, cap)
-    plan_b = allocate_roots([s / half for s in second], budget, cap)
+    plan_a = allocate_roots([s / half for s in first], budget, cap, value)
+    plan_b = allocate_roots([s / half for s in second], budget, cap, value)
     a, b = score_plan(second, halves, plan_a), score_plan(first, halves, plan_b)
     return PlanScore((a.mixed + b.mixed) / 2, (a.nonzero_leaves + b.nonzero_leaves) / 2), plan_a
 

@@ -3,7 +3,14 @@ import itertools
 import numpy as np
 import pytest
 
-from trace_core.allocation import agreement, allocate_prefixes, allocate_roots, prefix_value, root_value
+from trace_core.allocation import (
+    agreement,
+    allocate_prefixes,
+    allocate_roots,
+    nonzero_leaves_value,
+    prefix_value,
+    root_value,
+)
 
 
 def _mixed_probability(v: float, m: int) -> float:
@@ -43,11 +50,11 @@ def test_prefix_value_matches_enumeration_of_continuations(p, r, k):
     assert prefix_value(p, r, k) == pytest.approx(_disagree_probability(p, r, k), abs=1e-12)
 
 
-def _brute_force_roots(v, budget, cap):
+def _brute_force_roots(v, budget, cap, objective=root_value):
     best, best_counts = -1.0, None
     for counts in itertools.product([0, *range(2, cap + 1)], repeat=len(v)):
         if sum(counts) == budget:
-            value = sum(root_value(x, m) for x, m in zip(v, counts))
+            value = sum(objective(x, m) for x, m in zip(v, counts))
             if value > best + 1e-12:
                 best, best_counts = value, counts
     return best, best_counts
@@ -117,3 +124,21 @@ def test_a_failed_rollouts_prefix_is_worth_expanding_when_its_predicted_success_
     assert allocate_prefixes([agreement(0.9, 0), agreement(0.1, 0)], 1, 4) == (1, 0)
     # a successful rollout's prefix is worth expanding when p is low
     assert allocate_prefixes([agreement(0.9, 1), agreement(0.2, 1)], 1, 4) == (0, 1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_stage1_maximises_any_per_prompt_value_such_as_the_non_zero_advantage_leaves(seed):
+    rng = np.random.default_rng(100 + seed)
+    n, cap = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    budget = int(rng.integers(2, n * cap + 1))
+    v = rng.choice([0.0, 0.1, 0.3, 0.5, 0.8, 1.0], size=n).tolist()
+    best, best_counts = _brute_force_roots(v, budget, cap, nonzero_leaves_value)
+    if best_counts is None:
+        return
+    counts = allocate_roots(v, budget, cap, nonzero_leaves_value)
+    assert sum(nonzero_leaves_value(x, m) for x, m in zip(v, counts)) == pytest.approx(best, abs=1e-9)
+
+
+def test_the_non_zero_leaves_of_a_group_are_its_size_times_its_chance_of_mixing():
+    assert nonzero_leaves_value(0.5, 4) == pytest.approx(4 * 0.875)
+    assert nonzero_leaves_value(1.0, 8) == 0.0 and nonzero_leaves_value(0.5, 1) == 0.0
