@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -259,7 +258,3 @@ def load_runtime(s: Settings, log: Log = print) -> Runtime:
     model, tokenizer = load_policy(model_dir, s.model.device, _dtype(s))
     env = SearchEnv(tokenizer, retriever, agent_config(s))
     return Runtime(data, env, make_backend(s, model, tokenizer, s.run.seed, model_dir), model, model_dir)
-
-
-def elapsed(start: float) -> str:
-    return f"{time.perf_counter() - start:.1f}s"

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import tomllib
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -317,10 +316,6 @@ class PolicySection(Section):
     lora_rank: int = Field(16, ge=1, description="LoRA rank r.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
 
-    @model_validator(mode="after")
-    def _kl_needs_reference(self) -> PolicySection:
-        return self
-
 
 class OrchestrationSection(Section):
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed stage task before the run fails.")
@@ -567,12 +562,6 @@ def load_settings(overrides: list[str] | None = None) -> Settings:
         raise SettingsError(_describe(err)) from None
     except tomllib.TOMLDecodeError as err:
         raise SettingsError(f"{path}: not valid TOML ({err})") from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings (no overrides), read once."""
-    return load_settings()
 
 
 def _toml_value(value: Any) -> str:

@@ -352,13 +352,6 @@ class RolloutStore:
             merged[f"time/{row.stage}"] = row.seconds
         return merged
 
-    def stage_seconds(self, run_id: int) -> list[tuple[int, str, float | None]]:
-        with self._sessions() as s:
-            rows = s.execute(
-                select(Stage.iteration, Stage.stage, Stage.seconds).where(Stage.run_id == run_id).order_by(Stage.id)
-            )
-            return [(it, name, sec) for it, name, sec in rows]
-
     # -- prompts ----------------------------------------------------------------------------------
 
     def _prompt_ids(self, s: Session, records: Iterable[QARecord]) -> dict[tuple[str, str], int]:

@@ -123,9 +123,6 @@ class Allocator(Protocol):
     roots_by_predictor: bool
     prefixes_by_predictor: bool
 
-    @property
-    def uses_predictor(self) -> bool: ...
-
     def roots(self, predicted: Sequence[float], config: AllocatorConfig, rng: np.random.Generator) -> RootPlan: ...
 
     def prefixes(
@@ -189,10 +186,6 @@ class _Stage1:
     roots_by_predictor = False
     prefixes_by_predictor = False
     single_stage = False
-
-    @property
-    def uses_predictor(self) -> bool:
-        return self.roots_by_predictor or self.prefixes_by_predictor
 
     def _budget(self, config: AllocatorConfig) -> int:
         return config.budget if self.single_stage else config.stage1_budget

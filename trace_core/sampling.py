@@ -24,19 +24,13 @@ import numpy as np
 from trace_core.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
 from trace_core.predictor import Predictor
 from trace_core.rollout import Expansion
-from trace_core.tree import Origin, RolloutTree
+from trace_core.tree import RolloutTree
 
 
 class Featurizer(Protocol):
     dim: int
 
     def features(self, trees: Sequence[RolloutTree], nodes: Sequence[tuple[int, int]]) -> np.ndarray: ...
-
-
-class Grower(Protocol):
-    def __call__(
-        self, trees: Sequence[RolloutTree], expansions: Sequence[Expansion], origin: Origin
-    ) -> list[tuple[int, int]]: ...
 
 
 def predict_nodes(

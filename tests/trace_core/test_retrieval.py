@@ -5,7 +5,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from trace_core.registry import UnknownNameError
-from trace_core.retrieval import RETRIEVERS, HttpRetriever, Passage, RetrieverError, format_passages
+from trace_core.retrieval import (
+    RETRIEVERS,
+    BM25Retriever,
+    HttpRetriever,
+    Passage,
+    RetrieverError,
+    format_passages,
+)
 
 
 def test_bm25_ranks_the_named_entitys_own_document_first(small_task, retriever):
@@ -25,7 +32,7 @@ def test_passages_are_formatted_as_numbered_docs_with_titles():
 
 
 def test_retrievers_are_chosen_by_name_and_an_unknown_name_lists_the_valid_ones():
-    assert RETRIEVERS.get("bm25") is not None
+    assert RETRIEVERS.get("bm25") is BM25Retriever and RETRIEVERS.get("http") is HttpRetriever
     with pytest.raises(UnknownNameError, match="valid names: bm25, http"):
         RETRIEVERS.get("dense")
 
