@@ -81,6 +81,15 @@ def iteration_table(engine: Engine, run: str) -> list[dict[str, Any]]:
     return out
 
 
+def run_snapshot(engine: Engine, run: str) -> dict[str, Any]:
+    """The settings run `run` was started with, as stored."""
+    with engine.connect() as conn:
+        value = conn.execute(text("SELECT settings FROM runs WHERE name = :n"), {"n": run}).scalar_one_or_none()
+    if value is None:
+        raise FileNotFoundError(f"no run named {run!r} in the rollout database")
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
 def _line(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
     points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
     if points:
@@ -293,8 +302,10 @@ def write_report(s: Settings, out_dir: Path, log: Log) -> Path:
     if tree_id is not None:
         plot_tree(engine, tree_id, out_dir / "tree.png")
         figures.append("tree.png")
+    trained = run_snapshot(engine, s.run.name)  # the run as it was trained, not today's settings
+    trace, predictor = trained.get("trace", {}), trained.get("predictor", {})
     last = rows[-1]
-    summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/"))}
+    summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/", "headroom/"))}
     table = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.4g}</td></tr>"
                     for k, v in sorted(summary.items()) if isinstance(v, (int, float)))  # fmt: skip
     images = "".join(f'<figure><img src="{f}" alt="{f}"><figcaption>{f}</figcaption></figure>' for f in figures)
@@ -302,8 +313,9 @@ def write_report(s: Settings, out_dir: Path, log: Log) -> Path:
             "<style>body{font-family:sans-serif;max-width:900px;margin:auto}img{max-width:100%}"
             "td{padding:2px 12px}</style></head><body>"
             f"<h1>trace-rl run <code>{html.escape(s.run.name)}</code></h1>"
-            f"<p>allocator <b>{html.escape(s.trace.allocator)}</b>, {s.trace.budget} leaves per iteration, "
-            f"{len(rows) - 1} iterations.</p><h2>Last iteration</h2><table>{table}</table>"
+            f"<p>allocator <b>{html.escape(str(trace.get('allocator')))}</b>, predictor "
+            f"<b>{html.escape(str(predictor.get('name')))}</b>, {trace.get('budget')} leaves per iteration, "
+            f"{len(rows) - 1} iterations (as stored with the run).</p><h2>Last iteration</h2><table>{table}</table>"
             f"<h2>Figures</h2>{images}</body></html>")  # fmt: skip
     (out_dir / "index.html").write_text(page)
     engine.dispose()

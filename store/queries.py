@@ -17,6 +17,7 @@ refused with `ReadOnlyError` before or while it runs, never after it wrote.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,8 @@ def draw_tree(engine: Engine, tree_id: int) -> str:
     for node in nodes:
         children.setdefault(node.parent_index, []).append(node)
     run, iteration, allocator, question, gold = head
+    if isinstance(gold, str):  # SQLite hands JSON columns over as text when read with raw SQL
+        gold = json.loads(gold)
     lines = [f"tree {tree_id}  run {run}  iteration {iteration}  allocator {allocator}",
              f"Q: {question}  gold: {', '.join(gold)}"]  # fmt: skip
 

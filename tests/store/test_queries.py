@@ -46,7 +46,7 @@ def test_calibration_bins_predictions_against_the_bare_rollouts_below_them(fixtu
 def test_a_tree_is_drawn_with_predictions_targets_and_rewards(fixture_run):
     text = queries.draw_tree(fixture_run.engine, 1)
     lines = text.splitlines()
-    assert lines[1].startswith("Q: Where was q1 born?")
+    assert lines[1] == "Q: Where was q1 born?  gold: Varno, New Varno"  # whole answers on every engine
     assert lines[2].startswith("prompt  p=0.4  target=0.3333 (3 leaves)")
     assert "- search: Oskar Lind  p=-  target=0.5 (2 leaves)" in text
     assert sum("reward=1" in line for line in lines) == 1
