@@ -240,12 +240,15 @@ def run_bench(
     seeds: int | None = None,
     late: int = 0,
     warm: bool | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Run (or continue) the benchmark; `overrides` ('section.key=value') apply to every run, under
+    each run's own allocator, seed, size and name."""
     size = SIZES[size_name]
     if seeds is not None:
         size = replace(size, seeds=seeds)
     out.mkdir(parents=True, exist_ok=True)
-    base = _tiny_overrides(out / "tiny") if size.tiny else []
+    base = (_tiny_overrides(out / "tiny") if size.tiny else []) + list(overrides or [])
     done_file = out / "runs.jsonl"
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     finished = {(r["regime"], r["allocator"], r["seed"]) for r in done}

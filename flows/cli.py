@@ -164,8 +164,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SettingsError("--late needs --variants: the late regime runs the chosen variants from a shared pre-run")
     if args.with_warm and not args.late:
         raise SettingsError("--with-warm adds the warm regime to --late K; without --late the warm regime runs alone")
+    overrides = list(args.set or [])
+    load_settings(overrides)  # refuse bad settings before anything trains
     summary = run_bench("quick" if args.quick else "default", Path(args.out), _log, variants, args.seeds, args.late,
-                        warm=True if args.with_warm else None)  # fmt: skip
+                        warm=True if args.with_warm else None, overrides=overrides)  # fmt: skip
     print(markdown_table(summary))
     print(f"written to {args.out}/ (summary.json, table.md, runs.jsonl, plots)")
     return 0
@@ -217,9 +219,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     from store.db import check_connection, make_engine
 
     s = _settings(args)
+    if args.bins < 1:
+        raise SettingsError(f"--bins must be at least 1, got {args.bins}")
     engine = make_engine(s.store_url(), read_only=True)
     try:
         check_connection(engine)
+        if args.run is not None:
+            queries.require_run(engine, args.run)
         if args.name == "tree":
             if args.tree_id is None:
                 raise SettingsError("`trace-rl query tree` needs a tree id")

@@ -65,6 +65,15 @@ def _run_filter(run: str | None, column: str = "r.name") -> tuple[str, dict[str,
     return (f" AND {column} = :run", {"run": run}) if run else ("", {})
 
 
+def require_run(engine: Engine, run: str) -> None:
+    """Raise StoreError naming the runs there are when no run is named `run`."""
+    with engine.connect() as conn:
+        names = [r[0] for r in conn.execute(text("SELECT name FROM runs ORDER BY name"))]
+    if run not in names:
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        raise StoreError(f"no run named {run!r} in the rollout database (runs: {shown or 'none'})")
+
+
 def effective_ratio(engine: Engine, run: str | None = None) -> Table:
     where, params = _run_filter(run, "run")
     sql = (

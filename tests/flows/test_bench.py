@@ -104,3 +104,11 @@ def test_a_recipe_variant_adds_its_settings_and_names_its_runs_as_folder_names()
     assert variant_overrides("uniform") == ["trace.allocator=uniform"]
     assert RUN_NAME.fullmatch(f"bench-small-groups-{variant_slug(variant)}-s0")
     assert variant_slug("uniform@policy.kl_coef=0.1") != variant_slug("uniform@policy.kl_coef=0.2")
+
+
+def test_bench_settings_are_checked_before_anything_trains(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["bench", "--quick", "--out", str(tmp_path), "--set", "policy.learning_rate=-1"]) == 2
+    assert "policy.learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "runs.jsonl").exists()

@@ -29,3 +29,16 @@ def test_a_bad_database_url_is_a_one_line_error_without_the_password(capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
     assert "127.0.0.1:1" in err and "hunter2" not in err
+
+
+def test_a_query_for_a_run_that_does_not_exist_says_so_and_names_the_runs_there_are(store, capsys):
+    _seed(store)
+    assert main(["query", "effective-ratio", "--run", "nosuchrun", "--set", f"store.url={store.url}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no run named 'nosuchrun'" in err and "runs: fx" in err
+
+
+def test_calibration_with_no_bins_is_a_one_line_error(store, capsys):
+    _seed(store)
+    assert main(["query", "calibration", "--bins", "0", "--set", f"store.url={store.url}"]) == 2
+    assert "--bins must be at least 1" in capsys.readouterr().err
