@@ -266,6 +266,56 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List, delete or rename the runs of the rollout database (and their folders under run.output_dir)."""
+    import shutil
+
+    from flows.settings import RUN_NAME
+    from store import queries
+    from store.store import RolloutStore
+
+    s = _settings(args)
+    store = RolloutStore(s.store_url(), create=False)
+    try:
+        if args.action == "list":
+            rows = tuple((r.name, r.status, r.iterations, r.allocator, f"{r.created_at:%Y-%m-%d %H:%M}",
+                          f"{r.updated_at:%Y-%m-%d %H:%M}", r.lease_owner or "")
+                         for r in store.runs())  # fmt: skip
+            columns = ("name", "status", "iterations", "allocator", "created", "updated", "writer")
+            print(queries.Table(columns, rows).render() if rows else "no runs yet")
+            return 0
+        if not args.name:
+            raise SettingsError(f"`trace-rl runs {args.action}` needs a run name")
+        folder = s.run.output_dir / args.name
+        if args.action == "delete":
+            store.run_id(args.name)  # an unknown name fails here
+            if not args.yes:
+                print(f"would delete run {args.name!r}: its rows in {s.store_url().split('://')[0]} and {folder}/; "
+                      "add --yes to delete")  # fmt: skip
+                return 2
+            store.delete_run(args.name)
+            if folder.is_symlink():
+                folder.unlink()
+            elif folder.is_dir():
+                shutil.rmtree(folder)
+            print(f"deleted run {args.name!r}")
+            return 0
+        new = args.new or ""
+        if not RUN_NAME.fullmatch(new):
+            raise SettingsError(f"{new!r} is not a run name (letters, digits, '-', '_', '.'; no path separators)")
+        target = s.run.output_dir / new
+        if target.exists():
+            raise SettingsError(f"{target} already exists; choose another name")
+        moves = {str(folder): str(target), str(folder.resolve()): str(target.resolve())}
+        store.rename_run(args.name, new, moves if folder.is_dir() else None)
+        if folder.is_dir():
+            folder.rename(target)
+        print(f"renamed run {args.name!r} to {new!r}" + (f" (and {folder} to {target})" if target.is_dir() else ""))
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     from store.queries import run_sql
 
@@ -323,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sql", cmd_sql, "your own read-only SQL over the rollout database"),
         ("headroom", cmd_headroom, "the oracle ledger of a run: its Stage 1 against the oracle's and uniform's"),
         ("db", cmd_db, "show or upgrade the rollout database's schema"),
+        ("runs", cmd_runs, "list, delete or rename runs (rows and folders)"),
         ("serve", cmd_serve, "serve the training flow as a Prefect deployment (scheduled by settings)"),
         ("bench", cmd_bench, "train every allocator at equal budget over seeds and report the comparison"),
     ]:
@@ -335,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--run", help="only this run")
             p.add_argument("--bins", type=int, default=10, help="calibration bins")
             p.add_argument("--csv", help="also write the table to this CSV file")
+        if name == "runs":
+            p.add_argument("action", choices=["list", "delete", "rename"])
+            p.add_argument("name", nargs="?", help="the run (delete, rename)")
+            p.add_argument("new", nargs="?", help="rename: the new name")
+            p.add_argument("--yes", action="store_true", help="delete: really delete")
         if name == "headroom":
             p.add_argument("--csv", help="also write the ledger to this CSV file")
         if name == "sql":

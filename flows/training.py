@@ -547,7 +547,7 @@ assert tuple(STAGE_TASKS) == STAGES
 
 def open_context(s: Settings, log: Log) -> TrainContext:
     store = RolloutStore(s.store_url())
-    run_id = store.open_run(s.run.name, s.snapshot(), settings_hash(s.identity()), code_version())
+    run_id = store.open_run(s.run.name, s.snapshot(), settings_hash(s.identity()), code_version(), s.identity())
     store.take_lease(run_id, s.run.name, s.orchestration.lease_ttl_s)  # refuses a second writer of the run
     log(f"rollout database: {render_url(s.store_url())} (run {s.run.name!r})")
     try:

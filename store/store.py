@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import Table, and_, delete, insert, select, update
+from sqlalchemy import Table, and_, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -220,6 +221,34 @@ class StageWriter:
                              finished_at=utcnow() if status == "done" else None))  # fmt: skip
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as `trace-rl runs list` shows it. lease_owner: the process writing it, if any."""
+
+    name: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    iterations: int
+    allocator: str
+    lease_owner: str | None
+
+
+def _aware_time(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _differences(stored: dict[str, Any], identity: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(section.key, stored value, new value) for every key of `identity` the stored snapshot holds otherwise."""
+    out = []
+    for section, values in identity.items():
+        for key, value in values.items() if isinstance(values, dict) else []:
+            there = stored.get(section, {}).get(key)
+            if there != value:
+                out.append((f"{section}.{key}", there, value))
+    return out
+
+
 def _node_row(tree_id: int, n: RolloutNode) -> dict[str, Any]:
     return {
         "tree_id": tree_id, "node_index": n.node_id, "parent_index": n.parent_id, "depth": n.depth,
@@ -259,8 +288,17 @@ class RolloutStore:
 
     # -- runs and stages --------------------------------------------------------------------------
 
-    def open_run(self, name: str, settings: dict[str, Any], settings_hash: str, code_version: str) -> int:
-        """The id of run `name`, created if new; a run started again must have the same settings."""
+    def open_run(
+        self,
+        name: str,
+        settings: dict[str, Any],
+        settings_hash: str,
+        code_version: str,
+        identity: dict[str, Any] | None = None,
+    ) -> int:
+        """The id of run `name`, created if new; a run started again must have the same settings
+        (the same `settings_hash`). `identity`, the settings the hash covers, lets a refusal name
+        each key whose value differs from the stored run's."""
         with transaction(self._sessions) as s:
             run = s.scalars(select(Run).where(Run.name == name)).one_or_none()
             if run is None:
@@ -268,9 +306,12 @@ class RolloutStore:
                 s.add(run)
                 s.flush()
             elif run.settings_hash != settings_hash:
+                changed = _differences(run.settings, identity or {})
+                detail = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, old, new in changed[:8])
                 raise StoreError(
-                    f"run {name!r} already exists with other settings (hash {run.settings_hash}, now "
-                    f"{settings_hash}); resume it with the same settings or choose another run.name"
+                    f"run {name!r} already exists with other settings ({detail or 'hash ' + run.settings_hash}); "
+                    f"resume it with the same settings, choose another run.name, or `trace-rl runs delete {name}` "
+                    f"/ `trace-rl runs rename {name} NEW`"
                 )
             return run.id
 
@@ -287,6 +328,59 @@ class RolloutStore:
         if self._lease is not None:
             self._lease.release(status)
             self._lease = None
+
+    def runs(self) -> list[RunSummary]:
+        """Every run of the database, oldest first."""
+        with self._sessions() as s:
+            rows = s.scalars(select(Run).order_by(Run.id)).all()
+            done = dict(
+                s.execute(
+                    select(Iteration.run_id, func.count()).where(Iteration.iteration >= 0).group_by(Iteration.run_id)
+                ).all()
+            )
+        return [
+            RunSummary(r.name, r.status, _aware_time(r.created_at), _aware_time(r.updated_at), int(done.get(r.id, 0)),
+                       str(r.settings.get("trace", {}).get("allocator", "")), r.lease_owner)
+            for r in rows
+        ]  # fmt: skip
+
+    def _exclusive(self, name: str) -> RunLease:
+        """Hold run `name`'s lease (refused, naming the holder, while another process writes it)."""
+        lease = RunLease(self._sessions, self.run_id(name), name, ttl_s=60.0)
+        lease.acquire()
+        return lease
+
+    def delete_run(self, name: str) -> None:
+        """Delete run `name` and everything it wrote (its trees, allocations, metrics, checkpoint
+        records); the prompts it used stay, other runs may share them."""
+        lease = self._exclusive(name)
+        try:
+            with transaction(self._sessions) as s:
+                lease.verify(s)
+                s.execute(delete(Run).where(Run.id == lease.run_id))
+        finally:
+            lease.release("deleted")  # the row is gone: nothing left to update
+        self._fold_wal()
+
+    def rename_run(self, old: str, new: str, locations: dict[str, str] | None = None) -> None:
+        """Give run `old` the name `new`; `locations` rewrites checkpoint paths (old prefix -> new
+        prefix) when the caller moved the run's folder."""
+        with self._sessions() as s:
+            if s.scalar(select(Run.id).where(Run.name == new)) is not None:
+                raise StoreError(f"a run named {new!r} already exists")
+            status = s.scalar(select(Run.status).where(Run.name == old))
+        lease = self._exclusive(old)
+        try:
+            with transaction(self._sessions) as s:
+                lease.verify(s)
+                s.execute(update(Run).where(Run.id == lease.run_id).values(name=new, updated_at=utcnow()))
+                for before, after in (locations or {}).items():
+                    for row in s.scalars(select(Checkpoint).where(Checkpoint.run_id == lease.run_id)).all():
+                        if row.location.startswith(before):
+                            row.location = after + row.location[len(before) :]
+        finally:
+            lease.release(status or "done")
+        self._fold_wal()
 
     def run_settings(self, run_id: int) -> dict[str, Any]:
         """The settings snapshot the run was started with."""

@@ -194,8 +194,10 @@ def test_a_run_restarted_with_other_settings_is_refused(prefect_api, workspace, 
     _run_flow(monkeypatch, settings)
     changed = write_settings(tmp_path / "s2.toml", workspace, runs, run={"name": "r"}, train={"iterations": 1},
                              policy={"learning_rate": 0.5})  # fmt: skip
-    with pytest.raises(Exception, match="already exists with other settings"):
+    with pytest.raises(Exception, match="already exists with other settings") as err:
         _run_flow(monkeypatch, changed)
+    assert "policy.learning_rate: 0.0003 there, 0.5 now" in str(err.value)
+    assert "trace-rl runs delete r" in str(err.value)
 
 
 def test_a_stage_that_keeps_failing_stops_the_run_without_a_trace_and_a_rerun_continues(
