@@ -655,6 +655,13 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
     if "evaluate" not in ctx.store.completed_stages(ctx.run_id, -1):
         tasks["evaluate"](ctx, -1)
     history.append({"iteration": -1, **_iteration_row(ctx, -1)})
+    finished = [it for it in range(s.train.iterations) if "checkpoint" in ctx.store.completed_stages(ctx.run_id, it)]
+    if len(finished) == s.train.iterations:
+        ctx.log(f"run {s.run.name!r} has already trained its {s.train.iterations} iterations: nothing left to do "
+                "(raise train.iterations to continue it, or choose another run.name)")  # fmt: skip
+        history += [{"iteration": it, **_iteration_row(ctx, it)} for it in finished]
+        ctx.store.release_lease("done")
+        return history
     with shard_runner(s, ctx.runtime) as ctx.shards:
         for it in range(s.train.iterations):
             done = ctx.store.completed_stages(ctx.run_id, it)

@@ -191,7 +191,13 @@ def test_a_run_killed_mid_iteration_resumes_and_ends_with_the_rows_of_an_uninter
 def test_a_run_restarted_with_other_settings_is_refused(prefect_api, workspace, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     settings = write_settings(tmp_path / "s.toml", workspace, runs, run={"name": "r"}, train={"iterations": 1})
-    _run_flow(monkeypatch, settings)
+    first = _run_flow(monkeypatch, settings)
+    db = runs / "rollouts.db"
+    stages = _snapshot(db, "r")["counts"]
+    # the same run again has nothing left to do: it says so, writes nothing and returns the run's history
+    again = _run_flow(monkeypatch, settings)
+    assert [h["iteration"] for h in again] == [-1, 0] and again[1]["rollout/leaves"] == first[1]["rollout/leaves"]
+    assert _snapshot(db, "r")["counts"] == stages
     changed = write_settings(tmp_path / "s2.toml", workspace, runs, run={"name": "r"}, train={"iterations": 1},
                              policy={"learning_rate": 0.5})  # fmt: skip
     with pytest.raises(Exception, match="already exists with other settings") as err:
