@@ -14,13 +14,29 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flows.settings import Settings, SettingsError, load_settings, split_secrets
-from store.db import StoreError
+from flows.errors import SettingsError
+
+if TYPE_CHECKING:
+    from flows.settings import Settings
 
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_settings(overrides: list[str] | None = None) -> Settings:
+    """flows.settings.load_settings, imported on first use: it brings torch and every registry."""
+    from flows.settings import load_settings as load
+
+    return load(overrides)
+
+
+def split_secrets(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    from flows.settings import split_secrets as split
+
+    return split(overrides)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -430,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from store.db import StoreError  # after parsing: `--help` needs none of the heavy imports
+
     try:
         return int(args.func(args))
     except SettingsError as err:

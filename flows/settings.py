@@ -34,6 +34,7 @@ from pydantic_settings import (
 )
 
 import trace_core.hf_backend  # noqa: F401  (registers the 'transformers' backend)
+from flows.errors import SettingsError
 from trace_core.advantages import ADVANTAGES
 from trace_core.agent import DEFAULT_INSTRUCTION
 from trace_core.allocators import ALLOCATORS
@@ -74,10 +75,6 @@ STAGE_STREAMS = {
     "checkpoint": 8,
     "measure_headroom": 9,
 }
-
-
-class SettingsError(ValueError):
-    """Settings could not be read or validated; the message names each bad key and why."""
 
 
 class Section(BaseModel):

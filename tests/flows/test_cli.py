@@ -58,3 +58,15 @@ def test_a_bad_setting_stops_the_run_before_anything_is_built(workdir, capsys):
     assert main(["run", "--set", "agent.max_turns=0"]) == 2
     assert "agent.max_turns" in capsys.readouterr().err
     assert not (workdir / "data").exists()
+
+
+def test_the_help_of_every_command_needs_neither_torch_nor_prefect():
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom flows.cli import main\n"
+             "for argv in (['--help'], ['run', '--help'], ['bench', '--help']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'prefect', 'transformers') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
