@@ -5,8 +5,9 @@
 Every run of the database that measured its pools (`headroom.every`) left, per measured iteration,
 each pool prompt's successes in 2 x half measurement rollouts of the policy of that iteration and
 the predictor's v for it at allocation time (trace_core/headroom.py). On those pools, at the run's
-Stage-1 budget, this scores (unbiased; the oracles cross-fitted) the expected mixed groups (a) and
-the expected leaves with a non-zero group-relative advantage (b) of:
+Stage-1 budget (so per regime and allocator: `uniform` spends its whole budget in Stage 1), this
+scores (unbiased; the oracles cross-fitted) the expected mixed groups (a) and the expected leaves
+with a non-zero group-relative advantage (b) of:
 - `uniform`: G rollouts for each of the first prompts (GRPO);
 - `allocator`: what the run actually allocated;
 - `rule/mixed`: TRACE's Stage 1 (maximise sum V_root(v, m)) on the predictor's v;
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store.store import RolloutStore  # noqa: E402
-from trace_core.allocation import allocate_roots, nonzero_leaves_value, root_value  # noqa: E402
+from trace_core.allocation import allocate_roots, nonzero_leaves_value  # noqa: E402
 from trace_core.allocators import uniform_counts  # noqa: E402
 from trace_core.headroom import PoolSample, cross_fitted_oracle, score_plan  # noqa: E402
-
-Value = Callable[[float, int], float]
 
 
 def _rules(pool: list[PoolSample], budget: int, group: int, cap: int) -> dict[str, tuple[int, ...] | None]:
@@ -64,8 +62,7 @@ def replay_pool(pool: list[PoolSample], group: int, cap: int) -> dict[str, dict[
     out = {}
     for name, plan in _rules(pool, budget, group, cap).items():
         if plan is None:
-            value: Value = root_value if name == "oracle/mixed" else nonzero_leaves_value
-            score, _ = cross_fitted_oracle(first, second, half, budget, cap, value)
+            score, _ = cross_fitted_oracle(first, second, half, budget, cap, leaves=name == "oracle/leaves")
         else:
             score = score_plan(successes, samples, plan)
         groups = sum(1 for m in (plan or ()) if m > 0) if plan is not None else float("nan")
@@ -74,9 +71,11 @@ def replay_pool(pool: list[PoolSample], group: int, cap: int) -> dict[str, dict[
 
 
 def regime_of(run: str) -> str:
-    """bench-<regime>-<variant>-s<seed> -> regime; anything else is its own group."""
-    parts = run.split("-")
-    return parts[1] if run.startswith("bench-") and len(parts) > 2 else run
+    """bench-<regime>-<variant>-s<seed> -> regime (small-groups, lateK, ...); other runs: their name."""
+    if not run.startswith("bench-"):
+        return run
+    rest = run[len("bench-") :]
+    return "small-groups" if rest.startswith("small-groups-") else rest.split("-")[0]
 
 
 def replay(db: Path) -> dict[str, Any]:
@@ -95,8 +94,8 @@ def replay(db: Path) -> dict[str, Any]:
     finally:
         store.close()
     summary: dict[str, Any] = {}
-    for regime in sorted({r["regime"] for r in rows}):
-        chosen = [r for r in rows if r["regime"] == regime]
+    for regime, allocator in sorted({(r["regime"], r["allocator"]) for r in rows}):
+        chosen = [r for r in rows if r["regime"] == regime and r["allocator"] == allocator]
         names = list(chosen[0]["scores"])
         entry = {}
         for name in names:
@@ -108,7 +107,7 @@ def replay(db: Path) -> dict[str, Any]:
             entry[name]["share_of_oracle_gain"] = (
                 (entry[name]["mixed"] - entry["uniform"]["mixed"]) / gain if gain > 1e-9 else float("nan")
             )
-        summary[regime] = {"pools": len(chosen), "rules": entry}
+        summary[f"{regime} / {allocator}"] = {"pools": len(chosen), "rules": entry}
     return {"pools": rows, "summary": summary}
 
 

@@ -63,7 +63,13 @@ def allocate_roots(
 
     Raises ValueError when no allocation spends exactly `budget` (budget 1, or more than N * cap).
     """
-    n = len(predicted)
+    return allocate_by_table([[value(v, m) for m in range(max(cap, 0) + 1)] for v in predicted], budget, cap)
+
+
+def allocate_by_table(values: Sequence[Sequence[float]], budget: int, cap: int) -> tuple[int, ...]:
+    """The Stage-1 knapsack on explicit values: prompt i given m rollouts is worth values[i][m]
+    (m = 0..cap; entries for m = 1 are never chosen). m_i in {0, 2..cap}, sum m_i == budget."""
+    n = len(values)
     if cap < 2:
         raise ValueError(f"the per-prompt cap must be >= 2, got {cap}")
     if budget == 0:
@@ -75,13 +81,13 @@ def allocate_roots(
     best = np.full(budget + 1, neg)
     best[0] = 0.0
     picks = np.zeros((n, budget + 1), dtype=np.int64)
-    for i, v in enumerate(predicted):
+    for i, row in enumerate(values):
         new = np.full(budget + 1, neg)
         for m in choices:
             if m > budget:
                 break
             shifted = np.full(budget + 1, neg)
-            shifted[m:] = best[: budget + 1 - m] + value(v, m)
+            shifted[m:] = best[: budget + 1 - m] + (row[m] if m else 0.0)
             better = shifted > new + 1e-12  # strict: the smaller m wins ties, keeping the order stable
             new = np.where(better, shifted, new)
             picks[i] = np.where(better, m, picks[i])

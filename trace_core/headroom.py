@@ -23,9 +23,15 @@ Estimators (the plug-in V_root(s/n, m) is biased: it calls a prompt with 1 succe
   the allocator's, the predictor's rule) is scored this way on all n samples.
 - The oracle's plan depends on the samples, so scoring it on them would be optimistic. It is
   cross-fitted: allocate on the plug-in rates of the first half of each prompt's samples, score
-  with the unbiased estimator on the second half, swap the halves, average. This under-states the
-  true oracle (it allocates on noisy rates), so the allocator's share of the oracle's gain is, if
-  anything, flattered; both halves need n / 2 >= the per-prompt cap.
+  with the unbiased estimator on the second half, swap the halves, average (both halves need
+  n / 2 >= the per-prompt cap). The halves follow the order the rollouts were sampled in
+  (`rollout_rewards`), never the order they ended in, which goes with their length and so with
+  success. The oracle knows n / 2 samples, not v, so it under-states the true oracle: on simulated
+  pools (v ~ Beta(0.5, 0.5) to Beta(2, 2), 64 prompts, 8 + 8 samples, budget 32) it reaches 88 to
+  92% of the true oracle's expected mixed groups. Allocating on each prompt's empirical-Bayes
+  posterior (the pool's Beta spread) instead of the plug-in rate gained nothing there (6.89
+  against 6.88 of 7.73), so the plug-in rule stays. Shares of the oracle's gain are, if anything,
+  flattered.
 
 share of gain = (allocator - uniform) / (oracle - uniform), in expected mixed groups (undefined
 when the oracle does not beat uniform).
@@ -36,18 +42,19 @@ common ground to score another plan's prefixes on).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import comb
 
 import numpy as np
 
 from trace_core.agent import SearchEnv
-from trace_core.allocation import allocate_roots, root_value
+from trace_core.allocation import allocate_roots, nonzero_leaves_value, root_value
 from trace_core.allocators import uniform_counts
 from trace_core.data import QARecord
 from trace_core.generation import GenerationBackend, SamplingParams
 from trace_core.rollout import rollout_batch
+from trace_core.tree import RolloutTree
 
 
 def unbiased_mixed(successes: int, samples: int, m: int) -> float:
@@ -80,16 +87,17 @@ def cross_fitted_oracle(
     half: int,
     budget: int,
     cap: int,
-    value: Callable[[float, int], float] = root_value,
+    leaves: bool = False,
 ) -> tuple[PlanScore, tuple[int, ...]]:
-    """The oracle plan (maximising sum value(v, m), the paper's V_root by default) allocated on one
-    half's plug-in rates and scored on the other half, both ways, averaged. Returns the score and
-    the plan allocated on the first half."""
+    """The oracle plan allocated on one half's plug-in rates s / half and scored on the other half,
+    both ways, averaged; returns the score and the plan allocated on the first half. It maximises
+    the expected mixed groups (the expected non-zero-advantage leaves with `leaves`)."""
     if half < cap:
         raise ValueError(f"cross-fitting needs half the samples ({half}) >= the per-prompt cap ({cap})")
     halves = [half] * len(first)
-    plan_a = allocate_roots([s / half for s in first], budget, cap, value)
-    plan_b = allocate_roots([s / half for s in second], budget, cap, value)
+    value = nonzero_leaves_value if leaves else root_value
+    plan_a = allocate_roots([c / half for c in first], budget, cap, value)
+    plan_b = allocate_roots([c / half for c in second], budget, cap, value)
     a, b = score_plan(second, halves, plan_a), score_plan(first, halves, plan_b)
     return PlanScore((a.mixed + b.mixed) / 2, (a.nonzero_leaves + b.nonzero_leaves) / 2), plan_a
 
@@ -178,6 +186,17 @@ def success_counts(rewards: Sequence[Sequence[float]], half: int) -> tuple[list[
     return first, second
 
 
+def rollout_rewards(tree: RolloutTree) -> list[float]:
+    """The rewards of a tree's bare rollouts in the order they were sampled (by their first turn).
+
+    Not `tree.leaves()` order: a leaf's node is created when its rollout ends, so leaves come
+    sorted by length, which goes with success; halves taken in that order would not be
+    exchangeable, and the cross-fitted oracle would be scored on a different population than it
+    allocated on."""
+    first_turn = {leaf.node_id: tree.path(leaf.node_id)[1].node_id for leaf in tree.leaves()}
+    return [leaf.reward or 0.0 for leaf in sorted(tree.leaves(), key=lambda leaf: first_turn[leaf.node_id])]
+
+
 def measure_pool(
     pool: Sequence[QARecord],
     predicted: Sequence[float],
@@ -190,7 +209,7 @@ def measure_pool(
     """Sample every pool prompt 2 * half times with the backend's current policy (bare rollouts with
     the training sampling parameters) and count its successes per half."""
     trees = rollout_batch(pool, 2 * half, backend, env, params)
-    first, second = success_counts([[leaf.reward or 0.0 for leaf in t.leaves()] for t in trees], half)
+    first, second = success_counts([rollout_rewards(t) for t in trees], half)
     return [
         PoolSample(a, b, half, float(v), int(m)) for a, b, v, m in zip(first, second, predicted, allocated, strict=True)
     ]

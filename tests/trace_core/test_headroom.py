@@ -114,3 +114,41 @@ def test_measuring_a_pool_samples_every_prompt_twice_half_times(model, tokenizer
     rows = measure_pool(pool, [0.2, 0.4, 0.6], [2, 0, 3], 2, backend, env, env.config.sampling())
     assert [(r.half, r.predicted, r.allocated) for r in rows] == [(2, 0.2, 2), (2, 0.4, 0), (2, 0.6, 3)]
     assert all(0 <= r.successes_first <= 2 and 0 <= r.successes_second <= 2 for r in rows)
+
+
+def test_the_cross_fitted_oracle_gets_most_of_the_true_oracles_gain_on_a_known_pool():
+    from trace_core.allocators import uniform_counts
+
+    rng = np.random.default_rng(2)
+    got = {"oracle": 0.0, "true": 0.0, "uniform": 0.0}
+    for _ in range(30):
+        v = rng.beta(1.0, 1.0, size=64)
+        first, second = rng.binomial(8, v).tolist(), rng.binomial(8, v).tolist()
+        _, plan = cross_fitted_oracle(first, second, 8, 32, 8)
+        for name, counts in (("oracle", plan), ("true", allocate_roots(v.tolist(), 32, 8)),
+                             ("uniform", uniform_counts(64, 32, 4))):  # fmt: skip
+            got[name] += sum(root_value(float(x), m) for x, m in zip(v, counts))
+    assert got["oracle"] > 0.85 * got["true"] and got["oracle"] > 1.4 * got["uniform"]
+
+
+def _turn(parent: int, terminal: bool = False, reward: float | None = None):
+    from trace_core.tree import RolloutNode
+
+    action = "answer" if terminal else "search"
+    return RolloutNode(node_id=-1, parent_id=parent, depth=-1, model_ids=(1,), model_logprobs=(-0.1,),
+                       observation_ids=(), text="t", observation="", action=action, argument="x",
+                       finish_reason="stop", terminal=terminal, reward=reward, origin="stage1")  # fmt: skip
+
+
+def test_rollout_rewards_come_in_sampling_order_not_in_the_order_rollouts_ended():
+    from trace_core.data import QARecord
+    from trace_core.headroom import rollout_rewards
+    from trace_core.tree import RolloutTree
+
+    tree = RolloutTree(QARecord("q", "Q?", ("a",), "s", 1), prompt_ids=(1,), prompt_text="Q?")
+    long_first = tree.add(_turn(0))  # rollout 0 searches first...
+    tree.add(_turn(0, terminal=True, reward=0.0))  # rollout 1 answers (wrongly) at once
+    tree.add(_turn(0, terminal=True, reward=0.0))  # rollout 2 likewise
+    tree.add(_turn(long_first.node_id, terminal=True, reward=1.0))  # ...and rollout 0 ends last, right
+    assert [leaf.reward for leaf in tree.leaves()] == [0.0, 0.0, 1.0]
+    assert rollout_rewards(tree) == [1.0, 0.0, 0.0]
