@@ -106,6 +106,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.allocator:
         overrides.append(f"trace.allocator={args.allocator}")
     s = load_settings(overrides)  # refuse bad settings before Prefect or any model starts
+    from flows.pipeline import preflight
+    from store.store import RolloutStore
+
+    preflight(s)  # bad data files or model path: one line, before the flow
+    RolloutStore(s.store_url()).close()  # an unreachable, foreign or newer database: one line, before the flow
     from flows.training import trace_training
 
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 import trace_core.hf_backend  # noqa: F401  (registers the 'transformers' backend)
 from flows.settings import Settings
 from trace_core.agent import FORMAT_ERROR, AgentConfig, SearchEnv, information
-from trace_core.data import CorpusDoc, QARecord, load_corpus, load_questions
+from trace_core.data import CorpusDoc, DataFormatError, QARecord, load_corpus, load_questions
 from trace_core.default_model import (
     TinyModelSpec,
     build_model,
@@ -248,6 +248,28 @@ def prepare_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = 
             convert_gguf(smollm2_gguf_path(), out)
         return out
     return build_tiny_model(s, data, retriever, log)
+
+
+def preflight(s: Settings) -> None:
+    """Check the inputs a run will read before any flow starts, so a bad one is one line naming the
+    file, line or field (trace_core.data's DataFormatError, FileNotFoundError) instead of a
+    traceback from inside the flow: the question files are parsed, the corpus and model directory
+    looked at. The database is checked by the caller, which opens it anyway."""
+    t = s.task
+    if t.source == "files":
+        for key in ("train_file", "dev_file", "test_file", "corpus_file"):
+            path = getattr(t, key)
+            if path is None:
+                continue
+            if Path(path).is_dir():
+                raise DataFormatError(f"task.{key}={path}: a directory, not a file")
+            if not Path(path).exists():
+                raise DataFormatError(f"task.{key}={path}: file not found")
+            if key != "corpus_file":  # a corpus may be millions of documents: the run reads it once
+                if not load_questions(path):
+                    raise DataFormatError(f"task.{key}={path}: no questions")
+    if s.model.preset == "path" and not (Path(s.model.path) / "config.json").exists():
+        raise FileNotFoundError(f"model.path={s.model.path}: not a Hugging Face model directory (no config.json)")
 
 
 def load_runtime(s: Settings, log: Log = print) -> Runtime:

@@ -70,3 +70,42 @@ def test_the_help_of_every_command_needs_neither_torch_nor_prefect():
              "print(sorted(m for m in ('torch', 'prefect', 'transformers') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "train.jsonl: file not found"),
+        ("", "train.jsonl: no questions"),
+        ('{"id": "1", "question": "Q?", "golden_answers": ["a"]}\n{bad json\n', "train.jsonl:line 2: not valid JSON"),
+        ('{"id": "1", "question": "Q?", "golden_answers": "a"}\n', "field 'golden_answers' must be"),
+        ("DIR", "a directory, not a file"),
+    ],
+)
+def test_a_bad_question_file_is_one_line_before_any_flow_starts(tmp_path, capsys, content, message):
+    train = tmp_path / "train.jsonl"
+    if content == "DIR":
+        train.mkdir()
+    elif content is not None:
+        train.write_text(content)
+    good = tmp_path / "dev.jsonl"
+    good.write_text('{"id": "1", "question": "Q?", "golden_answers": ["a"]}\n')
+    (tmp_path / "corpus.jsonl").write_text('{"id": "1", "contents": "\\"A\\"\\ntext"}\n')
+    code = main(["run", "--set", "task.source=files", "--set", f"task.train_file={train}",
+                 "--set", f"task.dev_file={good}", "--set", f"task.corpus_file={tmp_path / 'corpus.jsonl'}",
+                 "--set", f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "runs" / "rollouts.db").exists()  # nothing started
+
+
+def test_a_database_of_a_newer_schema_is_one_line_before_any_flow_starts(tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "runs" / "rollouts.db"
+    RolloutStore(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    assert main(["run", "--set", f"run.output_dir={tmp_path / 'runs'}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "newer than this code's" in err
