@@ -268,6 +268,7 @@ def run_bench(
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(markdown_table(summary))
     plot(done, oracle, out)
+    plot_regimes(done, out)
     return summary
 
 
@@ -427,4 +428,51 @@ def plot(done: list[dict[str, Any]], oracle: dict[str, Any], out: Path) -> None:
     plt.setp(ax.get_xticklabels(), rotation=20)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_regimes(done: list[dict[str, Any]], out: Path) -> None:
+    """`regimes.png`: one row per regime; per allocator (mean over seeds) the effective ratio (a) and
+    the non-zero-advantage share (b) per iteration, dev EM against cumulative generated tokens, and
+    the oracle ledger's expected mixed Stage-1 groups at the measured iterations (oracle dashed,
+    the allocator solid, uniform's plan on the same pool dotted)."""
+    regimes = list(dict.fromkeys(r["regime"] for r in done))
+    if not regimes:
+        return
+    fig, axes = plt.subplots(len(regimes), 4, figsize=(18, 3.8 * len(regimes)), squeeze=False)
+    for row, regime in zip(axes, regimes, strict=True):
+        allocators = list(dict.fromkeys(r["allocator"] for r in done if r["regime"] == regime))
+        for k, allocator in enumerate(allocators):
+            runs = [r for r in done if r["regime"] == regime and r["allocator"] == allocator]
+            color = f"C{k}"
+            for ax, key in zip(row[:2], ["effective_ratio", "nonzero_advantage_share"], strict=True):
+                ax.plot(np.mean([r[key] for r in runs], axis=0), label=allocator, marker=".", color=color)
+            curves = [r["dev_curve"] for r in runs if r.get("dev_curve")]
+            if curves:
+                points = np.mean(np.array(curves, dtype=float), axis=0)  # same evaluation points in every run
+                row[2].plot(points[:, 2], points[:, 3], marker="o", label=allocator, color=color)
+            series = {key: np.nanmean([r[key] for r in runs if r.get(key)], axis=0)
+                      for key in ("headroom_oracle", "headroom_allocator", "headroom_uniform")
+                      if any(r.get(key) for r in runs)}  # fmt: skip
+            if series:
+                measured = ~np.isnan(series["headroom_oracle"])
+                its = np.arange(len(measured))[measured]
+                row[3].plot(its, series["headroom_oracle"][measured], linestyle="--", color=color,
+                            label=f"oracle ({allocator}'s Stage-1 budget)")  # fmt: skip
+                row[3].plot(its, series["headroom_allocator"][measured], marker="o", color=color, label=allocator)
+                row[3].plot(its, series["headroom_uniform"][measured], linestyle=":", color=color,
+                            label=f"uniform on {allocator}'s pool")  # fmt: skip
+        titles = ["(a) effective ratio", "(b) non-zero advantage share", "dev EM vs generated tokens",
+                  "oracle ledger: expected mixed Stage-1 groups"]  # fmt: skip
+        for ax, title in zip(row, titles, strict=True):
+            ax.set_title(f"{regime}: {title}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in row[:2]:
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("iteration")
+        row[2].set_xlabel("cumulative generated tokens")
+        row[3].set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(out / "regimes.png", dpi=100)
     plt.close(fig)

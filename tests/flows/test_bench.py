@@ -112,3 +112,16 @@ def test_bench_settings_are_checked_before_anything_trains(tmp_path, capsys):
     assert main(["bench", "--quick", "--out", str(tmp_path), "--set", "policy.learning_rate=-1"]) == 2
     assert "policy.learning_rate" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_the_regime_plot_draws_old_and_new_runs(tmp_path):
+    from flows.bench import plot_regimes
+
+    nan = float("nan")
+    new = {"regime": "late5", "allocator": "trace", "effective_ratio": [0.5, 0.6],
+           "nonzero_advantage_share": [0.6, 0.7], "dev_curve": [[-1, 0, 0, 0.4], [1, 128, 9000, 0.5]],
+           "headroom_oracle": [6.0, nan],
+           "headroom_allocator": [5.0, nan], "headroom_uniform": [4.0, nan]}  # fmt: skip
+    old = {"regime": "small-groups", "allocator": "uniform", "effective_ratio": [0.5], "nonzero_advantage_share": [0.5]}
+    plot_regimes([new, old], tmp_path)
+    assert (tmp_path / "regimes.png").stat().st_size > 10_000
