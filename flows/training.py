@@ -590,13 +590,19 @@ def _start_from(ctx: TrainContext, source: str) -> None:
             "iterations of its rollouts")  # fmt: skip
 
 
-def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any]) -> None:
+def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any], started: tuple[int, float]) -> None:
+    """One log line per iteration: tqdm's bar with elapsed time and ETA (timed from the first
+    iteration this process trained, so a resumed run's rate is its own), reward, effective ratio
+    and dev EM where evaluated."""
+    from tqdm import tqdm
+
+    first, since = started
     n = ctx.s.train.iterations
-    done = it + 1
-    bar = "#" * round(20 * done / n) + "." * (20 - round(20 * done / n))
+    meter = tqdm.format_meter(it + 1 - first, n - first, time.perf_counter() - since, ncols=44, unit="it",
+                              bar_format="|{bar}| {elapsed}<{remaining}, {rate_fmt}")  # fmt: skip
     dev = f"  dev EM {metrics['eval/em']:.3f}" if "eval/em" in metrics else ""
-    ctx.log(f"[{bar}] iteration {done}/{n}  reward {metrics.get('rollout/mean_reward', 0):.3f}  "
-            f"effective {metrics.get('rollout/effective_ratio', 0):.2f}{dev}")  # fmt: skip
+    reward, effective = metrics.get("rollout/mean_reward", 0), metrics.get("rollout/effective_ratio", 0)
+    ctx.log(f"iteration {it + 1}/{n} {meter}  reward {reward:.3f}  effective {effective:.2f}{dev}")
 
 
 @flow(name="trace-training", log_prints=False)
@@ -653,6 +659,8 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
     tasks = {name: t.with_options(**retry) for name, t in STAGE_TASKS.items()}
     history = []
     if "evaluate" not in ctx.store.completed_stages(ctx.run_id, -1):
+        ctx.log(f"evaluating the starting policy on {s.train.eval_questions} dev questions "
+                f"x {s.train.eval_samples} samples")  # fmt: skip
         tasks["evaluate"](ctx, -1)
     history.append({"iteration": -1, **_iteration_row(ctx, -1)})
     finished = [it for it in range(s.train.iterations) if "checkpoint" in ctx.store.completed_stages(ctx.run_id, it)]
@@ -662,6 +670,7 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
         history += [{"iteration": it, **_iteration_row(ctx, it)} for it in finished]
         ctx.store.release_lease("done")
         return history
+    started = (len(finished), time.perf_counter())
     with shard_runner(s, ctx.runtime) as ctx.shards:
         for it in range(s.train.iterations):
             done = ctx.store.completed_stages(ctx.run_id, it)
@@ -670,7 +679,8 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
                     stage_task(ctx, it)
             row = _iteration_row(ctx, it)
             history.append({"iteration": it, **row})
-            _progress(ctx, it, row)
+            if it >= started[0]:
+                _progress(ctx, it, row, started)
     ctx.store.release_lease("done")
     return history
 
