@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from trace_core.atomic import write_bytes_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -25,13 +26,7 @@ def write_atomic(obj: Any, path: Path) -> str:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

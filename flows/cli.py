@@ -115,9 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     history = trace_training(_secrets_to_environment(overrides))
-    run_dir = s.run.output_dir / s.run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    run_dir = s.run.output_dir / s.run.name  # the flow wrote run_dir/metrics.jsonl
     if args.metrics:
         _export_metrics(Path(args.metrics), history)
     first, last = history[0], history[-1]
@@ -152,16 +150,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _export_metrics(directory: Path, history: list[dict]) -> None:
-    """train.json (final figures) and train.csv (one row per iteration) for DVC; wall times are
-    left out so that two reproductions of the same run give identical files."""
+    """For DVC, with wall times left out so that two reproductions of the same run give identical
+    files: train.json (final figures); train.csv (one row per training iteration, only the series
+    every iteration has, so no plot draws a blank as 0); dev.csv (the dev evaluations: before
+    training and every train.eval_every iterations)."""
+    import csv
+
     rows = [{k: v for k, v in row.items() if not k.startswith("time/")} for row in history]
-    columns = sorted({k for row in rows for k in row} - {"iteration"})
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "train.csv").open("w") as handle:
-        handle.write(",".join(["iteration", *columns]) + "\n")
-        for row in rows:
-            handle.write(",".join([str(row["iteration"])] + [_cell(row.get(c)) for c in columns]) + "\n")
     iterations = [r for r in rows if r["iteration"] >= 0]
+    keys: set[str] = set().union(*iterations) if iterations else set()
+    complete = sorted(k for k in keys if all(r.get(k) is not None for r in iterations))
+    evaluated = [r for r in rows if r.get("eval/em") is not None]
+    dev_columns = sorted({k for r in evaluated for k in r if k.startswith(("eval/", "predictor/dev_"))})
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, chosen, columns in (("train.csv", iterations, [c for c in complete if c != "iteration"]),
+                                  ("dev.csv", evaluated, dev_columns)):  # fmt: skip
+        with (directory / name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["iteration", *columns])
+            writer.writerows([r["iteration"], *(_cell(r.get(c)) for c in columns)] for r in chosen)
     final = {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "predictor/dev"))}
     final["eval/em_before"] = rows[0].get("eval/em")
     final["rollout/mean_effective_ratio"] = sum(r.get("rollout/effective_ratio", 0) for r in iterations) / max(

@@ -24,6 +24,7 @@ in `orchestration.rollout_shards` shards, in this process or as Prefect tasks on
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -48,6 +49,7 @@ from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter
 from trace_core.advantages import ADVANTAGES, nonzero_share
 from trace_core.allocators import AllocatorConfig, make_allocator
+from trace_core.atomic import write_text_atomic
 from trace_core.evaluation import score_trees
 from trace_core.features import SearchAgentFeaturizer, TextEncoder
 from trace_core.headroom import PoolSample, ledger, measure_pool
@@ -629,7 +631,30 @@ def trace_training(overrides: list[str] | None = None) -> list[dict[str, Any]]:
         raise
     finally:
         ctx.store.close()
+    _finish(s, history, log)
     return history
+
+
+def _finish(s: Settings, history: list[dict[str, Any]], log: Log) -> None:
+    """What every finished run leaves, however it was started (`trace-rl run`, a deployment, the
+    bench): `<run dir>/metrics.jsonl` (one row per iteration, -1 the starting evaluation), a
+    run-level Prefect artifact and a closing log line."""
+    run_dir = s.run.output_dir / s.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    first, last = history[0], history[-1]
+    ratios = [r["rollout/effective_ratio"] for r in history[1:] if r.get("rollout/effective_ratio") is not None]
+    figures = {
+        "allocator": s.trace.allocator, "predictor": s.predictor.name, "iterations": len(history) - 1,
+        "dev EM before": first.get("eval/em"), "dev EM after": last.get("eval/em"),
+        "mean effective ratio": sum(ratios) / len(ratios) if ratios else None,
+        "metrics": str(run_dir / "metrics.jsonl"),
+    }  # fmt: skip
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items())
+    key = "".join(c if c.isalnum() else "-" for c in f"{s.run.name}-summary".lower())
+    create_markdown_artifact(markdown=f"### trace-rl run {s.run.name}\n\n| | |\n|---|---|\n{rows}", key=key,
+                             description="trace-rl run summary")  # fmt: skip
+    log(f"run {s.run.name!r} finished: metrics in {run_dir / 'metrics.jsonl'}")
 
 
 class Terminated(BaseException):

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trace_core.atomic import write_text_atomic
+
 
 class DataFormatError(ValueError):
     """A data file row is malformed; the message names file, line and field."""
@@ -176,10 +178,4 @@ def load_corpus(path: str | Path) -> list[CorpusDoc]:
 
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write rows as JSON Lines, atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text_atomic(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -16,7 +16,7 @@ from tests.flows.conftest import write_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-METRICS = ["metrics/warmstart.json", "metrics/train.json", "metrics/train.csv", "metrics/eval.json"]
+METRICS = ["metrics/warmstart.json", "metrics/train.json", "metrics/train.csv", "metrics/dev.csv", "metrics/eval.json"]
 
 
 def _copy_repo(target: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -82,6 +83,9 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
     start = dict(load_policy(workspace / "models" / "tiny-react")[0].named_parameters())
     assert iteration == 1 and any(not torch.equal(w, start[k]) for k, w in trained.items())
     assert (tmp_path / "runs/short/policy/config.json").exists()  # the tiny model trains all weights
+    # the flow itself (as a deployment runs it, not only `trace-rl run`) leaves the per-iteration metrics
+    rows = [json.loads(line) for line in (tmp_path / "runs/short/metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [-1, 0, 1]
     store.close()
 
 
