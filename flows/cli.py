@@ -235,7 +235,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     trace_training.serve(
         name=s.orchestration.deployment,
         cron=s.orchestration.cron or None,
-        parameters={"overrides": overrides},
+        parameters={"served": overrides},  # a run's own parameters merge over these (flow_overrides)
         print_starting_message=True,
         entrypoint_type=EntrypointType.MODULE_PATH,  # found by import, whatever the working directory
     )

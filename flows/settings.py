@@ -524,6 +524,25 @@ def refuse_secret_parameters(overrides: list[str]) -> None:
             )
 
 
+def flow_overrides(
+    served: list[str] | None = None,
+    overrides: list[str] | None = None,
+    allocator: str | None = None,
+    iterations: int | None = None,
+    seed: int | None = None,
+    run_name: str | None = None,
+) -> list[str]:
+    """The training flow's parameters as one override list, later over earlier: what `trace-rl
+    serve` was started with (`served`), then `overrides`, then the typed parameters. So
+    `prefect deployment run ... --param allocator=uniform` (or `--param 'overrides=[...]'`) changes
+    those keys and keeps every other served setting."""
+    typed = {"trace.allocator": allocator, "train.iterations": iterations, "run.seed": seed, "run.name": run_name}
+    merged = [*(served or []), *(overrides or [])]
+    merged += [f"{key}={value}" for key, value in typed.items() if value is not None]
+    refuse_secret_parameters(merged)
+    return merged
+
+
 def _nest(overrides: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in overrides:

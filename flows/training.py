@@ -43,7 +43,7 @@ from transformers import PreTrainedModel
 
 from flows.checkpoints import read_verified, write_atomic
 from flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
-from flows.settings import STAGE_STREAMS, STAGES, Settings, SettingsError, load_settings, refuse_secret_parameters
+from flows.settings import STAGE_STREAMS, STAGES, Settings, SettingsError, flow_overrides, load_settings
 from flows.sharding import LocalShards, ShardRunner, shard_runner
 from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter
@@ -608,12 +608,19 @@ def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any], started: tupl
 
 
 @flow(name="trace-training", log_prints=False)
-def trace_training(overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Train with TRACE (or the configured allocator) on the settings plus `overrides`
-    ('section.key=value'); resumes a run of the same name from its last committed stage. Secrets
-    (the store URL) are refused here: they come from the environment, never as parameters."""
-    refuse_secret_parameters(overrides or [])
-    s = load_settings(overrides)
+def trace_training(
+    overrides: list[str] | None = None,
+    served: list[str] | None = None,
+    allocator: str | None = None,
+    iterations: int | None = None,
+    seed: int | None = None,
+    run_name: str | None = None,
+) -> list[dict[str, Any]]:
+    """Train with TRACE (or the configured allocator) on the settings plus the parameters, merged
+    by `flow_overrides` ('section.key=value' lists, then the typed parameters); resumes a run of the
+    same name from its last committed stage. Secrets (the store URL) are refused here: they come
+    from the environment, never as parameters."""
+    s = load_settings(flow_overrides(served, overrides, allocator, iterations, seed, run_name))
     logger = get_run_logger()
 
     def log(message: str) -> None:

@@ -10,6 +10,7 @@ included, by process id.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -82,7 +83,7 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     settings = write_settings(tmp_path / "settings.toml", workspace, tmp_path / "runs", run={"name": "deployed"},
-                              train={"iterations": 1}, orchestration={"deployment": "test-deploy"})  # fmt: skip
+                              train={"iterations": 2}, orchestration={"deployment": "test-deploy"})  # fmt: skip
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
            SETTINGS_FILE_ENV: str(settings), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1"}  # fmt: skip
@@ -95,7 +96,9 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
         serve_log = (tmp_path / "serve.log").open("w")
         # the store URL given on the command line must reach the runs, but never Prefect's parameters
         db_url = f"store.url=sqlite:///{tmp_path / 'runs' / 'rollouts.db'}"
-        serve = subprocess.Popen([str(BIN / "trace-rl"), "serve", "--set", db_url], env=env, cwd=tmp_path,
+        # served settings: every run of the deployment trains 1 iteration (the file says 2)
+        serve = subprocess.Popen([str(BIN / "trace-rl"), "serve", "--set", db_url, "--set", "train.iterations=1"],
+                                 env=env, cwd=tmp_path,
                                  stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
         def triggered() -> bool:
@@ -107,6 +110,13 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
         _wait(
             lambda: _run_done(tmp_path / "runs" / "rollouts.db", "deployed"), 400, "the deployed run", [server, serve]
         )
+        # a run's own parameters merge over the served settings: the served iteration count holds
+        started = subprocess.run([str(BIN / "prefect"), "deployment", "run", "trace-training/test-deploy",
+                                  "--param", "run_name=deployed-uniform", "--param", "allocator=uniform"],
+                                 env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert started.returncode == 0, started.stdout + started.stderr
+        _wait(lambda: _run_done(tmp_path / "runs" / "rollouts.db", "deployed-uniform"), 400, "the second run",
+              [server, serve])  # fmt: skip
         shown = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "trace-training/test-deploy"],
                                env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert shown.returncode == 0 and "parameters" in shown.stdout
@@ -119,4 +129,8 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
     with engine.connect() as conn:
         trees = conn.execute(text("SELECT COUNT(*) FROM trees t JOIN runs r ON t.run_id = r.id "
                                   "WHERE r.name = 'deployed' AND t.iteration = 0")).scalar_one()  # fmt: skip
+        second = conn.execute(text("SELECT settings FROM runs WHERE name = 'deployed-uniform'")).scalar_one()
     assert trees > 0
+    second = json.loads(second) if isinstance(second, str) else second
+    assert second["trace"]["allocator"] == "uniform" and second["train"]["iterations"] == 1
+    assert (tmp_path / "runs" / "deployed-uniform" / "metrics.jsonl").exists()  # deployment runs write it too

@@ -114,3 +114,15 @@ def test_the_headroom_measurement_is_not_part_of_a_runs_identity():
     plain, measured = load_settings(), load_settings(["headroom.every=5"])
     assert plain.identity() == measured.identity()
     assert plain.snapshot() != measured.snapshot()
+
+
+def test_a_flow_runs_parameters_merge_over_the_served_settings_instead_of_replacing_them():
+    from flows.settings import flow_overrides
+
+    served = ["train.iterations=2", "trace.budget=16"]
+    merged = flow_overrides(served, ["trace.allocator=uniform"], iterations=None, run_name="try")
+    s = load_settings(merged)
+    assert (s.train.iterations, s.trace.budget, s.trace.allocator, s.run.name) == (2, 16, "uniform", "try")
+    assert load_settings(flow_overrides(served, allocator="prompt_only", iterations=5)).train.iterations == 5
+    with pytest.raises(SettingsError, match="store.url must not be a flow or deployment parameter"):
+        flow_overrides(served, ["store.url=sqlite:///x.db"])
