@@ -42,7 +42,6 @@ from store.models import (
     Tree,
     utcnow,
 )
-from trace_core.allocation import prefix_value, root_value
 from trace_core.allocators import Anchor, PrefixPlan, RootPlan
 from trace_core.data import QARecord
 from trace_core.headroom import PoolSample
@@ -140,25 +139,26 @@ class StageWriter:
         rows = [
             {"run_id": self.run_id, "iteration": self.iteration, "stage": 1, "kind": "prompt", "pool_index": i,
              "prompt_id": prompts[(r.data_source, r.id)], "node_index": 0, "predicted": float(v),
-             "realised_reward": None, "value": root_value(v, m), "count": m}
-            for i, (r, v, m) in enumerate(zip(pool, predicted, plan.counts, strict=True))
+             "realised_reward": None, "value": value, "count": m}
+            for i, (r, v, m, value) in enumerate(zip(pool, predicted, plan.counts, plan.values, strict=True))
         ]  # fmt: skip
         if rows:
             self.s.execute(insert(_table(Allocation)), rows)
 
     def prefix_plan(self, plan: PrefixPlan, unused_predicted: dict[int, float]) -> None:
-        """Stage 2: one row per anchor offered (count 0 included) and per refill prompt."""
+        """Stage 2: one row per anchor offered (count 0 included) and per refill prompt (with the
+        prediction it was chosen on, from `unused_predicted`)."""
         self._delete_allocations(2)
         base = {"run_id": self.run_id, "iteration": self.iteration, "stage": 2}
         rows: list[dict[str, Any]] = [
             {**base, "kind": "root" if a.node_id == 0 else "anchor", "pool_index": a.tree, "node_index": a.node_id,
-             "predicted": a.p, "realised_reward": a.r, "value": prefix_value(a.p, a.r, k), "count": k}
-            for a, k in zip(plan.anchors, plan.counts, strict=True)
+             "predicted": a.p, "realised_reward": a.r, "value": value, "count": k}
+            for a, k, value in zip(plan.anchors, plan.counts, plan.values, strict=True)
         ]  # fmt: skip
         rows += [
-            {**base, "kind": "refill", "pool_index": c, "node_index": 0, "predicted": unused_predicted.get(c),
-             "realised_reward": None, "value": root_value(unused_predicted.get(c, 0.5), m), "count": m}
-            for c, m in plan.new_roots
+            {**base, "kind": "refill", "pool_index": c, "node_index": 0, "predicted": unused_predicted[c],
+             "realised_reward": None, "value": value, "count": m}
+            for (c, m), value in zip(plan.new_roots, plan.new_root_values, strict=True)
         ]  # fmt: skip
         if rows:
             self.s.execute(insert(_table(Allocation)), rows)
@@ -236,6 +236,13 @@ class RunSummary:
 
 def _aware_time(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _required(value: float | None, what: str) -> float:
+    """A value every row of its kind holds (the allocation was made on it); None means a damaged row."""
+    if value is None:
+        raise StoreError(f"a stored allocation lacks its {what}: the database was changed outside trace-rl")
+    return float(value)
 
 
 def _differences(stored: dict[str, Any], identity: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -521,8 +528,8 @@ class RolloutStore:
                 .order_by(Allocation.pool_index)
             ).all()
         pool = [_record(p) for _, p in rows]
-        predicted = [a.predicted if a.predicted is not None else 0.5 for a, _ in rows]
-        return pool, predicted, RootPlan(tuple(a.count for a, _ in rows), sum(a.value for a, _ in rows))
+        predicted = [_required(a.predicted, "Stage-1 prediction") for a, _ in rows]
+        return pool, predicted, RootPlan(tuple(a.count for a, _ in rows), tuple(a.value for a, _ in rows))
 
     def load_prefix_plan(self, run_id: int, iteration: int) -> PrefixPlan:
         with self._sessions() as s:
@@ -531,11 +538,22 @@ class RolloutStore:
                 .where(Allocation.run_id == run_id, Allocation.iteration == iteration, Allocation.stage == 2)
                 .order_by(Allocation.id)
             ).all()
-        anchors = [(Anchor(r.pool_index, r.node_index, r.predicted or 0.0, r.realised_reward or 0.0), r.count)
-                   for r in rows if r.kind != "refill"]  # fmt: skip
-        refills = tuple((r.pool_index, r.count) for r in rows if r.kind == "refill")
+        anchors = [r for r in rows if r.kind != "refill"]
+        refills = [r for r in rows if r.kind == "refill"]
         return PrefixPlan(
-            tuple(a for a, _ in anchors), tuple(k for _, k in anchors), refills, sum(r.value for r in rows)
+            tuple(
+                Anchor(
+                    r.pool_index,
+                    r.node_index,
+                    _required(r.predicted, "anchor prediction"),
+                    _required(r.realised_reward, "anchor reward"),
+                )
+                for r in anchors
+            ),
+            tuple(r.count for r in anchors),
+            tuple(r.value for r in anchors),
+            tuple((r.pool_index, r.count) for r in refills),
+            tuple(r.value for r in refills),
         )
 
     def headroom(self, run_id: int) -> dict[int, list[PoolSample]]:

@@ -82,29 +82,54 @@ class Anchor:
 
 @dataclass(frozen=True)
 class RootPlan:
-    """Stage 1: bare rollouts per pool candidate, and the expected mixed groups they buy."""
+    """Stage 1: bare rollouts per pool candidate (`counts`) and the expected mixed groups each buys
+    by the allocator's estimate (`values`: V_root(v_i, m_i))."""
 
     counts: tuple[int, ...]
-    expected_mixed: float
+    values: tuple[float, ...]
 
     @property
     def leaves(self) -> int:
         return sum(self.counts)
 
+    @property
+    def expected_mixed(self) -> float:
+        return float(sum(self.values))
+
+
+def root_plan(predicted: Sequence[float], counts: Sequence[int]) -> RootPlan:
+    """A Stage-1 plan valued with the paper's V_root on the predictions it was made with."""
+    return RootPlan(tuple(counts), tuple(root_value(v, m) for v, m in zip(predicted, counts, strict=True)))
+
 
 @dataclass(frozen=True)
 class PrefixPlan:
-    """Stage 2: k continuations per anchor (`anchors[i]` gets `counts[i]`), bare rollouts for new
-    pool candidates (`new_roots`: candidate index -> m), and the expected mixed subtrees."""
+    """Stage 2: k continuations per anchor (`anchors[i]` gets `counts[i]`, worth `values[i]` =
+    V_pref(p, r, k) expected mixed subtrees), and bare rollouts for new pool candidates
+    (`new_roots`: candidate index -> m, worth `new_root_values` = V_root(v, m))."""
 
     anchors: tuple[Anchor, ...]
     counts: tuple[int, ...]
-    new_roots: tuple[tuple[int, int], ...]
-    expected_mixed: float
+    values: tuple[float, ...]
+    new_roots: tuple[tuple[int, int], ...] = ()
+    new_root_values: tuple[float, ...] = ()
 
     @property
     def leaves(self) -> int:
         return sum(self.counts) + sum(m for _, m in self.new_roots)
+
+    @property
+    def expected_mixed(self) -> float:
+        return float(sum(self.values) + sum(self.new_root_values))
+
+
+NO_PREFIXES = PrefixPlan((), (), ())
+
+
+def anchor_plan(anchors: Sequence[Anchor], counts: Sequence[int]) -> PrefixPlan:
+    """Continuations from anchors, valued with the paper's V_prefix on each anchor's p and r."""
+    values = tuple(prefix_value(a.p, a.r, k) for a, k in zip(anchors, counts, strict=True))
+    return PrefixPlan(tuple(anchors), tuple(counts), values)
 
 
 @dataclass(frozen=True)
@@ -152,14 +177,10 @@ def uniform_counts(n_pool: int, budget: int, group: int) -> list[int]:
     return counts
 
 
-def _expected_roots(predicted: Sequence[float], counts: Sequence[int]) -> float:
-    return sum(root_value(v, m) for v, m in zip(predicted, counts, strict=True))
-
-
 def _no_prefixes(stage2: Stage2Input, budget: int) -> PrefixPlan:
     if budget:
         raise ValueError(f"this allocator has no second stage but {budget} leaves were left for it")
-    return PrefixPlan((), (), (), 0.0)
+    return NO_PREFIXES
 
 
 def _greedy_over_anchors(stage2: Stage2Input, budget: int, config: AllocatorConfig) -> PrefixPlan:
@@ -172,8 +193,7 @@ def _greedy_over_anchors(stage2: Stage2Input, budget: int, config: AllocatorConf
         if not anchors:
             raise ValueError("Stage 2 has budget left but no tree to continue")
         counts = allocate_prefixes([agreement(a.p, a.r) for a in anchors], budget, None)
-    value = sum(prefix_value(a.p, a.r, k) for a, k in zip(anchors, counts, strict=True))
-    return PrefixPlan(anchors, counts, (), value)
+    return anchor_plan(anchors, counts)
 
 
 class _Stage1:
@@ -195,7 +215,7 @@ class _Stage1:
             counts: Sequence[int] = allocate_roots(predicted, self._budget(config), config.max_per_prompt)
         else:
             counts = uniform_counts(len(predicted), self._budget(config), config.group_size)
-        return RootPlan(tuple(counts), _expected_roots(predicted, counts))
+        return root_plan(predicted, counts)
 
     def prefixes(
         self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
@@ -213,13 +233,12 @@ def _random_prefixes(stage2: Stage2Input, budget: int, config: AllocatorConfig, 
     for _ in range(budget):
         open_ = [i for i, c in enumerate(counts) if c < cap]
         counts[open_[int(rng.integers(len(open_)))]] += 1
-    value = sum(prefix_value(a.p, a.r, k) for a, k in zip(anchors, counts, strict=True))
-    return PrefixPlan(tuple(anchors), tuple(counts), (), value)
+    return anchor_plan(anchors, counts)
 
 
 def _greedy_prefixes(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
     if budget == 0:
-        return PrefixPlan((), (), (), 0.0)
+        return NO_PREFIXES
     return _greedy_over_anchors(stage2, budget, config)
 
 
@@ -240,12 +259,13 @@ class DynamicSamplingAllocator(_Stage1):
         self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
     ) -> PrefixPlan:
         if budget == 0:
-            return PrefixPlan((), (), (), 0.0)
+            return NO_PREFIXES
         if not stage2.unused:  # the pool is used up: refill the groups that are all-same
             return _greedy_over_anchors(Stage2Input((), stage2.roots, (), ()), budget, config)
         counts = uniform_counts(len(stage2.unused), budget, config.group_size)
-        new = tuple((c, m) for c, m in zip(stage2.unused, counts, strict=True) if m)
-        return PrefixPlan((), (), new, _expected_roots(stage2.unused_predicted, counts))
+        chosen = [(c, v, m) for c, v, m in zip(stage2.unused, stage2.unused_predicted, counts, strict=True) if m]
+        new_roots = tuple((c, m) for c, _, m in chosen)
+        return PrefixPlan((), (), (), new_roots, tuple(root_value(v, m) for _, v, m in chosen))
 
 
 @ALLOCATORS.register("random_branch")

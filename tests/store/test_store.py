@@ -81,16 +81,16 @@ def test_restarting_a_run_with_other_settings_is_refused(store):
 def test_allocation_plans_round_trip(store):
     run = store.open_run("r1", {}, "h", "test")
     pool = [make_tree(f"q{i}", [1.0]).record for i in range(3)]
-    plan1 = RootPlan((2, 0, 3), 0.9)
+    plan1 = RootPlan((2, 0, 3), (0.5, 0.0, 0.4))
     with store.stage(run, 0, "allocate_roots") as w:
         w.root_plan(pool, [0.5, 0.1, 0.4], plan1)
     loaded_pool, predicted, loaded = store.load_root_plan(run, 0)
-    assert loaded_pool == pool and predicted == [0.5, 0.1, 0.4] and loaded.counts == (2, 0, 3)
-    plan2 = PrefixPlan((Anchor(0, 1, 0.8, 0.0), Anchor(2, 1, 0.3, 1.0)), (3, 0), ((1, 2),), 1.0)
+    assert loaded_pool == pool and predicted == [0.5, 0.1, 0.4] and loaded == plan1
+    plan2 = PrefixPlan((Anchor(0, 1, 0.8, 0.0), Anchor(2, 1, 0.3, 1.0)), (3, 0), (0.99, 0.0), ((1, 2),), (0.18,))
     with store.stage(run, 0, "allocate_prefixes") as w:
         w.prefix_plan(plan2, {1: 0.1})
     again = store.load_prefix_plan(run, 0)
-    assert again.counts == (3, 0) and again.new_roots == ((1, 2),)
+    assert again == plan2
     assert [(a.tree, a.node_id, a.r) for a in again.anchors] == [(0, 1, 0.0), (2, 1, 1.0)]
 
 
