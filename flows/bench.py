@@ -343,6 +343,11 @@ def _final(run: dict[str, Any], key: str) -> float:
     return float(np.mean(value)) if isinstance(value, list) else float(value)
 
 
+def _ratio(value: float, base: float) -> float:
+    """value / base; NaN where the base is 0 (uniform mixed no group: no ratio to speak of)."""
+    return value / base if base > 0 else float("nan")
+
+
 def _cell(stats: dict[str, float] | None, digits: int = 3) -> str:
     if not stats:
         return "-"
@@ -367,9 +372,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         base = rows.get("uniform")
         for name, r in rows.items():
-            ratio_a = r["effective_ratio"]["mean"] / base["effective_ratio"]["mean"] if base else float("nan")
-            ratio_b = (r["nonzero_advantage_share"]["mean"] / base["nonzero_advantage_share"]["mean"]
-                       if base else float("nan"))  # fmt: skip
+            ratio_a, ratio_b = (_ratio(r[k]["mean"], base[k]["mean"] if base else 0.0)
+                                for k in ("effective_ratio", "nonzero_advantage_share"))  # fmt: skip
             figures = [ratio_a, ratio_b] + [r.get(k, float("nan")) for k in (
                 "oracle_share", "rule_oracle_share", "root_auc_from_5", "root_ece_from_5", "pool_auc_from_5",
                 "pool_ece_from_5")]  # fmt: skip
