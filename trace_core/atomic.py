@@ -1,6 +1,9 @@
 """Files written whole or not at all: to a temporary name beside the target, flushed to disk, then
 renamed over it (a rename within one folder is atomic), so a crash leaves the old file or the new
-one, never half of either."""
+one, never half of either.
+
+Deviations: none (no method here).
+"""
 
 from __future__ import annotations
 

@@ -123,11 +123,17 @@ def test_ctrl_c_interrupts_a_runaway_sqlite_query(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'rollouts.db'}"
     RolloutStore(url).close()
+    # Ctrl-C as a fresh `trace-rl sql` process has it: Python's default handler (an earlier test in
+    # this process, e.g. a Prefect flow run, may have left another one installed)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     start = time.perf_counter()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_sql(url, RUNAWAY, timeout_s=600)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sql(url, RUNAWAY, timeout_s=600)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - start < 10
 
 
