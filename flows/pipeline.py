@@ -187,8 +187,7 @@ def make_backend(
     )
 
 
-def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = print) -> Path:
-    """Train the tokenizer, build the tiny Llama and warm-start it into the success band."""
+def _tiny_model_recipe(s: Settings) -> tuple[TinyModelSpec, WarmStartConfig, AgentConfig]:
     m, w = s.model, s.warmstart
     spec = TinyModelSpec(m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim,
                          seed=m.seed)  # fmt: skip
@@ -197,9 +196,24 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
         eval_every=w.eval_every, eval_questions=w.eval_questions, eval_samples=w.eval_samples,
         success_band=(w.success_low, w.success_high), seed=m.seed,
     )  # fmt: skip
-    config = agent_config(s)
+    return spec, ws, agent_config(s)
+
+
+def tiny_model_digest(s: Settings) -> str:
+    """What the built tiny model depends on: its spec, the warm start, the agent protocol and the
+    task, but not where the task's files live (`task.data_dir` spelt relative or absolute is the
+    same task; rebuilding the model for it cost a 5-minute warm start)."""
+    spec, ws, config = _tiny_model_recipe(s)
+    task = {k: v for k, v in s.task.model_dump(mode="json").items() if k != "data_dir"}
+    return settings_hash(asdict(spec), asdict(ws), asdict(config), task)
+
+
+def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = print) -> Path:
+    """Train the tokenizer, build the tiny Llama and warm-start it into the success band."""
+    m = s.model
+    spec, ws, config = _tiny_model_recipe(s)
     out = m.models_dir / "tiny-react"
-    digest = settings_hash(asdict(spec), asdict(ws), asdict(config), s.task.model_dump(mode="json"))
+    digest = tiny_model_digest(s)
     if _built(out, digest):
         return out
     if not any(r.chain for r in data.train):
@@ -214,7 +228,7 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     backend = make_backend(s, model, tokenizer, m.seed, name="transformers" if s.backend.name == "vllm" else "")
     probe = data.train[: ws.eval_questions]
     log(f"warm start: {count_parameters(model):,} parameters; stopping when sampled success is in "
-        f"[{w.success_low}, {w.success_high}]")  # fmt: skip
+        f"[{s.warmstart.success_low}, {s.warmstart.success_high}]")  # fmt: skip
 
     def show(c: Checkpoint) -> None:
         log(f"  step {c.step:4d}  {c.seconds:6.0f}s  loss {c.loss:.3f}  sampled success {c.success:.2f}")

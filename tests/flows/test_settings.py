@@ -126,3 +126,13 @@ def test_a_flow_runs_parameters_merge_over_the_served_settings_instead_of_replac
     assert load_settings(flow_overrides(served, allocator="prompt_only", iterations=5)).train.iterations == 5
     with pytest.raises(SettingsError, match="store.url must not be a flow or deployment parameter"):
         flow_overrides(served, ["store.url=sqlite:///x.db"])
+
+
+def test_the_tiny_model_does_not_depend_on_how_the_data_folder_is_spelt(tmp_path, monkeypatch):
+    from flows.pipeline import tiny_model_digest
+
+    monkeypatch.chdir(tmp_path)
+    relative = load_settings(["task.data_dir=data/synthetic"])
+    absolute = load_settings([f"task.data_dir={tmp_path / 'data' / 'synthetic'}"])
+    assert tiny_model_digest(relative) == tiny_model_digest(absolute)
+    assert tiny_model_digest(relative) != tiny_model_digest(load_settings(["task.n_train=100"]))
