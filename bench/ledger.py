@@ -65,8 +65,7 @@ def replay_pool(pool: list[PoolSample], group: int, cap: int) -> dict[str, dict[
             score, _ = cross_fitted_oracle(first, second, half, budget, cap, leaves=name == "oracle/leaves")
         else:
             score = score_plan(successes, samples, plan)
-        groups = sum(1 for m in (plan or ()) if m > 0) if plan is not None else float("nan")
-        out[name] = {"mixed": score.mixed, "nonzero_leaves": score.nonzero_leaves, "groups": groups}
+        out[name] = {"mixed": score.mixed, "nonzero_leaves": score.nonzero_leaves}
     return out
 
 

@@ -27,11 +27,12 @@ Estimators (the plug-in V_root(s/n, m) is biased: it calls a prompt with 1 succe
   n / 2 >= the per-prompt cap). The halves follow the order the rollouts were sampled in
   (`rollout_rewards`), never the order they ended in, which goes with their length and so with
   success. The oracle knows n / 2 samples, not v, so it under-states the true oracle: on simulated
-  pools (v ~ Beta(0.5, 0.5) to Beta(2, 2), 64 prompts, 8 + 8 samples, budget 32) it reaches 88 to
-  92% of the true oracle's expected mixed groups. Allocating on each prompt's empirical-Bayes
-  posterior (the pool's Beta spread) instead of the plug-in rate gained nothing there (6.89
-  against 6.88 of 7.73), so the plug-in rule stays. Shares of the oracle's gain are, if anything,
-  flattered.
+  pools (v ~ Beta(0.3, 0.3) to Beta(2, 2), 64 prompts, 8 + 8 samples, budgets 32 and 64) it
+  reaches 0.89 to 0.93 of the true oracle's expected mixed groups (`python bench/oracle_sim.py`,
+  bench/results/oracle_simulation.json). Allocating on each prompt's empirical-Bayes posterior
+  (the pool's Beta spread) instead of the plug-in rate was tried once on the same simulation and
+  gained nothing (6.89 against 6.88 of 7.73 at Beta(0.5, 0.5), budget 32); that code was not
+  kept. Shares of the oracle's gain are, if anything, flattered.
 
 share of gain = (allocator - uniform) / (oracle - uniform), in expected mixed groups (undefined
 when the oracle does not beat uniform).
