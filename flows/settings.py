@@ -298,6 +298,12 @@ class PredictorSection(Section):
     hidden: int = Field(32, ge=1, description="Width of the predictor's hidden layer.")
     epochs: int = Field(150, ge=1, description="Full-batch fitting steps per refit.")
     learning_rate: float = Field(1e-2, gt=0, description="Predictor AdamW learning rate.")
+    targets: Literal["subtree", "launched"] = Field(
+        "subtree",
+        description="What a node's training target counts: 'subtree' (every leaf below it, the paper's backup) or "
+        "'launched' (only leaves of rollouts sampled from the node or above it: Stage 2's continuations from a "
+        "descendant, launched where an outcome disagreed with a prediction, would bias it).",
+    )
 
 
 class PolicySection(Section):

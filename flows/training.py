@@ -368,7 +368,7 @@ def refit_predictor(ctx: TrainContext, it: int) -> None:
 
     def compute() -> tuple[Any, Any, CheckpointRecord]:
         trees = ctx.store.load_trees(ctx.run_id, it)
-        x, target, weight, nodes = node_examples(trees, ctx.featurizer)
+        x, target, weight, nodes = node_examples(trees, ctx.featurizer, ctx.s.predictor.targets)
         before = {kind: quality(*allocation_outcomes(trees, kind)) for kind in ("all", "root", "anchor")}
         ctx.dirty.add("predictor")
         ctx.predictor.add(it, x, target, weight, [trees[t].record.id for t, _ in nodes])
@@ -587,7 +587,7 @@ def _start_from(ctx: TrainContext, source: str) -> None:
     _, record = saved[-1]
     _load_policy_state(ctx, read_verified(Path(record.location), record.sha256))
     history = [(it, ctx.store.load_trees(source_id, it)) for it in ctx.store.backed_up_iterations(source_id)]
-    learn_history(ctx.predictor, ctx.featurizer, history)
+    learn_history(ctx.predictor, ctx.featurizer, history, ctx.s.predictor.targets)
     ctx.log(f"starting from run {source!r}: policy of iteration {saved[-1][0]}, predictor taught {len(history)} "
             "iterations of its rollouts")  # fmt: skip
 

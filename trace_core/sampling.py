@@ -24,7 +24,10 @@ import numpy as np
 from trace_core.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
 from trace_core.predictor import Predictor
 from trace_core.rollout import Expansion
-from trace_core.tree import RolloutTree
+from trace_core.tree import RolloutTree, launched_targets
+
+Targets = Literal["subtree", "launched"]
+TARGETS: tuple[str, ...] = ("subtree", "launched")
 
 
 class Featurizer(Protocol):
@@ -172,28 +175,45 @@ def allocation_outcomes(
 
 
 def node_examples(
-    trees: Sequence[RolloutTree], featurizer: Featurizer
+    trees: Sequence[RolloutTree], featurizer: Featurizer, targets: Targets = "subtree"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Predictor training rows from backed-up trees: every non-terminal node with leaves below.
 
-    Terminal nodes are left out: nothing is ever allocated from them. Returns (features, target,
-    leaf-count weight, the (tree, node) of each row).
+    Terminal nodes are left out: nothing is ever allocated from them. targets: "subtree" (the
+    backed-up success over every leaf below, the paper's) or "launched" (only the leaves launched
+    from the node or above it, `launched_targets`: no Stage-2 selection bias). Returns (features,
+    target, leaf-count weight, the (tree, node) of each row).
     """
-    nodes = [(t, n.node_id) for t, tree in enumerate(trees) for n in tree if not n.terminal and n.leaf_count > 0]
-    target = np.array([trees[t].nodes[n].target for t, n in nodes], dtype=np.float64)
-    weight = np.array([trees[t].nodes[n].leaf_count for t, n in nodes], dtype=np.float64)
+    if targets not in TARGETS:
+        raise ValueError(f"unknown predictor targets {targets!r}; valid: {', '.join(TARGETS)}")
+    rows: list[tuple[int, int, float, int]] = []
+    for t, tree in enumerate(trees):
+        if targets == "launched":
+            rates, counts = launched_targets(tree)
+            pairs = [(rates[n.node_id], counts[n.node_id]) for n in tree]
+        else:
+            pairs = [(n.target, n.leaf_count) for n in tree]
+        for n, (r, c) in zip(tree, pairs, strict=True):
+            if not n.terminal and c > 0 and r is not None:
+                rows.append((t, n.node_id, r, c))
+    nodes = [(t, n) for t, n, _, _ in rows]
+    target = np.array([r for _, _, r, _ in rows], dtype=np.float64)
+    weight = np.array([c for _, _, _, c in rows], dtype=np.float64)
     features = featurizer.features(trees, nodes) if nodes else np.zeros((0, featurizer.dim))
     return features, target, weight, nodes
 
 
 def learn_history(
-    predictor: Predictor, featurizer: Featurizer, history: Sequence[tuple[int, Sequence[RolloutTree]]]
+    predictor: Predictor,
+    featurizer: Featurizer,
+    history: Sequence[tuple[int, Sequence[RolloutTree]]],
+    targets: Targets = "subtree",
 ) -> None:
     """Feed a predictor earlier iterations' backed-up trees, oldest first, exactly as training
     does after each iteration (add the node examples, refit): e.g. a shared pre-run's rollouts
     for a run that starts from its checkpoint."""
     for iteration, trees in history:
-        x, target, weight, nodes = node_examples(trees, featurizer)
+        x, target, weight, nodes = node_examples(trees, featurizer, targets)
         if len(target):
             predictor.add(iteration, x, target, weight, [trees[t].record.id for t, _ in nodes])
             predictor.fit()

@@ -10,7 +10,20 @@ Backup (`backup`): a terminal node's value is its reward; any other node's value
 rate over all leaves below it, i.e. the leaf-count-weighted mean of its children's values
 (METHOD.md, "Targets"). The leaf count is kept as the node's weight for the predictor.
 
-Deviations: none.
+Launched targets (`launched_targets`), the predictor's alternative (`predictor.targets`): a node's
+success rate over only the leaves whose rollout was *sampled from that node or from above it*. The
+backed-up mean also counts the continuations Stage 2 launched from a node's descendants, and Stage 2
+launches them exactly where a rollout's outcome r disagreed with its prediction: those leaves are
+draws of the descendant's value, chosen by an outcome, so they bias the ancestor's target (a root
+whose bare rollouts mostly failed gets continuations from failing prefixes, whose value is below
+the root's: its target is pulled down, and a mostly-succeeding root's pulled up). Leaves launched
+from the node itself (Stage 1 from a root, Stage 2 from an anchor or a root it extends) are fresh
+draws of the node's own value even when the decision to draw them looked at earlier outcomes, so
+their pooled likelihood is unbiased (an adaptive stopping rule is ignorable). Anchors are always
+Stage-1 nodes or roots, so a Stage-2 leaf was launched from its nearest ancestor that is not a
+Stage-2 node.
+
+Deviations: none for `backup`; `launched_targets` is ours (METHOD.md leaves the predictor open).
 """
 
 from __future__ import annotations
@@ -146,3 +159,20 @@ def backup(tree: RolloutTree) -> None:
     for node in tree.nodes:
         n = counts[node.node_id]
         tree.set(replace(node, target=sums[node.node_id] / n if n else None, leaf_count=n))
+
+
+def launched_targets(tree: RolloutTree) -> tuple[list[float | None], list[int]]:
+    """Per node (by node_id): the success rate over the leaves launched from the node or above it
+    on their path, and their count (None and 0 where there are none). See the module docstring."""
+    sums = [0.0] * len(tree.nodes)
+    counts = [0] * len(tree.nodes)
+    for leaf in tree.leaves():
+        current: int | None = leaf.node_id
+        while current is not None:
+            node = tree.nodes[current]
+            sums[current] += leaf.reward or 0.0
+            counts[current] += 1
+            if leaf.origin == "stage2" and node.origin != "stage2":
+                break  # the anchor (or root) this continuation was launched from
+            current = node.parent_id
+    return [s / n if n else None for s, n in zip(sums, counts, strict=True)], counts

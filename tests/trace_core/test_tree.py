@@ -1,8 +1,16 @@
+from dataclasses import replace
+
+import numpy as np
+
 from trace_core.data import QARecord
-from trace_core.tree import RolloutNode, RolloutTree, backup
+from trace_core.tree import RolloutNode, RolloutTree, backup, launched_targets
 
 
-def _turn(parent, model_ids=(1,), obs=(2,), terminal=False, reward=None):
+def _turn(parent, model_ids=(1,), obs=(2,), terminal=False, reward=None, origin="stage1"):
+    return replace(_stage1_turn(parent, model_ids, obs, terminal, reward), origin=origin)
+
+
+def _stage1_turn(parent, model_ids, obs, terminal, reward):
     return RolloutNode(
         node_id=-1, parent_id=parent, depth=-1, model_ids=tuple(model_ids), model_logprobs=(0.0,) * len(model_ids),
         observation_ids=tuple(obs), text="", observation="", action="search", argument="",
@@ -55,3 +63,50 @@ def test_a_tree_is_mixed_only_when_its_leaves_hold_a_success_and_a_failure():
     solo.add(_turn(0, terminal=True, reward=1.0))
     solo.add(_turn(0, terminal=True, reward=1.0))
     assert not solo.is_mixed()
+
+
+def _branched_tree():
+    """root -> a (stage 1) -> a1: 0 (stage 1);  root -> b: 1 (stage 1);
+    a -> c (stage 2) -> c1: 1;  a -> d: 1 (stage 2): two continuations launched from anchor a."""
+    tree = RolloutTree(QARecord("q", "Who?", ("x",), "test"), prompt_ids=(9,))
+    a = tree.add(_turn(0))
+    tree.add(_turn(a.node_id, terminal=True, reward=0.0))
+    tree.add(_turn(0, terminal=True, reward=1.0))
+    c = tree.add(_turn(a.node_id, origin="stage2"))
+    tree.add(_turn(c.node_id, terminal=True, reward=1.0, origin="stage2"))
+    tree.add(_turn(a.node_id, terminal=True, reward=1.0, origin="stage2"))
+    return tree, a, c
+
+
+def test_launched_targets_count_at_a_node_only_the_leaves_sampled_from_it_or_above():
+    tree, a, c = _branched_tree()
+    rates, counts = launched_targets(tree)
+    assert (rates[0], counts[0]) == (0.5, 2)  # the root: its two bare rollouts, not a's continuations
+    assert abs(rates[a.node_id] - 2 / 3) < 1e-12 and counts[a.node_id] == 3  # a's own rollout and its two
+    assert (rates[c.node_id], counts[c.node_id]) == (1.0, 1)
+    backup(tree)
+    assert (tree.root.target, tree.root.leaf_count) == (0.75, 4)  # the paper's backup counts them all
+
+
+def test_launched_root_targets_are_unbiased_where_stage_2_continues_the_failures():
+    # a root of success v whose first turn lands in a good (0.9) or bad (0.1) state; Stage 2
+    # continues (4 times) from the first turn of every failed bare rollout, as TRACE's value
+    # 1 - (1 - p)^k does for a failure predicted likely to succeed
+    rng = np.random.default_rng(0)
+    v = 0.5
+    subtree, launched = [], []
+    for _ in range(4000):
+        tree = RolloutTree(QARecord("q", "Who?", ("x",), "test"), prompt_ids=(9,))
+        for _ in range(2):
+            value = 0.9 if rng.random() < 0.5 else 0.1
+            first = tree.add(_turn(0))
+            reward = float(rng.random() < value)
+            tree.add(_turn(first.node_id, terminal=True, reward=reward))
+            if reward == 0.0:
+                for _ in range(4):
+                    tree.add(_turn(first.node_id, terminal=True, reward=float(rng.random() < value), origin="stage2"))
+        backup(tree)
+        subtree.append(tree.root.target)
+        launched.append(launched_targets(tree)[0][0])
+    assert abs(np.mean(launched) - v) < 0.02
+    assert np.mean(subtree) < v - 0.05  # failures' prefixes are mostly bad ones: the backup is pulled down
