@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-import trace_core.hf_backend  # noqa: F401  (registers the 'transformers' backend)
+import trace_core.hf_backend
+import trace_core.vllm_backend  # noqa: F401  (registers the 'vllm' backend; imports vllm only when one is built)
 from flows.settings import Settings
 from trace_core.agent import FORMAT_ERROR, AgentConfig, SearchEnv, information
 from trace_core.data import CorpusDoc, DataFormatError, QARecord, load_corpus, load_questions
@@ -32,11 +33,12 @@ from trace_core.default_model import (
     smollm2_gguf_path,
     train_tokenizer,
 )
-from trace_core.generation import BACKENDS, GenerationBackend
+from trace_core.generation import BackendSpec, GenerationBackend
+from trace_core.generation import make_backend as build_backend
 from trace_core.loss import PolicyConfig
-from trace_core.retrieval import RETRIEVERS, BM25Retriever, Retriever, corpus_fingerprint, format_passages
+from trace_core.retrieval import Retriever, RetrieverSpec, format_passages
+from trace_core.retrieval import make_retriever as build_retriever
 from trace_core.synthetic_qa import SyntheticTaskSpec, generate_task, write_task
-from trace_core.vllm_backend import VLLMBackend  # imports vllm only when one is built
 from trace_core.warmstart import Checkpoint, WarmStartConfig, expert_turns, warm_start
 
 Log = Callable[[str], None]
@@ -124,20 +126,9 @@ def prepare_task(s: Settings, log: Log = print) -> TaskData:
 
 
 def make_retriever(s: Settings, data: TaskData) -> Retriever:
-    if s.retriever.name == "http":
-        return RETRIEVERS.get("http")(s.retriever.url, s.retriever.timeout_s)  # type: ignore[no-any-return]
-    RETRIEVERS.get(s.retriever.name)  # an unknown name fails here, listing the valid ones
-    index_dir = data.directory / "bm25"
-    # every document's id and text, as read from whichever corpus file the task names: an edit anywhere
-    # (even in the middle of the file) rebuilds the index
-    digest = corpus_fingerprint(data.corpus)
-    if _built(index_dir, digest):
-        return BM25Retriever.load(index_dir, data.corpus)
-    retriever = BM25Retriever(data.corpus)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    retriever.save(index_dir)
-    _mark(index_dir, digest)
-    return retriever
+    """The search tool `retriever.name`, built through its registry (a local index is kept beside the data)."""
+    spec = RetrieverSpec(data.corpus, data.directory / "bm25", s.retriever.url, s.retriever.timeout_s)
+    return build_retriever(s.retriever.name, spec)
 
 
 def agent_config(s: Settings) -> AgentConfig:
@@ -167,24 +158,13 @@ def _dtype(s: Settings) -> torch.dtype:
 def make_backend(
     s: Settings, model: torch.nn.Module, tokenizer: Any, seed: int, model_dir: Path | None = None, name: str = ""
 ) -> GenerationBackend:
-    """The generation backend `name` (default backend.name). The vLLM one loads the base weights from
-    `model_dir` and follows the policy's LoRA adapter through sync_weights; the others take `model`."""
-    name = name or s.backend.name
-    if name == "vllm":
-        if model_dir is None:
-            raise ValueError("the vLLM backend loads the policy's base weights from its directory: pass model_dir")
-        return VLLMBackend(model_dir, tokenizer, seed=seed, kv_cache_bytes=s.backend.kv_cache_mb * 2**20,
-                           max_lora_rank=s.policy.lora_rank, dtype=s.model.dtype,
-                           enforce_eager=s.model.device == "cpu")  # fmt: skip
-    cls = BACKENDS.get(name)
-    return cls(  # type: ignore[no-any-return]
-        model,
-        tokenizer,
-        seed=seed,
-        share_prefix=s.backend.share_prefix,
-        kv_cache_bytes=s.backend.kv_cache_mb * 2**20,
-        max_batch_sequences=s.backend.max_batch_sequences,
-    )
+    """The generation backend `name` (default backend.name), built through its registry."""
+    spec = BackendSpec(
+        model, tokenizer, seed=seed, model_dir=model_dir, share_prefix=s.backend.share_prefix,
+        kv_cache_bytes=s.backend.kv_cache_mb * 2**20, max_batch_sequences=s.backend.max_batch_sequences,
+        max_lora_rank=s.policy.lora_rank, dtype=s.model.dtype, device=s.model.device,
+    )  # fmt: skip
+    return build_backend(name or s.backend.name, spec)
 
 
 def _tiny_model_recipe(s: Settings) -> tuple[TinyModelSpec, WarmStartConfig, AgentConfig]:

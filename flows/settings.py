@@ -33,7 +33,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-import trace_core.hf_backend  # noqa: F401  (registers the 'transformers' backend)
+import trace_core.hf_backend
+import trace_core.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
 from flows.errors import SettingsError
 from trace_core.advantages import ADVANTAGES
 from trace_core.agent import DEFAULT_INSTRUCTION
@@ -42,7 +43,6 @@ from trace_core.generation import BACKENDS
 from trace_core.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')
 from trace_core.predictor import PREDICTORS
 from trace_core.retrieval import RETRIEVERS
-from trace_core.vllm_backend import VLLMBackend  # noqa: F401  (registers 'vllm'; imports vllm only when built)
 
 SETTINGS_FILE_ENV = "TRACE_SETTINGS_FILE"
 

@@ -145,6 +145,12 @@ class Stage2Input:
 
 
 class Allocator(Protocol):
+    """A two-stage allocation rule. `roots` splits Stage 1's bare rollouts over the candidate pool
+    (a count per candidate); `prefixes` spends what Stage 1 left on continuations from anchors and
+    on unused candidates. roots_by_predictor / prefixes_by_predictor: whether the stage uses the
+    predictor's estimates (v for candidates, p for anchors); when False the training flow does not
+    compute them and the stage receives the prior instead."""
+
     roots_by_predictor: bool
     prefixes_by_predictor: bool
 

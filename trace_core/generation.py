@@ -6,15 +6,18 @@ under the policy (temperature 1, before any sampling transform) and why generati
 Generation stops at the first stop string (the closing `</search>` or `</answer>` tag), at the
 end-of-sequence token, or after `max_new_tokens`.
 
-Backends are registered by name in `BACKENDS`; the transformers one lives in `hf_backend.py`.
+Backends are registered by name in `BACKENDS` as factories taking one `BackendSpec` (everything a
+backend may need; each uses what it needs) and built only through `make_backend`; the transformers
+one lives in `hf_backend.py`, the vLLM one in `vllm_backend.py`.
 
 Deviations: none from the usual interface of vLLM's `generate` (prompt token ids in, n samples out).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from trace_core.registry import Registry
@@ -123,4 +126,31 @@ class GenerationBackend(Protocol):
         ...
 
 
-BACKENDS: Registry[type] = Registry("generation backend")
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend factory is given. model: the policy (a transformers model; an in-process
+    backend samples from it). model_dir: the directory of its base weights (a backend with its own
+    engine loads them from there; None when the model was never written). kv_cache_bytes: memory
+    for cached prefix keys and values. max_batch_sequences: most sequences decoded side by side.
+    max_lora_rank: the largest adapter `sync_weights` may bring. dtype / device: the weights' dtype
+    name and the torch device the policy lives on."""
+
+    model: Any
+    tokenizer: Any
+    seed: int = 0
+    model_dir: Path | None = None
+    share_prefix: bool = True
+    kv_cache_bytes: int = 512 * 2**20
+    max_batch_sequences: int = 256
+    max_lora_rank: int = 16
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+BackendFactory = Callable[[BackendSpec], GenerationBackend]
+BACKENDS: Registry[BackendFactory] = Registry("generation backend")
+
+
+def make_backend(name: str, spec: BackendSpec) -> GenerationBackend:
+    """The backend registered as `name`, built from `spec`; an unknown name lists the valid ones."""
+    return BACKENDS.get(name)(spec)

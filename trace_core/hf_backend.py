@@ -37,6 +37,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from trace_core.batching import at_least_fp32
 from trace_core.generation import (
     BACKENDS,
+    BackendSpec,
     BackendStats,
     Completion,
     FinishReason,
@@ -138,7 +139,6 @@ def _token_texts(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[st
     return tokenizer.batch_decode([[i] for i in range(vocab_size)])
 
 
-@BACKENDS.register("transformers")
 class TransformersBackend:
     """Generation backend over a transformers (optionally peft-wrapped) causal LM.
 
@@ -421,3 +421,15 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
     return ids
+
+
+@BACKENDS.register("transformers")
+def _transformers_backend(spec: BackendSpec) -> TransformersBackend:
+    return TransformersBackend(
+        spec.model,
+        spec.tokenizer,
+        seed=spec.seed,
+        share_prefix=spec.share_prefix,
+        kv_cache_bytes=spec.kv_cache_bytes,
+        max_batch_sequences=spec.max_batch_sequences,
+    )

@@ -1,7 +1,9 @@
 """The agent's search tool: top-k passages for a batch of queries, and their observation text.
 
-Two retrievers, registered by name in `RETRIEVERS`:
-- `bm25`: a local BM25 index over the corpus (the bm25s library; Lucene scoring, English stopwords).
+Two retrievers, registered by name in `RETRIEVERS` as factories taking one `RetrieverSpec` and
+built only through `make_retriever`:
+- `bm25`: a local BM25 index over the corpus (the bm25s library; Lucene scoring, English stopwords),
+  kept in the spec's cache folder and rebuilt when the corpus's fingerprint changes.
 - `http`: a client of a Search-R1-style retrieval server: `POST {url}` with
   `{"queries": [...], "topk": k, "return_scores": true}`, answered by
   `{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}`.
@@ -18,13 +20,14 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import bm25s
 
+from trace_core.atomic import write_text_atomic
 from trace_core.data import CorpusDoc
 from trace_core.registry import Registry
 
@@ -45,7 +48,24 @@ class RetrieverError(RuntimeError):
     """The search tool could not answer (server down, bad reply); the message says which and why."""
 
 
-RETRIEVERS: Registry[type] = Registry("retriever")
+@dataclass(frozen=True)
+class RetrieverSpec:
+    """What a retriever factory is given: the task's corpus, a folder it may keep an index in
+    (None: keep nothing), and a remote retriever's endpoint and timeout."""
+
+    corpus: Sequence[CorpusDoc]
+    cache_dir: Path | None = None
+    url: str = ""
+    timeout_s: float = 30.0
+
+
+RetrieverFactory = Callable[[RetrieverSpec], Retriever]
+RETRIEVERS: Registry[RetrieverFactory] = Registry("retriever")
+
+
+def make_retriever(name: str, spec: RetrieverSpec) -> Retriever:
+    """The retriever registered as `name`, built from `spec`; an unknown name lists the valid ones."""
+    return RETRIEVERS.get(name)(spec)
 
 
 def format_passages(passages: Sequence[Passage]) -> str:
@@ -70,7 +90,6 @@ def corpus_fingerprint(docs: Sequence[CorpusDoc]) -> str:
     return digest.hexdigest()
 
 
-@RETRIEVERS.register("bm25")
 class BM25Retriever:
     """BM25 over a list of documents; `save`/`load` keep the index beside the data."""
 
@@ -112,7 +131,6 @@ class BM25Retriever:
         return cls(docs, bm25s.BM25.load(str(directory), show_progress=False))
 
 
-@RETRIEVERS.register("http")
 class HttpRetriever:
     """Client of a Search-R1 retrieval server (e.g. `http://127.0.0.1:8000/retrieve`)."""
 
@@ -148,3 +166,24 @@ class HttpRetriever:
                 passages.append(_passage(CorpusDoc(str(doc.get("id", "")), doc["contents"]), hit.get("score", 0.0)))
             out.append(passages)
         return out
+
+
+@RETRIEVERS.register("bm25")
+def _bm25_retriever(spec: RetrieverSpec) -> BM25Retriever:
+    """The index kept in `spec.cache_dir` when it was built from this very corpus (every document's
+    id and text: an edit anywhere, even mid-file, rebuilds it); otherwise built and kept there."""
+    if spec.cache_dir is None:
+        return BM25Retriever(spec.corpus)
+    marker, digest = spec.cache_dir / "build.json", corpus_fingerprint(spec.corpus)
+    if marker.exists() and json.loads(marker.read_text()).get("hash") == digest:
+        return BM25Retriever.load(spec.cache_dir, spec.corpus)
+    retriever = BM25Retriever(spec.corpus)
+    spec.cache_dir.mkdir(parents=True, exist_ok=True)
+    retriever.save(spec.cache_dir)
+    write_text_atomic(marker, json.dumps({"hash": digest}, indent=2))
+    return retriever
+
+
+@RETRIEVERS.register("http")
+def _http_retriever(spec: RetrieverSpec) -> HttpRetriever:
+    return HttpRetriever(spec.url, spec.timeout_s)

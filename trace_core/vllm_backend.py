@@ -48,10 +48,11 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from trace_core.generation import (
     BACKENDS,
+    BackendSpec,
     BackendStats,
     Completion,
     FinishReason,
@@ -65,7 +66,6 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-@BACKENDS.register("vllm")
 class VLLMBackend:
     """Generation on a vLLM engine over a Hugging Face model directory.
 
@@ -276,3 +276,19 @@ def tolerate_foreign_module_dicts() -> None:
         return namespace if isinstance(namespace, Mapping) else {}
 
     dispatcher.vars = mapping_vars  # type: ignore[attr-defined]
+
+
+@BACKENDS.register("vllm")
+def _vllm_backend(spec: BackendSpec) -> VLLMBackend:
+    """An engine over the base weights in `spec.model_dir`, following the policy's LoRA adapter."""
+    if spec.model_dir is None:
+        raise ValueError("the vLLM backend loads the policy's base weights from its directory: give model_dir")
+    return VLLMBackend(
+        spec.model_dir,
+        spec.tokenizer,
+        seed=spec.seed,
+        kv_cache_bytes=spec.kv_cache_bytes,
+        max_lora_rank=spec.max_lora_rank,
+        dtype=cast(Dtype, spec.dtype),
+        enforce_eager=spec.device == "cpu",
+    )

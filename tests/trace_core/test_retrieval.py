@@ -6,12 +6,13 @@ import pytest
 
 from trace_core.registry import UnknownNameError
 from trace_core.retrieval import (
-    RETRIEVERS,
     BM25Retriever,
     HttpRetriever,
     Passage,
     RetrieverError,
+    RetrieverSpec,
     format_passages,
+    make_retriever,
 )
 
 
@@ -31,10 +32,28 @@ def test_passages_are_formatted_as_numbered_docs_with_titles():
     assert text == "Doc 1(Title: A) a text\nDoc 2(Title: B) b text"
 
 
-def test_retrievers_are_chosen_by_name_and_an_unknown_name_lists_the_valid_ones():
-    assert RETRIEVERS.get("bm25") is BM25Retriever and RETRIEVERS.get("http") is HttpRetriever
+def test_retrievers_are_built_by_name_and_an_unknown_name_lists_the_valid_ones(small_task):
+    spec = RetrieverSpec(small_task.corpus, url="http://127.0.0.1:9/retrieve", timeout_s=2)
+    bm25 = make_retriever("bm25", spec)
+    assert isinstance(bm25, BM25Retriever) and bm25.search([small_task.corpus[0].title], 1)[0]
+    http = make_retriever("http", spec)
+    assert isinstance(http, HttpRetriever) and (http.url, http.timeout_s) == (spec.url, 2)
     with pytest.raises(UnknownNameError, match="valid names: bm25, http"):
-        RETRIEVERS.get("dense")
+        make_retriever("dense", spec)
+
+
+def test_a_kept_bm25_index_is_reused_for_the_same_corpus_and_rebuilt_for_another(small_task, tmp_path):
+    first = make_retriever("bm25", RetrieverSpec(small_task.corpus, tmp_path))
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert "build.json" in saved and len(saved) > 1
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again = make_retriever("bm25", RetrieverSpec(small_task.corpus, tmp_path))
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamp  # loaded, not rebuilt
+    query = small_task.corpus[3].title
+    assert again.search([query], 2) == first.search([query], 2)
+    fewer = make_retriever("bm25", RetrieverSpec(small_task.corpus[:10], tmp_path))
+    kept = {h.doc_id for hits in fewer.search([d.title for d in small_task.corpus], 3) for h in hits}
+    assert kept and kept <= {d.id for d in small_task.corpus[:10]}  # the index holds the new corpus only
 
 
 class _FakeRetrievalServer(BaseHTTPRequestHandler):
