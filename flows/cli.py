@@ -388,6 +388,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trace-rl", description="Train tool-using LLM agents with TRACE.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a known error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in [
         ("run", cmd_run, "prepare the task and model, then run the main job"),
@@ -458,18 +459,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from store.db import StoreError  # after parsing: `--help` needs none of the heavy imports
+    # after parsing: `--help` needs none of the heavy imports
+    from store.db import StoreError
+    from trace_core.retrieval import RetrieverError
 
     try:
         return int(args.func(args))
-    except SettingsError as err:
-        print(f"trace-rl: {err}", file=sys.stderr)
-        return 2
-    except StoreError as err:
-        print(f"trace-rl: {err}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as err:
-        print(f"trace-rl: {err}", file=sys.stderr)
+    except (SettingsError, StoreError, RetrieverError, FileNotFoundError, ValueError) as err:
+        if args.debug:
+            raise
+        if isinstance(err, SettingsError):
+            print(f"trace-rl: {err}", file=sys.stderr)
+            return 2
+        print(f"trace-rl: {err}  (trace-rl --debug ... shows where)", file=sys.stderr)
         return 1
 
 

@@ -248,7 +248,8 @@ def preflight(s: Settings) -> None:
     """Check the inputs a run will read before any flow starts, so a bad one is one line naming the
     file, line or field (trace_core.data's DataFormatError, FileNotFoundError) instead of a
     traceback from inside the flow: the question files are parsed, the corpus and model directory
-    looked at. The database is checked by the caller, which opens it anyway."""
+    looked at, a retrieval server asked one query (RetrieverError). The database is checked by the
+    caller, which opens it anyway."""
     t = s.task
     if t.source == "files":
         for key in ("train_file", "dev_file", "test_file", "corpus_file"):
@@ -264,6 +265,9 @@ def preflight(s: Settings) -> None:
                     raise DataFormatError(f"task.{key}={path}: no questions")
     if s.model.preset == "path" and not (Path(s.model.path) / "config.json").exists():
         raise FileNotFoundError(f"model.path={s.model.path}: not a Hugging Face model directory (no config.json)")
+    if s.retriever.name == "http":  # one query, so a server that is down is one line, not three retried tracebacks
+        spec = RetrieverSpec((), None, s.retriever.url, s.retriever.timeout_s)
+        build_retriever("http", spec).search(["trace-rl preflight"], 1)
 
 
 def load_runtime(s: Settings, log: Log = print) -> Runtime:

@@ -23,6 +23,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
@@ -54,6 +55,10 @@ def _where(url: URL) -> str:
     return f"host {url.host or 'localhost'}:{url.port or 5432}, database {url.database}"
 
 
+# (dialect, driver) pairs the store is tested with: psycopg 3 is the project's PostgreSQL dependency
+SUPPORTED_DRIVERS = (("sqlite", "pysqlite"), ("postgresql", "psycopg"))
+
+
 def make_engine(url: str, read_only: bool = False, statement_timeout_s: float = 60.0) -> Engine:
     """An engine for `url`. With read_only, nothing can write through it, whatever SQL it is given:
     - SQLite: the file is opened read-only by URI (`mode=ro`), and an authorizer allows only reading
@@ -65,6 +70,12 @@ def make_engine(url: str, read_only: bool = False, statement_timeout_s: float = 
     SQLite a progress handler, which also makes Ctrl-C interrupt a runaway query)."""
     parsed = parse_url(url)
     backend = parsed.get_backend_name()
+    driver = parsed.get_driver_name()
+    if (backend, driver) not in SUPPORTED_DRIVERS:
+        raise StoreError(
+            f"store.url: {backend}+{driver} is not supported; use sqlite:///<file> or "
+            "postgresql://user@host/db (psycopg 3, synchronous)"
+        )
     kwargs: dict[str, Any] = {}
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -133,7 +144,8 @@ _SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "ind
 def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None, _view: str | None) -> int:
     if action in _SQLITE_READS:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg2 is None and (arg1 or "").lower() in _SCHEMA_PRAGMAS:
+    # arg2 is the pragma's argument: a table or index name for these, which only read the schema
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _SCHEMA_PRAGMAS:
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
@@ -204,7 +216,15 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    command.upgrade(alembic_config(engine), revision)
+    """Migrate to `revision`; a database at a revision this code does not know (written by a newer
+    trace-rl) is refused in one line and left as it is."""
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except CommandError as err:
+        raise StoreError(
+            f"{render_url(engine.url)} is at schema revision {current_revision(engine)!r}, which this code "
+            f"(head {head_revision()}) does not know: it was written by a newer trace-rl ({err})"
+        ) from None
 
 
 def refuse_foreign(url: str) -> None:

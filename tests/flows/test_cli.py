@@ -99,6 +99,14 @@ def test_a_bad_question_file_is_one_line_before_any_flow_starts(tmp_path, capsys
     assert not (tmp_path / "runs" / "rollouts.db").exists()  # nothing started
 
 
+def test_a_retrieval_server_that_is_down_is_one_line_before_any_flow_starts(workdir, capsys):
+    code = main(["run", "--set", "retriever.name=http", "--set", "retriever.url=http://127.0.0.1:9/retrieve",
+                 "--set", "retriever.timeout_s=2"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "127.0.0.1:9/retrieve did not answer" in err, err
+    assert not (workdir / "runs").exists() and not (workdir / "data").exists()
+
+
 def test_a_database_of_a_newer_schema_is_one_line_before_any_flow_starts(tmp_path, capsys):
     import sqlite3
 

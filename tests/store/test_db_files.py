@@ -87,3 +87,47 @@ def test_the_migrations_build_exactly_the_schema_the_models_declare(tmp_path):
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     engine.dispose()
+
+
+def test_an_unsupported_database_driver_is_refused_by_name_in_one_line(tmp_path, capsys):
+    for url in ("postgresql+asyncpg://postgres@127.0.0.1:5432/test", "mysql://root@127.0.0.1/test"):
+        assert main(["db", "status", "--set", f"store.url={url}"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is not supported" in err and url.split(":")[0] in err
+
+
+def test_db_status_reads_the_schema_revision_of_a_sqlite_file_without_writing_it(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert main(["db", "upgrade", "--set", f"store.url={url}"]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "r.db").read_bytes()
+    assert main(["db", "status", "--set", f"store.url={url}"]) == 0
+    out = capsys.readouterr().out
+    assert "schema revision" in out and "(this code:" in out
+    assert (tmp_path / "r.db").read_bytes() == before
+
+
+def test_a_database_from_a_newer_trace_rl_is_refused_in_one_line_and_left_as_it_is(tmp_path, capsys):
+    path = tmp_path / "newer.db"
+    assert main(["db", "upgrade", "--set", f"store.url=sqlite:///{path}"]) == 0
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
+    conn.close()
+    capsys.readouterr()
+    assert main(["db", "upgrade", "--set", f"store.url=sqlite:///{path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'f00d'" in err and "newer trace-rl" in err
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("f00d",)
+    conn.close()
+
+
+def test_debug_shows_the_traceback_a_known_error_otherwise_hides(tmp_path, capsys):
+    import pytest
+
+    from store.db import StoreError
+
+    assert main(["db", "status", "--set", "store.url=mysql://root@127.0.0.1/x"]) == 1
+    assert "--debug" in capsys.readouterr().err
+    with pytest.raises(StoreError, match="not supported"):
+        main(["--debug", "db", "status", "--set", "store.url=mysql://root@127.0.0.1/x"])
