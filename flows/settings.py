@@ -192,10 +192,25 @@ class ModelSection(Section):
     head_dim: int = Field(32, ge=32, description="Tiny model: per-head dimension (vLLM needs >= 32).")
     seed: int = Field(0, ge=0, description="Tiny model: seed of its initialisation and warm start.")
 
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, device: str) -> str:
+        import torch
+
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"{device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") from None
+        return device
+
     @model_validator(mode="after")
     def _path_given(self) -> ModelSection:
         if self.preset == "path" and not self.path:
             raise ValueError("preset='path' needs model.path")
+        if self.preset != "path" and self.path:
+            raise ValueError(
+                f"model.path is set but preset={self.preset!r} ignores it: set model.preset=path to load it"
+            )
         return self
 
 
@@ -333,6 +348,19 @@ class OrchestrationSection(Section):
         "it ran on this host).",
     )
     cron: str = Field("", description="Schedule of the deployment (cron syntax); empty: runs only on demand.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_syntax(cls, cron: str) -> str:
+        if cron:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            try:
+                CronSchedule(cron=cron)
+            except ValidationError:
+                raise ValueError(f"{cron!r} is not a cron schedule (e.g. '0 3 * * *': every day at 03:00)") from None
+        return cron
+
     fail_once: list[str] = Field(
         default_factory=list,
         description="Fault injection: stages that fail once, as 'stage@iteration' (e.g. 'update_policy@1').",
@@ -578,12 +606,16 @@ def load_settings(overrides: list[str] | None = None) -> Settings:
     path = Path(os.environ.get(SETTINGS_FILE_ENV, "settings.toml"))
     if os.environ.get(SETTINGS_FILE_ENV) and not path.exists():
         raise SettingsError(f"{SETTINGS_FILE_ENV}={path}: file not found")
+    if path.is_dir():
+        raise SettingsError(f"{SETTINGS_FILE_ENV}={path}: a directory, not a settings file")
     try:
         return Settings(**_nest(overrides or []))
     except ValidationError as err:
         raise SettingsError(_describe(err)) from None
     except tomllib.TOMLDecodeError as err:
         raise SettingsError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise SettingsError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 def _toml_value(value: Any) -> str:

@@ -304,14 +304,17 @@ class RolloutStore:
         identity: dict[str, Any] | None = None,
     ) -> int:
         """The id of run `name`, created if new; a run started again must have the same settings
-        (the same `settings_hash`). `identity`, the settings the hash covers, lets a refusal name
-        each key whose value differs from the stored run's."""
+        (the same `settings_hash`), unless it never got as far as committing anything (it failed at
+        start-up and nobody holds it): then it takes the new settings. `identity`, the settings the
+        hash covers, lets a refusal name each key whose value differs from the stored run's."""
         with transaction(self._sessions) as s:
             run = s.scalars(select(Run).where(Run.name == name)).one_or_none()
             if run is None:
                 run = Run(name=name, settings=settings, settings_hash=settings_hash, code_version=code_version)
                 s.add(run)
                 s.flush()
+            elif run.settings_hash != settings_hash and self._never_started(s, run):
+                run.settings, run.settings_hash, run.code_version = settings, settings_hash, code_version
             elif run.settings_hash != settings_hash:
                 changed = _differences(run.settings, identity or {})
                 detail = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, old, new in changed[:8])
@@ -321,6 +324,16 @@ class RolloutStore:
                     f"/ `trace-rl runs rename {name} NEW`"
                 )
             return run.id
+
+    @staticmethod
+    def _never_started(s: Session, run: Run) -> bool:
+        """No writer holds the run and it has committed nothing: no stage, iteration or checkpoint."""
+        if run.lease_owner is not None:
+            return False
+        return all(
+            s.scalar(select(func.count()).select_from(table).where(table.run_id == run.id)) == 0
+            for table in (Stage, Iteration, Checkpoint)
+        )
 
     def take_lease(self, run_id: int, name: str, ttl_s: float) -> RunLease:
         """Become the run's only writer (see store/lease.py); every later stage transaction checks

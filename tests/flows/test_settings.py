@@ -49,6 +49,9 @@ def test_a_settings_file_can_be_named_by_environment_variable(monkeypatch, tmp_p
         ("warmstart.success_low=0.9", "success_low must be below warmstart.success_high"),
         ("task.source=files", "task: source='files' needs task.train_file, task.dev_file, task.corpus_file"),
         ("headroom.samples=15", "headroom.samples: must be even"),
+        ("model.device=tpu9", "model.device: 'tpu9' is not a torch device"),
+        ("model.path=/tmp", "model.path is set but preset='tiny' ignores it"),
+        ('orchestration.cron="not a cron"', "orchestration.cron: 'not a cron' is not a cron schedule"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key_and_the_reason(override, message):
@@ -61,6 +64,22 @@ def test_a_malformed_settings_file_is_named(tmp_path):
     (tmp_path / "settings.toml").write_text("[agent\nmax_turns = 3\n")
     with pytest.raises(SettingsError, match="settings.toml: not valid TOML"):
         load_settings()
+
+
+def test_a_settings_file_that_is_a_folder_or_not_utf8_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACE_SETTINGS_FILE", str(tmp_path))
+    with pytest.raises(SettingsError, match="a directory, not a settings file"):
+        load_settings()
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[run]\nname = "caf\xe9"\n')
+    monkeypatch.setenv("TRACE_SETTINGS_FILE", str(latin))
+    with pytest.raises(SettingsError, match="latin.toml: not UTF-8"):
+        load_settings()
+
+
+def test_a_cron_schedule_and_a_cuda_device_are_accepted():
+    s = load_settings(['orchestration.cron="0 3 * * *"', "model.device=cuda:1"])
+    assert (s.orchestration.cron, s.model.device) == ("0 3 * * *", "cuda:1")
 
 
 def test_an_override_without_equals_sign_is_refused():

@@ -74,8 +74,19 @@ def test_a_failure_in_the_middle_of_a_write_leaves_no_partial_rows(store):
 def test_restarting_a_run_with_other_settings_is_refused(store):
     first = store.open_run("r1", {"x": 1}, "h1", "test")
     assert store.open_run("r1", {"x": 1}, "h1", "test") == first
+    save_trees(store, first, 0, [make_tree("q1", [1.0])], "trace", stage="roll_out_roots")
     with pytest.raises(StoreError, match="already exists with other settings"):
         store.open_run("r1", {"x": 2}, "h2", "test")
+
+
+def test_a_run_that_failed_before_committing_anything_takes_the_corrected_settings(store):
+    first = store.open_run("r1", {"x": 1}, "h1", "test")  # e.g. the model failed to load: nothing committed
+    assert store.open_run("r1", {"x": 2}, "h2", "test") == first
+    assert store.run_settings(first) == {"x": 2}
+    lease = store.take_lease(first, "r1", ttl_s=60)  # but not while a writer holds it
+    with pytest.raises(StoreError, match="already exists with other settings"):
+        store.open_run("r1", {"x": 3}, "h3", "test")
+    lease.release("failed")
 
 
 def test_allocation_plans_round_trip(store):
