@@ -223,7 +223,7 @@ def _initial_checkpoints(ctx: TrainContext) -> None:
 # -- the stages ------------------------------------------------------------------------------------
 
 
-@task(name="allocate-roots", cache_policy=NO_CACHE)
+@task(name="allocate-roots", task_run_name="allocate-roots-it{it}", cache_policy=NO_CACHE)
 def allocate_roots(ctx: TrainContext, it: int) -> None:
     rng = stage_rng(ctx, it, "allocate_roots")
 
@@ -247,7 +247,7 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-@task(name="roll-out-roots", cache_policy=NO_CACHE)
+@task(name="roll-out-roots", task_run_name="roll-out-roots-it{it}", cache_policy=NO_CACHE)
 def roll_out_roots(ctx: TrainContext, it: int) -> None:
     def compute() -> Grown:
         pool, predicted, plan = ctx.store.load_root_plan(ctx.run_id, it)
@@ -266,7 +266,7 @@ def roll_out_roots(ctx: TrainContext, it: int) -> None:
     run_stage(ctx, it, "roll_out_roots", compute, write)
 
 
-@task(name="allocate-prefixes", cache_policy=NO_CACHE)
+@task(name="allocate-prefixes", task_run_name="allocate-prefixes-it{it}", cache_policy=NO_CACHE)
 def allocate_prefixes(ctx: TrainContext, it: int) -> None:
     rng = stage_rng(ctx, it, "allocate_prefixes")
 
@@ -288,7 +288,7 @@ def allocate_prefixes(ctx: TrainContext, it: int) -> None:
     run_stage(ctx, it, "allocate_prefixes", compute, write)
 
 
-@task(name="roll-out-prefixes", cache_policy=NO_CACHE)
+@task(name="roll-out-prefixes", task_run_name="roll-out-prefixes-it{it}", cache_policy=NO_CACHE)
 def roll_out_prefixes(ctx: TrainContext, it: int) -> None:
     def compute() -> Grown:
         trees = ctx.store.load_trees(ctx.run_id, it)
@@ -302,7 +302,7 @@ def roll_out_prefixes(ctx: TrainContext, it: int) -> None:
     run_stage(ctx, it, "roll_out_prefixes", compute, write)
 
 
-@task(name="back-up", cache_policy=NO_CACHE)
+@task(name="back-up", task_run_name="back-up-it{it}", cache_policy=NO_CACHE)
 def back_up(ctx: TrainContext, it: int) -> None:
     def compute() -> list[RolloutTree]:
         trees = ctx.store.load_trees(ctx.run_id, it)
@@ -327,7 +327,7 @@ def headroom_due(s: Settings, it: int) -> bool:
     return s.headroom.every > 0 and it % s.headroom.every == 0
 
 
-@task(name="measure-headroom", cache_policy=NO_CACHE)
+@task(name="measure-headroom", task_run_name="measure-headroom-it{it}", cache_policy=NO_CACHE)
 def measure_headroom(ctx: TrainContext, it: int) -> None:
     """The oracle ledger of this iteration's pool (trace_core/headroom.py). Runs before the
     predictor's refit and the policy's update, so both are the ones that allocated the pool; its
@@ -361,7 +361,7 @@ def measure_headroom(ctx: TrainContext, it: int) -> None:
     run_stage(ctx, it, "measure_headroom", compute, write)
 
 
-@task(name="refit-predictor", cache_policy=NO_CACHE)
+@task(name="refit-predictor", task_run_name="refit-predictor-it{it}", cache_policy=NO_CACHE)
 def refit_predictor(ctx: TrainContext, it: int) -> None:
     if "predictor" in ctx.dirty:  # an earlier attempt changed it in memory: start from the committed one
         restore(ctx, "predictor")
@@ -394,7 +394,7 @@ def refit_predictor(ctx: TrainContext, it: int) -> None:
     ctx.dirty.discard("predictor")
 
 
-@task(name="update-policy", cache_policy=NO_CACHE)
+@task(name="update-policy", task_run_name="update-policy-it{it}", cache_policy=NO_CACHE)
 def update_policy(ctx: TrainContext, it: int) -> None:
     if "policy" in ctx.dirty:
         restore(ctx, "policy")
@@ -451,7 +451,7 @@ def _eval_due(s: Settings, it: int) -> bool:
     return it < 0 or (it + 1) % s.train.eval_every == 0 or it == s.train.iterations - 1
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate-it{it}", cache_policy=NO_CACHE)
 def evaluate(ctx: TrainContext, it: int) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
         metrics = {k: v for k, v in ctx.store.stage_metrics(ctx.run_id, it).items() if v is not None}
@@ -475,7 +475,7 @@ def _publish_artifact(ctx: TrainContext, it: int, metrics: dict[str, Any]) -> No
                              key=key, description=f"trace-rl metrics, iteration {it}")  # fmt: skip
 
 
-@task(name="checkpoint", cache_policy=NO_CACHE)
+@task(name="checkpoint", task_run_name="checkpoint-it{it}", cache_policy=NO_CACHE)
 def checkpoint(ctx: TrainContext, it: int) -> None:
     """Publish the current policy as a model directory (`runs/<name>/policy`) and drop older
     checkpoint files, keeping the two newest of each kind."""

@@ -87,6 +87,12 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
     rows = [json.loads(line) for line in (tmp_path / "runs/short/metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [-1, 0, 1]
     store.close()
+    # in the Prefect UI each task run names its stage and iteration
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        names = {t.name for t in client.read_task_runs()}
+    assert {f"{stage}-it{it}" for stage in ("allocate-roots", "update-policy") for it in (0, 1)} <= names
 
 
 def test_one_injected_failure_per_stage_kind_leaves_the_store_and_weights_of_a_clean_run(
