@@ -97,7 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import write_report
 
-    write_report(_settings(args), Path(args.out), _log)
+    compare = [name.strip() for name in (args.compare or "").split(",") if name.strip()]
+    write_report(_settings(args), Path(args.out), _log, compare=compare)
     return 0
 
 
@@ -452,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "from the checkpoint of K iterations of uniform training (per seed, shared)")  # fmt: skip
         if name == "report":
             p.add_argument("--out", default="report", help="folder for the plots and index.html")
+            p.add_argument("--compare", help="other runs of the same store to draw beside it (comma-separated)")
         if name == "settings":
             p.add_argument("--defaults", action="store_true", help="print the defaults as a settings.toml")
     return parser

@@ -7,8 +7,10 @@ the same file.
 
 `write_report` draws, from the rollout database: accuracy and mean reward per iteration, the
 effective ratio per iteration, the predictor's reliability diagram, the oracle ledger where the run
-measured it (`headroom.every`), and one rollout tree with each turn's predicted and realised
-success; it ties them together in `index.html`.
+measured it (`headroom.every`), one rollout tree with each turn's predicted and realised
+success, the last iteration's allocation and the success per question kind (flows/figures.py), and,
+with `compare`, other runs of the same store beside it on one panel per metric; it ties them
+together in `index.html`.
 
 `headroom_table` is the oracle ledger of a run (trace_core/headroom.py), recomputed from its stored
 measurement rollouts with the group size and cap the run was trained with.
@@ -29,6 +31,7 @@ import torch
 from peft import PeftModel
 from sqlalchemy import Engine, text
 
+from flows.figures import kind_success, plot_allocation, plot_comparison, plot_kinds
 from flows.pipeline import Log, load_runtime
 from flows.settings import Settings
 from store import queries
@@ -274,7 +277,10 @@ def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
             label = "success" if n.reward > 0 else "fail"
         ax.annotate(label, (n.depth, y[n.node_index]), xytext=(7, -3), textcoords="offset points", fontsize=7)
     ax.set_xlabel("turn depth (0 = prompt)")
+    ax.set_xticks(range(max(n.depth for n in nodes) + 1))
     ax.set_yticks([])
+    scale = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    fig.colorbar(scale, ax=ax, label="predicted success at allocation", fraction=0.04)
     ax.set_title(f"Tree {tree_id}: {question[:70]}\nnode colour: predicted success at allocation (red 0, green 1; "
                  "grey: not predicted)\nt: realised success below; red edges: Stage-2 continuations",
                  fontsize=9)  # fmt: skip
@@ -283,10 +289,18 @@ def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(s: Settings, out_dir: Path, log: Log) -> Path:
-    """Plots and an HTML page for run `run.name` (see the module docstring)."""
+def _label(engine: Engine, run: str) -> str:
+    trained = run_snapshot(engine, run)
+    return f"{run} ({trained.get('trace', {}).get('allocator')}, {trained.get('predictor', {}).get('name')})"
+
+
+def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None = None) -> Path:
+    """Plots and an HTML page for run `run.name` (see the module docstring); `compare` names other
+    runs of the same store to draw beside it."""
     engine = make_engine(s.store_url(), read_only=True)
     check_connection(engine)
+    for run in [s.run.name, *(compare or [])]:
+        queries.require_run(engine, run)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = iteration_table(engine, s.run.name)
     if not rows:
@@ -302,6 +316,20 @@ def write_report(s: Settings, out_dir: Path, log: Log) -> Path:
     if tree_id is not None:
         plot_tree(engine, tree_id, out_dir / "tree.png")
         figures.append("tree.png")
+    store = RolloutStore(s.store_url(), create=False)
+    try:
+        run_id = store.run_id(s.run.name)
+        planned = [r["iteration"] for r in rows if r["iteration"] >= 0]
+        if planned and plot_allocation(store, run_id, planned[-1], out_dir / "allocation.png"):
+            figures.append("allocation.png")
+        if plot_kinds(kind_success(store, run_id), out_dir / "kinds.png"):
+            figures.append("kinds.png")
+    finally:
+        store.close()
+    if compare:
+        series = {_label(engine, run): iteration_table(engine, run) for run in [s.run.name, *compare]}
+        plot_comparison(series, out_dir / "comparison.png")
+        figures.insert(0, "comparison.png")
     trained = run_snapshot(engine, s.run.name)  # the run as it was trained, not today's settings
     trace, predictor = trained.get("trace", {}), trained.get("predictor", {})
     last = rows[-1]

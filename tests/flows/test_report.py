@@ -6,6 +6,7 @@ from flows.report import write_report
 from flows.settings import load_settings
 from store.store import RolloutStore
 from tests.store.conftest import make_tree, save_trees
+from trace_core.allocators import RootPlan
 from trace_core.headroom import PoolSample
 
 
@@ -26,3 +27,46 @@ def test_the_report_labels_a_run_with_the_settings_it_was_trained_with_and_draws
     assert "allocator <b>uniform</b>, predictor <b>mlp</b>, 16 leaves per iteration" in page
     assert "trace</b>" not in page and "64 leaves" not in page
     assert (tmp_path / "report" / "headroom.png").exists() and "headroom.png" in page
+
+
+def _planned_run(store, name: str, allocator: str, success: float) -> None:
+    trained = load_settings([f"trace.allocator={allocator}"])
+    run = store.open_run(name, trained.snapshot(), f"hash-{name}", "code")
+    trees = [make_tree("q1", [1.0, 0.0], predicted=0.6), make_tree("q2", [0.0, 1.0], predicted=0.2)]
+    with store.stage(run, 0, "allocate_roots") as w:
+        w.root_plan([t.record for t in trees], [0.6, 0.2], RootPlan((2, 0), (0.48, 0.0)))
+    save_trees(store, run, 0, trees, allocator, stage="back_up")
+    with store.stage(run, 0) as w:
+        w.iteration_metrics({"rollout/effective_ratio": success, "rollout/nonzero_advantage_share": success,
+                             "predictor/root_auc": 0.7})  # fmt: skip
+
+
+def test_the_report_draws_the_allocation_the_question_kinds_and_the_compared_runs(tmp_path, capsys):
+    from flows.cli import main
+
+    store = RolloutStore(f"sqlite:///{tmp_path / 'rollouts.db'}")
+    _planned_run(store, "mine", "trace", 0.6)
+    _planned_run(store, "baseline", "uniform", 0.4)
+    store.close()
+    out = tmp_path / "report"
+    assert main(["report", "--out", str(out), "--compare", "baseline", "--set", f"run.output_dir={tmp_path}",
+                 "--set", "run.name=mine"]) == 0  # fmt: skip
+    page = (out / "index.html").read_text()
+    for figure in ("comparison.png", "allocation.png", "kinds.png", "tree.png"):
+        assert (out / figure).stat().st_size > 0 and figure in page, figure
+    assert main(["report", "--out", str(out), "--compare", "nosuchrun", "--set", f"run.output_dir={tmp_path}",
+                 "--set", "run.name=mine"]) == 1  # fmt: skip
+    assert "no run named 'nosuchrun'" in capsys.readouterr().err
+
+
+def test_success_per_question_kind_compares_the_first_and_last_third_of_a_run(tmp_path):
+    from flows.figures import kind_success
+
+    store = RolloutStore(f"sqlite:///{tmp_path / 'rollouts.db'}")
+    run = store.open_run("r", {}, "h", "code")
+    for it, reward in enumerate([0.0, 0.0, 1.0]):
+        save_trees(store, run, it, [make_tree(f"q{it}", [reward])], stage="back_up")
+    # make_tree's questions are 2-hop; its bare (Stage-1) leaves: the first turn's reward and a direct failure
+    assert kind_success(store, run) == [{"kind": "2-hop", "first_success": 0.0, "first_rollouts": 2,
+                                         "last_success": 0.5, "last_rollouts": 2}]  # fmt: skip
+    store.close()
