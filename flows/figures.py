@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from store.store import RolloutStore
 from trace_core.data import QARecord
-from trace_core.sampling import stage1_outcomes
+from trace_core.tree import stage1_outcomes
 
 COMPARED = (
     ("rollout/effective_ratio", "effective ratio (a)"),
@@ -37,7 +37,7 @@ COMPARED = (
 
 
 def plot_comparison(series: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """series: label -> the run's per-iteration metric rows (report.iteration_table)."""
+    """series: label -> the run's per-iteration metric rows (store.queries.iteration_table)."""
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, COMPARED, strict=True):
         for label, rows in series.items():

@@ -19,7 +19,6 @@ measurement rollouts with the group size and cap the run was trained with.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from peft import PeftModel
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from flows.figures import kind_success, plot_allocation, plot_comparison, plot_kinds
 from flows.pipeline import Log, load_runtime
@@ -69,28 +68,6 @@ def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bo
             + (f"  greedy EM {out[split]['greedy_em']:.3f}" if greedy else "")
         )
     return out
-
-
-def iteration_table(engine: Engine, run: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT i.iteration, i.metrics FROM iterations i JOIN runs r ON i.run_id = r.id WHERE r.name = :n "
-                 "ORDER BY i.iteration"), {"n": run}
-        ).all()  # fmt: skip
-    out = []
-    for iteration, metrics in rows:
-        values = json.loads(metrics) if isinstance(metrics, str) else metrics
-        out.append({"iteration": iteration, **values})
-    return out
-
-
-def run_snapshot(engine: Engine, run: str) -> dict[str, Any]:
-    """The settings run `run` was started with, as stored."""
-    with engine.connect() as conn:
-        value = conn.execute(text("SELECT settings FROM runs WHERE name = :n"), {"n": run}).scalar_one_or_none()
-    if value is None:
-        raise FileNotFoundError(f"no run named {run!r} in the rollout database")
-    return json.loads(value) if isinstance(value, str) else dict(value)
 
 
 def _line(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
@@ -224,29 +201,9 @@ def plot_calibration(table: queries.Table, path: Path) -> None:
     plt.close(fig)
 
 
-def _pick_tree(engine: Engine, run: str) -> int | None:
-    """A tree from the last iteration with both outcomes and a Stage-2 branch if there is one."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT t.id FROM trees t JOIN runs r ON t.run_id = r.id "
-                 "JOIN nodes root ON root.tree_id = t.id AND root.node_index = 0 "
-                 "WHERE r.name = :n AND root.target > 0 AND root.target < 1 "
-                 "ORDER BY t.iteration DESC, (SELECT COUNT(*) FROM nodes c WHERE c.tree_id = t.id "
-                 "AND c.origin = 'stage2') DESC, t.id LIMIT 1"), {"n": run}
-        ).first()  # fmt: skip
-    return None if row is None else int(row[0])
-
-
 def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
     """Layered drawing: x by depth, leaves spread on y; colour = predicted p, edge colour = stage."""
-    with engine.connect() as conn:
-        nodes = conn.execute(
-            text("SELECT node_index, parent_index, depth, action, predicted, target, reward, origin FROM nodes "
-                 "WHERE tree_id = :t ORDER BY node_index"), {"t": tree_id}
-        ).all()  # fmt: skip
-        question = conn.execute(
-            text("SELECT p.question FROM trees t JOIN prompts p ON t.prompt_id = p.id WHERE t.id = :t"), {"t": tree_id}
-        ).scalar_one()
+    question, nodes = queries.tree_nodes(engine, tree_id)
     children: dict[int, list[Any]] = {}
     for n in nodes:
         if n.parent_index is not None:
@@ -290,7 +247,7 @@ def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
 
 
 def _label(engine: Engine, run: str) -> str:
-    trained = run_snapshot(engine, run)
+    trained = queries.run_snapshot(engine, run)
     return f"{run} ({trained.get('trace', {}).get('allocator')}, {trained.get('predictor', {}).get('name')})"
 
 
@@ -302,7 +259,7 @@ def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None
     for run in [s.run.name, *(compare or [])]:
         queries.require_run(engine, run)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = iteration_table(engine, s.run.name)
+    rows = queries.iteration_table(engine, s.run.name)
     if not rows:
         raise FileNotFoundError(f"no iterations of run {s.run.name!r} in the rollout database")
     plot_progress(rows, out_dir / "accuracy.png")
@@ -312,7 +269,7 @@ def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None
     figures = ["accuracy.png", "effective_ratio.png", "calibration.png", "predictor.png"]
     if plot_headroom(rows, out_dir / "headroom.png"):
         figures.append("headroom.png")
-    tree_id = _pick_tree(engine, s.run.name)
+    tree_id = queries.pick_tree(engine, s.run.name)
     if tree_id is not None:
         plot_tree(engine, tree_id, out_dir / "tree.png")
         figures.append("tree.png")
@@ -327,10 +284,10 @@ def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None
     finally:
         store.close()
     if compare:
-        series = {_label(engine, run): iteration_table(engine, run) for run in [s.run.name, *compare]}
+        series = {_label(engine, run): queries.iteration_table(engine, run) for run in [s.run.name, *compare]}
         plot_comparison(series, out_dir / "comparison.png")
         figures.insert(0, "comparison.png")
-    trained = run_snapshot(engine, s.run.name)  # the run as it was trained, not today's settings
+    trained = queries.run_snapshot(engine, s.run.name)  # the run as it was trained, not today's settings
     trace, predictor = trained.get("trace", {}), trained.get("predictor", {})
     last = rows[-1]
     summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/", "headroom/"))}

@@ -57,7 +57,6 @@ from trace_core.loss import build_sequences, freeze_copy, make_optimizer, policy
 from trace_core.predictor import PredictorConfig, make_predictor, quality
 from trace_core.rollout import Expansion, new_trees, rollout_batch
 from trace_core.sampling import (
-    allocation_outcomes,
     effective_ratio,
     learn_history,
     node_examples,
@@ -68,7 +67,7 @@ from trace_core.sampling import (
     stage2_expansions,
     stage2_input,
 )
-from trace_core.tree import Origin, RolloutTree, backup
+from trace_core.tree import Origin, RolloutTree, allocation_outcomes, backup
 
 T = TypeVar("T")
 

@@ -25,9 +25,12 @@ from typing import Any
 import sqlglot
 import sqlglot.errors
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 from sqlglot import expressions as exp
 
 from store.db import StoreError, check_connection, interruption, make_engine, start_guard
+from store.mapping import read_trees
+from trace_core.tree import allocation_outcomes
 
 
 class ReadOnlyError(StoreError):
@@ -84,31 +87,17 @@ def effective_ratio(engine: Engine, run: str | None = None) -> Table:
 
 
 def _allocation_outcomes(engine: Engine, run: str | None) -> list[tuple[float, float, int]]:
-    """(predicted, success rate of the Stage-1 leaves below, their count) per predicted node.
-
-    Stage-2 leaves are left out: they were sampled exactly where prediction and outcome disagreed,
-    so counting them would score the allocator's selection instead of the predictor.
-    """
+    """(predicted, success rate of the Stage-1 leaves below, their count) per predicted node, the
+    way training scores its predictor (trace_core.tree.allocation_outcomes: Stage-2 leaves were
+    sampled where prediction and outcome disagreed, so they are left out)."""
     where, params = _run_filter(run)
-    sql = (
-        "SELECT n.tree_id, n.node_index, n.parent_index, n.predicted, n.terminal, n.reward, n.origin "
-        f"FROM nodes n JOIN trees t ON n.tree_id = t.id JOIN runs r ON t.run_id = r.id WHERE 1 = 1{where}"
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(text(sql), params).all()
-    parent = {(r.tree_id, r.node_index): r.parent_index for r in rows}
-    sums: dict[tuple[int, int], list[float]] = {}
-    for r in rows:
-        if r.terminal and r.origin == "stage1":
-            node: int | None = r.parent_index
-            while node is not None:
-                acc = sums.setdefault((r.tree_id, node), [0.0, 0.0])
-                acc[0] += r.reward or 0.0
-                acc[1] += 1
-                node = parent[(r.tree_id, node)]
-    return [(r.predicted, sums[(r.tree_id, r.node_index)][0] / sums[(r.tree_id, r.node_index)][1],
-             int(sums[(r.tree_id, r.node_index)][1]))
-            for r in rows if r.predicted is not None and (r.tree_id, r.node_index) in sums]  # fmt: skip
+    sql = f"SELECT DISTINCT t.run_id, t.iteration FROM trees t JOIN runs r ON t.run_id = r.id WHERE 1 = 1{where}"
+    out: list[tuple[float, float, int]] = []
+    with Session(engine) as s:
+        for run_id, iteration in s.execute(text(sql + " ORDER BY t.run_id, t.iteration"), params).all():
+            predicted, target, weight = allocation_outcomes(read_trees(s, run_id, iteration))
+            out += zip(predicted.tolist(), target.tolist(), weight.astype(int).tolist(), strict=True)
+    return out
 
 
 def calibration(engine: Engine, run: str | None = None, bins: int = 10) -> Table:
@@ -139,6 +128,55 @@ def depth_success(engine: Engine, run: str | None = None) -> Table:
         f"WHERE n.leaf_count > 0{where} GROUP BY n.depth ORDER BY n.depth"
     )
     return _query(engine, sql, params)
+
+
+def iteration_table(engine: Engine, run: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT i.iteration, i.metrics FROM iterations i JOIN runs r ON i.run_id = r.id WHERE r.name = :n "
+                 "ORDER BY i.iteration"), {"n": run}
+        ).all()  # fmt: skip
+    out = []
+    for iteration, metrics in rows:
+        values = json.loads(metrics) if isinstance(metrics, str) else metrics
+        out.append({"iteration": iteration, **values})
+    return out
+
+
+def run_snapshot(engine: Engine, run: str) -> dict[str, Any]:
+    """The settings run `run` was started with, as stored."""
+    with engine.connect() as conn:
+        value = conn.execute(text("SELECT settings FROM runs WHERE name = :n"), {"n": run}).scalar_one_or_none()
+    if value is None:
+        raise FileNotFoundError(f"no run named {run!r} in the rollout database")
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+def pick_tree(engine: Engine, run: str) -> int | None:
+    """A tree from the last iteration with both outcomes and a Stage-2 branch if there is one."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT t.id FROM trees t JOIN runs r ON t.run_id = r.id "
+                 "JOIN nodes root ON root.tree_id = t.id AND root.node_index = 0 "
+                 "WHERE r.name = :n AND root.target > 0 AND root.target < 1 "
+                 "ORDER BY t.iteration DESC, (SELECT COUNT(*) FROM nodes c WHERE c.tree_id = t.id "
+                 "AND c.origin = 'stage2') DESC, t.id LIMIT 1"), {"n": run}
+        ).first()  # fmt: skip
+    return None if row is None else int(row[0])
+
+
+def tree_nodes(engine: Engine, tree_id: int) -> tuple[str, list[Any]]:
+    """A tree's question and its nodes (index, parent, depth, action, predicted, target, reward,
+    origin), in node order."""
+    with engine.connect() as conn:
+        nodes = conn.execute(
+            text("SELECT node_index, parent_index, depth, action, predicted, target, reward, origin FROM nodes "
+                 "WHERE tree_id = :t ORDER BY node_index"), {"t": tree_id}
+        ).all()  # fmt: skip
+        question = conn.execute(
+            text("SELECT p.question FROM trees t JOIN prompts p ON t.prompt_id = p.id WHERE t.id = :t"), {"t": tree_id}
+        ).scalar_one()
+    return question, list(nodes)
 
 
 def draw_tree(engine: Engine, tree_id: int) -> str:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, aliased
 
 from store.db import StoreError, ensure_schema, make_engine, refuse_foreign, render_url, session_factory, transaction
 from store.lease import RunLease
+from store.mapping import node_row, read_trees, to_record
 from store.models import (
     Allocation,
     Checkpoint,
@@ -47,23 +48,7 @@ from trace_core.data import QARecord
 from trace_core.headroom import PoolSample
 from trace_core.loss import UpdateStats
 from trace_core.predictor import FitReport, PredictorQuality
-from trace_core.tree import RolloutNode, RolloutTree
-
-
-def pack_ints(values: Sequence[int]) -> bytes:
-    return np.asarray(values, dtype="<i4").tobytes()
-
-
-def pack_floats(values: Sequence[float]) -> bytes:
-    return np.asarray(values, dtype="<f4").tobytes()
-
-
-def unpack_ints(blob: bytes) -> tuple[int, ...]:
-    return tuple(int(v) for v in np.frombuffer(blob, dtype="<i4"))
-
-
-def unpack_floats(blob: bytes) -> tuple[float, ...]:
-    return tuple(float(v) for v in np.frombuffer(blob, dtype="<f4"))
+from trace_core.tree import RolloutTree
 
 
 @dataclass(frozen=True)
@@ -82,10 +67,6 @@ def _finite(x: float | None) -> float | None:
 def _table(model: type) -> Table:
     """The Core table behind an ORM class (Core executemany is what makes bulk writes fast)."""
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
-
-
-def _record(prompt: Prompt) -> QARecord:
-    return QARecord(prompt.dataset_id, prompt.question, tuple(prompt.golden_answers), prompt.data_source, prompt.hops)
 
 
 class StageWriter:
@@ -118,7 +99,7 @@ class StageWriter:
         s.execute(insert(_table(Tree)), tree_rows)
         found = s.execute(select(Tree.pool_index, Tree.id).where(Tree.run_id == run_id, Tree.iteration == iteration))
         ids = {pool_index: tree_id for pool_index, tree_id in found}
-        s.execute(insert(_table(Node)), [_node_row(ids[i], n) for i, t in enumerate(trees) for n in t])
+        s.execute(insert(_table(Node)), [node_row(ids[i], n) for i, t in enumerate(trees) for n in t])
         parent = aliased(Node)
         lookup = (
             select(parent.id)
@@ -254,17 +235,6 @@ def _differences(stored: dict[str, Any], identity: dict[str, Any]) -> list[tuple
             if there != value:
                 out.append((f"{section}.{key}", there, value))
     return out
-
-
-def _node_row(tree_id: int, n: RolloutNode) -> dict[str, Any]:
-    return {
-        "tree_id": tree_id, "node_index": n.node_id, "parent_index": n.parent_id, "depth": n.depth,
-        "model_token_ids": pack_ints(n.model_ids), "model_logprobs": pack_floats(n.model_logprobs),
-        "observation_token_ids": pack_ints(n.observation_ids), "text": n.text, "observation": n.observation,
-        "action": n.action, "argument": n.argument, "finish_reason": n.finish_reason, "terminal": n.terminal,
-        "reward": n.reward, "predicted": n.predicted, "target": n.target, "leaf_count": n.leaf_count,
-        "origin": n.origin, "generated_tokens": len(n.model_ids),
-    }  # fmt: skip
 
 
 class RolloutStore:
@@ -494,42 +464,7 @@ class RolloutStore:
     def load_trees(self, run_id: int, iteration: int) -> list[RolloutTree]:
         """The iteration's trees in pool order, as trace_core trees."""
         with self._sessions() as s:
-            trees = s.execute(
-                select(Tree.id, Prompt)
-                .join(Prompt, Tree.prompt_id == Prompt.id)
-                .where(Tree.run_id == run_id, Tree.iteration == iteration)
-                .order_by(Tree.pool_index)
-            ).all()
-            nodes = s.scalars(
-                select(Node).where(Node.tree_id.in_([t for t, _ in trees])).order_by(Node.tree_id, Node.node_index)
-            ).all()
-        by_tree: dict[int, list[Node]] = {}
-        for node in nodes:
-            by_tree.setdefault(node.tree_id, []).append(node)
-        out = []
-        for tree_id, prompt in trees:
-            record = _record(prompt)
-            rows = by_tree.get(tree_id, [])
-            if not rows or rows[0].node_index != 0:
-                raise StoreError(f"tree {tree_id} of run {run_id} iteration {iteration} has no root node")
-            tree = RolloutTree(record, unpack_ints(rows[0].observation_token_ids), rows[0].observation)
-            tree.set(self._to_node(rows[0]))
-            for row in rows[1:]:
-                tree.add(self._to_node(row))
-                tree.set(self._to_node(row))  # keep the stored fields exactly (add recomputes id and depth)
-            out.append(tree)
-        return out
-
-    @staticmethod
-    def _to_node(row: Node) -> RolloutNode:
-        return RolloutNode(
-            node_id=row.node_index, parent_id=row.parent_index, depth=row.depth,
-            model_ids=unpack_ints(row.model_token_ids), model_logprobs=unpack_floats(row.model_logprobs),
-            observation_ids=unpack_ints(row.observation_token_ids), text=row.text, observation=row.observation,
-            action=row.action, argument=row.argument, finish_reason=row.finish_reason, terminal=row.terminal,
-            reward=row.reward, origin=row.origin,  # type: ignore[arg-type]
-            predicted=row.predicted, target=row.target, leaf_count=row.leaf_count,
-        )  # fmt: skip
+            return read_trees(s, run_id, iteration)
 
     def load_root_plan(self, run_id: int, iteration: int) -> tuple[list[QARecord], list[float], RootPlan]:
         """The stored pool (in order), its predictions and the Stage-1 plan."""
@@ -540,7 +475,7 @@ class RolloutStore:
                 .where(Allocation.run_id == run_id, Allocation.iteration == iteration, Allocation.stage == 1)
                 .order_by(Allocation.pool_index)
             ).all()
-        pool = [_record(p) for _, p in rows]
+        pool = [to_record(p) for _, p in rows]
         predicted = [_required(a.predicted, "Stage-1 prediction") for a, _ in rows]
         return pool, predicted, RootPlan(tuple(a.count for a, _ in rows), tuple(a.value for a, _ in rows))
 

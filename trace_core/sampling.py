@@ -139,41 +139,6 @@ def effective_ratio(trees: Sequence[RolloutTree]) -> float:
     return sum(t.is_mixed() for t in grown) / len(grown) if grown else 0.0
 
 
-def stage1_outcomes(trees: Sequence[RolloutTree]) -> dict[tuple[int, int], tuple[float, int]]:
-    """(tree index, node id) -> (success rate of the bare Stage-1 leaves below the node, their
-    count), for every node with a bare leaf below it."""
-    out: dict[tuple[int, int], tuple[float, int]] = {}
-    for t, tree in enumerate(trees):
-        below: dict[int, list[float]] = {}
-        for leaf in tree.leaves():
-            if leaf.origin == "stage1":
-                for node in tree.path(leaf.node_id)[:-1]:
-                    below.setdefault(node.node_id, []).append(leaf.reward or 0.0)
-        out.update({(t, n): (sum(r) / len(r), len(r)) for n, r in below.items()})
-    return out
-
-
-def allocation_outcomes(
-    trees: Sequence[RolloutTree], kind: Literal["all", "root", "anchor"] = "all"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each prediction made at allocation time against what the bare rollouts (Stage 1) then did.
-
-    Only Stage-1 leaves count: Stage 2 continues exactly where prediction and outcome disagreed,
-    so scoring against the final targets would measure the allocator's selection, not the
-    predictor. kind: every predicted node, only roots (Stage 1's v) or only anchors (Stage 2's p,
-    depth >= 1). Returns (predicted, success rate of the Stage-1 leaves below, their count).
-    """
-    predicted, target, weight = [], [], []
-    for (t, node_id), (rate, count) in stage1_outcomes(trees).items():
-        p = trees[t].nodes[node_id].predicted
-        if p is None or (kind != "all" and (node_id == 0) != (kind == "root")):
-            continue
-        predicted.append(p)
-        target.append(rate)
-        weight.append(count)
-    return np.array(predicted), np.array(target), np.array(weight, dtype=np.float64)
-
-
 def node_examples(
     trees: Sequence[RolloutTree], featurizer: Featurizer, targets: Targets = "subtree"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:

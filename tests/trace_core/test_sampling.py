@@ -3,8 +3,7 @@ from dataclasses import replace
 import numpy as np
 
 from trace_core.data import QARecord
-from trace_core.sampling import allocation_outcomes
-from trace_core.tree import RolloutNode, RolloutTree, backup
+from trace_core.tree import RolloutNode, RolloutTree, allocation_outcomes, backup
 
 
 def _turn(parent, terminal=False, reward=None, origin="stage1"):
