@@ -9,7 +9,6 @@ task). Unknown keys, wrong types and impossible combinations are errors that nam
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
@@ -618,34 +617,40 @@ def load_settings(overrides: list[str] | None = None) -> Settings:
         raise SettingsError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
-def _toml_value(value: Any) -> str:
+def _toml_item(value: Any) -> Any:
     if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def defaults_toml() -> str:
-    """The default settings as a commented TOML file (what the repository's settings.toml holds)."""
-    lines = [
-        "# trace-rl settings: the embedded default run (CPU, SQLite, tiny model, synthetic task).",
-        "# Override any key with an environment variable TRACE_<SECTION>__<KEY> or `--set section.key=value`.",
-        "# Regenerate with `trace-rl settings --defaults > settings.toml`.",
-    ]
+    """The default settings as a commented TOML file (what the repository's settings.toml holds),
+    written with tomlkit: each key preceded by its description as a comment."""
+    import tomlkit
+
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("trace-rl settings: the embedded default run (CPU, SQLite, tiny model, synthetic task)."))
+    doc.add(
+        tomlkit.comment(
+            "Override any key with an environment variable TRACE_<SECTION>__<KEY> or `--set section.key=value`."
+        )
+    )
+    doc.add(tomlkit.comment("Regenerate with `trace-rl settings --defaults > settings.toml`."))
     defaults = Settings.model_construct()
     for section_name in Settings.model_fields:
         section = getattr(defaults, section_name)
-        lines += ["", f"[{section_name}]"]
+        table = tomlkit.table()
         for key, field in type(section).model_fields.items():
             value = getattr(section, key)
-            lines.append(f"# {field.description}")
+            table.add(tomlkit.comment(field.description or ""))
             if value is None:
-                lines.append(f"# {key} =")
+                table.add(tomlkit.comment(f"{key} ="))
             else:
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+                table.add(key, _toml_item(value))
+        doc.add(tomlkit.nl())
+        doc.add(section_name, table)
+    return tomlkit.dumps(doc)

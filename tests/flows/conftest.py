@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import tomlkit
 from prefect.logging.configuration import setup_logging
 
 import flows  # noqa: F401  (Prefect's defaults: no analytics, quiet task-run logs)
@@ -30,16 +31,6 @@ TINY = {
 }  # fmt: skip
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value) + '"'
-
-
 def write_settings(path: Path, workspace: Path, run_dir: Path, **sections: dict) -> Path:
     """A complete settings file (every key, as DVC needs) for the tiny setup, sharing the session's
     data and model."""
@@ -55,12 +46,7 @@ def write_settings(path: Path, workspace: Path, run_dir: Path, **sections: dict)
     merged["run"]["output_dir"] = str(run_dir)
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in merged.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(tomlkit.dumps(merged))
     return path
 
 
