@@ -279,7 +279,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     from store.store import RolloutStore
 
     s = _settings(args)
-    store = RolloutStore(s.store_url(), create=False)
+    store = RolloutStore(s.store_url(), create=False, read_only=True)
     try:
         table = headroom_table(store, s.run.name)
     finally:

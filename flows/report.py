@@ -273,7 +273,7 @@ def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None
     if tree_id is not None:
         plot_tree(engine, tree_id, out_dir / "tree.png")
         figures.append("tree.png")
-    store = RolloutStore(s.store_url(), create=False)
+    store = RolloutStore(s.store_url(), create=False, read_only=True)
     try:
         run_id = store.run_id(s.run.name)
         planned = [r["iteration"] for r in rows if r["iteration"] >= 0]

@@ -240,11 +240,14 @@ def _differences(stored: dict[str, Any], identity: dict[str, Any]) -> list[tuple
 class RolloutStore:
     """Reads and writes of training runs; see the module docstring."""
 
-    def __init__(self, url: str, create: bool = True) -> None:
+    def __init__(self, url: str, create: bool = True, read_only: bool = False) -> None:
+        """create: make the schema in an empty database. read_only: only read (reports, queries):
+        nothing is written, not even SQLite's journal mode, so a versioned file stays byte for byte."""
         self.url = url
+        self.read_only = read_only
         refuse_foreign(url)
-        self.engine = make_engine(url)
-        ensure_schema(self.engine, create)
+        self.engine = make_engine(url, read_only=read_only)
+        ensure_schema(self.engine, create and not read_only)
         self._sessions = session_factory(self.engine)
         self._lease: RunLease | None = None
 
@@ -254,7 +257,7 @@ class RolloutStore:
     def close(self) -> None:
         """Release connections. A SQLite file is left as one self-contained file (its write-ahead
         log folded back in), so copying it, versioning it or opening it read-only sees everything."""
-        if self.engine.dialect.name == "sqlite":
+        if self.engine.dialect.name == "sqlite" and not self.read_only:
             try:
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -49,8 +49,10 @@ def test_the_report_draws_the_allocation_the_question_kinds_and_the_compared_run
     _planned_run(store, "baseline", "uniform", 0.4)
     store.close()
     out = tmp_path / "report"
+    before = (tmp_path / "rollouts.db").read_bytes()
     assert main(["report", "--out", str(out), "--compare", "baseline", "--set", f"run.output_dir={tmp_path}",
                  "--set", "run.name=mine"]) == 0  # fmt: skip
+    assert (tmp_path / "rollouts.db").read_bytes() == before  # a report only reads (DVC versions the file)
     page = (out / "index.html").read_text()
     for figure in ("comparison.png", "allocation.png", "kinds.png", "tree.png"):
         assert (out / figure).stat().st_size > 0 and figure in page, figure
