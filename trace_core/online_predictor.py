@@ -44,6 +44,20 @@ hashed question words beside the sentence embedding (root AUC 0.722), and updati
 p with its prompt's other bare outcomes (anchor AUC 0.756 but ECE 0.17: better ranking, worse
 calibration; not adopted). Per-iteration ECE over 16 prompts has a noise floor near 0.1.
 
+Where the recalibration's out-of-sample pairs come from (`OnlineConfig.calibration`): "carried"
+(the default: each iteration scored by the model current when it arrived), "refit" (recomputed at
+every fit by models of today's decay and L2 fitted on the iterations before each one, so the slope
+is fitted on today's logit scale) or "none". Replayed on the 4 `trace` runs of
+bench/results/targets-ab (bench/calibration.py -> bench/results/calibration.json), the share of the
+oracle's Stage-1 gain was carried +0.11 / -0.30 / +0.25 / +0.08, refit +0.14 / -0.63 / +0.18 /
+-0.16, none +0.33 / -0.17 / +0.00 / +0.05: no variant wins across runs, so "carried" stays. The same
+replay found what limits Stage 1 whatever the calibration: v ranks the measured success of the pool
+well (Spearman 0.38 to 0.69) but the mixedness TRACE reads from it, V_root(v, 3), ranks the
+measured chance of a mixed group of 3 at only -0.05 to 0.24. A prompt predicted 0.5 is as often one
+the model cannot place (solved or hopeless) as one of middling difficulty; a single Beta dispersion
+for every prompt cannot fix that (it never changes which prompts rank first). Predicting mixedness
+itself (a second moment per prompt) is the open next step.
+
 Deviations from the paper: its predictor is not public (METHOD.md). Ours is a generalised linear
 model rather than a neural network, and is recalibrated online.
 """
@@ -60,6 +74,8 @@ import torch
 
 from trace_core.predictor import PREDICTORS, FitReport, PredictorConfig, quality
 
+CALIBRATIONS = ("carried", "refit", "none")
+
 
 @dataclass(frozen=True)
 class OnlineConfig:
@@ -74,8 +90,13 @@ class OnlineConfig:
     l2s: tuple[float, ...] = (1.0, 10.0, 100.0)
     calibration_window: int = 6
     calibration_prior: float = 20.0
+    calibration: str = "carried"  # "carried", "refit" (see `_refit_pairs`) or "none" (a = 1, c = 0)
     prior_leaves: float = 2.0
     lbfgs_steps: int = 100
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"unknown calibration {self.calibration!r}; valid: {', '.join(CALIBRATIONS)}")
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -202,14 +223,34 @@ class OnlinePredictor:
         self.chosen = (decay, l2)
         xp, tp, wp = self._with_prior(xs, t, w * decay**age)
         self.theta = _fit_logistic(xp, tp, wp, l2, self.online.lbfgs_steps)
-        if self.pairs:
-            z, tp, wp = (np.concatenate([p[i] for p in self.pairs]) for i in range(3))
+        pairs = {"refit": lambda: self._refit_pairs(xs, t, w, age, decay, l2), "carried": lambda: list(self.pairs),
+                 "none": list}[self.online.calibration]()  # fmt: skip
+        if pairs:
+            z, tp, wp = (np.concatenate([p[i] for p in pairs]) for i in range(3))
             self.platt = fit_platt(z, tp, wp, self.online.calibration_prior)
         predicted = self.predict(x)
         fit_quality = quality(predicted, t, w)
         z = self._raw(x)
         return FitReport(_log_loss(z, t, w * decay**age), len(x), len(self.history), self.online.lbfgs_steps,
                          fit_quality, None)  # fmt: skip
+
+    def _refit_pairs(
+        self, xs: np.ndarray, t: np.ndarray, w: np.ndarray, age: np.ndarray, decay: float, l2: float
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Out-of-sample (logit, target, weight) of each of the newest `calibration_window`
+        iterations, scored by a model of *today's* kind (the chosen decay and L2) fitted on the
+        iterations before it. The carried pairs were scored by whichever model was current then;
+        when the chosen L2 changes between refits, their logits live on another scale than today's,
+        and a slope fitted to them compresses (or stretches) today's predictions."""
+        pairs = []
+        for a in sorted(set(age.tolist()))[: self.online.calibration_window]:
+            held, past = age == a, age > a
+            if not past.any():
+                break
+            weights = w[past] * decay ** (age[past] - age[past].min())
+            theta = _fit_logistic(*self._with_prior(xs[past], t[past], weights), l2, self.online.lbfgs_steps)
+            pairs.append((xs[held] @ theta[:-1] + theta[-1], t[held], w[held]))
+        return pairs
 
     def _with_prior(self, xs: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The data plus `prior_leaves` pseudo-leaves at the prior, at the mean input: the intercept is

@@ -98,3 +98,28 @@ def test_a_first_iteration_where_everything_succeeded_does_not_make_it_certain()
     predictor.fit()
     # 2 pseudo-leaves at 0.5 beside 16 successes: about (16 + 1) / (16 + 2) = 0.94, not 1
     assert 0.85 < predictor.predict(np.zeros((1, DIM)) + x.mean(axis=0))[0] < 0.98
+
+
+def test_refit_calibration_scores_past_iterations_with_todays_kind_of_model():
+    """'refit' recomputes the out-of-sample pairs at each fit; 'none' keeps (a, c) = (1, 0); on a
+    well-specified stationary task both keep a calibrated slope near 1, unlike a compressed one."""
+    from trace_core.online_predictor import OnlineConfig
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=DIM)
+    data = [_iteration(rng, w, 0.0, n=80) for _ in range(8)]
+    fitted = {}
+    for mode in ("carried", "refit", "none"):
+        predictor = OnlinePredictor(DIM, PredictorConfig(), OnlineConfig(calibration=mode))
+        for it, (x, t, weight, _) in enumerate(data):
+            predictor.add(it, x, t, weight)
+            predictor.fit()
+        fitted[mode] = predictor
+    assert fitted["none"].platt == (1.0, 0.0)
+    a, c = fitted["refit"].platt
+    assert 0.7 < a < 1.4 and abs(c) < 0.3
+    x, _, _, p = _iteration(rng, w, 0.0, n=400)
+    q = quality(fitted["refit"].predict(x), p, np.ones(len(p)))
+    assert q.ece < 0.06 and q.auc > 0.85
+    with pytest.raises(ValueError, match="carried, refit, none"):
+        OnlineConfig(calibration="bogus")

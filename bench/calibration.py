@@ -1,0 +1,160 @@
+"""Which recalibration lets TRACE's rule use the predictor: replayed on runs that measured headroom.
+
+    .venv/bin/python bench/calibration.py --db bench/results/targets-ab/runs/rollouts.db \
+        --run bench-small-groups-trace-s0 [--run ...] [--out bench/results/calibration.json]
+
+For each run, each `online` predictor variant is fed iterations 0..t-1 of the run's trees exactly
+as training feeds it (`add` the node examples with the run's own `predictor.targets`, `fit`), then
+predicts the roots of iteration t's candidate pool. Where the run measured that pool (the oracle
+ledger, `headroom.every`), the predictions are scored against the pool's measured success: AUC,
+calibration error, the spread of v, and the expected mixed Stage-1 groups of TRACE's rule on v
+against uniform groups and the cross-fitted oracle at the run's Stage-1 budget (share of the
+oracle's gain, pooled: sum of gains over sum of the oracle's gains). The data are what the run's
+own allocations collected, so this is the regime TRACE's predictor lives in. Also: how well v ranks
+the measured success (Spearman), how well the mixedness TRACE's rule reads from v, V_root(v, 3),
+ranks the measured chance that 3 rollouts are mixed, and the share when v is read as the mean of a
+Beta(v kappa, (1 - v) kappa) success (one kappa for every prompt: it changes group sizes, never
+which prompts rank first, so it cannot repair a ranking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from store.store import RolloutStore  # noqa: E402
+from trace_core.allocation import allocate_by_table, root_value  # noqa: E402
+from trace_core.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
+from trace_core.headroom import ledger, score_plan, unbiased_mixed  # noqa: E402
+from trace_core.online_predictor import OnlineConfig, OnlinePredictor  # noqa: E402
+from trace_core.predictor import PredictorConfig, quality  # noqa: E402
+from trace_core.sampling import node_examples  # noqa: E402
+from trace_core.tree import RolloutTree  # noqa: E402
+
+KAPPAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def rank_corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for value in np.unique(x):  # ties share their mean rank
+            r[x == value] = r[x == value].mean()
+        return r
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def beta_mixed(v: float, m: int, kappa: float) -> float:
+    """P(m rollouts mixed) when the prompt's success s ~ Beta(v kappa, (1 - v) kappa): 1 - E[s^m] - E[(1-s)^m]."""
+    a, b = max(v, 1e-6) * kappa, max(1 - v, 1e-6) * kappa
+    es = ef = 1.0
+    for j in range(m):
+        es *= (a + j) / (a + b + j)
+        ef *= (b + j) / (a + b + j)
+    return 1.0 - es - ef if m >= 2 else 0.0
+
+
+VARIANTS = {"carried": OnlineConfig(), "refit": OnlineConfig(calibration="refit"),
+            "none": OnlineConfig(calibration="none")}  # fmt: skip
+
+
+def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> dict[str, Any]:
+    run_id = store.run_id(run)
+    settings = store.run_settings(run_id)
+    targets = settings.get("predictor", {}).get("targets", "subtree")
+    trace = settings["trace"]
+    measured = store.headroom(run_id)
+    iterations = store.backed_up_iterations(run_id)
+    trees = {it: store.load_trees(run_id, it) for it in iterations}
+    examples = {it: node_examples(trees[it], featurizer, targets) for it in iterations}
+    pools = {}
+    for it in measured:
+        records = store.load_root_plan(run_id, it)[0]
+        fresh = [RolloutTree(r, ()) for r in records]
+        pools[it] = featurizer.features(fresh, [(i, 0) for i in range(len(fresh))])
+    out: dict[str, Any] = {"targets": targets}
+    for name, online in VARIANTS.items():
+        predictor = OnlinePredictor(featurizer.dim, PredictorConfig(), online)
+        rows = []
+        for it in iterations:
+            if it in measured and predictor.fitted:
+                v = predictor.predict(pools[it])
+                pool = [replace(p, predicted=float(x)) for p, x in zip(measured[it], v, strict=True)]
+                book = ledger(pool, trace["group_size"], trace["max_per_prompt"])
+                s = np.array([(p.successes_first + p.successes_second) / (2 * p.half) for p in pool])
+                q = quality(v, s, np.full(len(s), 2.0 * pool[0].half))
+                samples = [2 * pool[0].half] * len(pool)
+                budget = int(sum(p.allocated for p in pool))
+                successes = [p.successes_first + p.successes_second for p in pool]
+                mixed = np.array([unbiased_mixed(k, samples[0], 3) for k in successes])
+                implied = np.array([root_value(float(x), 3) for x in v])
+                by_kappa = {}
+                for kappa in KAPPAS:
+                    table = [[beta_mixed(float(x), m, kappa) for m in range(trace["max_per_prompt"] + 1)] for x in v]
+                    plan = allocate_by_table(table, budget, trace["max_per_prompt"])
+                    by_kappa[str(kappa)] = score_plan(
+                        [p.successes_first + p.successes_second for p in pool], samples, plan
+                    ).mixed
+                rows.append({
+                    "iteration": it, "rule": book.predictor_rule.mixed, "oracle": book.oracle.mixed,
+                    "uniform": book.uniform.mixed, "auc": q.auc, "ece": q.ece, "v_std": float(v.std()),
+                    "platt": list(predictor.platt), "kappa": by_kappa,
+                    "success_rank_corr": rank_corr(v, s), "mixed_rank_corr": rank_corr(implied, mixed),
+                })  # fmt: skip
+            x, t, w, nodes = examples[it]
+            if len(t):
+                predictor.add(it, x, t, w, [trees[it][i].record.id for i, _ in nodes])
+                predictor.fit()
+        gain = sum(r["oracle"] - r["uniform"] for r in rows)
+        out[name] = {"iterations": rows,
+                     "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in rows) / gain if gain else None,
+                     "auc": float(np.mean([r["auc"] for r in rows])), "ece": float(np.mean([r["ece"] for r in rows])),
+                     "v_std": float(np.mean([r["v_std"] for r in rows])),
+                     "success_rank_corr": float(np.nanmean([r["success_rank_corr"] for r in rows])),
+                     "mixed_rank_corr": float(np.nanmean([r["mixed_rank_corr"] for r in rows])),
+                     "share_by_kappa": {k: sum(r["kappa"][k] - r["uniform"] for r in rows) / gain if gain else None
+                                        for k in map(str, KAPPAS)}}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--run", action="append", required=True)
+    parser.add_argument("--max-turns", type=int, default=4)
+    parser.add_argument("--out", default="bench/results/calibration.json")
+    args = parser.parse_args()
+    store = RolloutStore(f"sqlite:///{args.db}", create=False, read_only=True)
+    featurizer = SearchAgentFeaturizer(TextEncoder(), args.max_turns)
+    results = {run: replay(store, run, featurizer) for run in args.run}
+    store.close()
+    command = "python bench/calibration.py " + " ".join(sys.argv[1:])
+    Path(args.out).write_text(json.dumps({"command": command, "runs": results}, indent=2) + "\n")
+    for run, per in results.items():
+        for name in VARIANTS:
+            r = per[name]
+            print(
+                f"{run:60s} {name:8s} share {r['share_of_oracle_gain']:+.3f}  pool AUC {r['auc']:.3f}  "
+                f"ECE {r['ece']:.3f}  v std {r['v_std']:.3f}  rank corr v~s {r['success_rank_corr']:.2f}  "
+                f"V_root(v)~mixed {r['mixed_rank_corr']:.2f}  by kappa "
+                + " ".join(f"{k}:{x:+.2f}" for k, x in r["share_by_kappa"].items())
+            )
+
+
+if __name__ == "__main__":
+    main()
