@@ -30,3 +30,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check trace_core flows store tests bench
 	$(BIN)/ruff format --check trace_core flows store tests bench
 	$(BIN)/mypy trace_core flows store
+	$(BIN)/hadolint Dockerfile
