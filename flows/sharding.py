@@ -20,8 +20,6 @@ only (`start_local_ray`).
 from __future__ import annotations
 
 import copy
-import os
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,8 +29,8 @@ from typing import Any, Protocol
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 
+from flows.compat import outside_task_run, start_local_ray
 from flows.pipeline import (
     Runtime,
     _dtype,
@@ -50,8 +48,6 @@ from trace_core.generation import GenerationBackend
 from trace_core.loss import wrap_policy
 from trace_core.rollout import Expansion, Shard, grow, merge_shard, shard_seed, shard_trees, split_shards
 from trace_core.tree import Origin, RolloutTree
-
-LOOPBACK = "127.0.0.1"
 
 
 class ShardRunner(Protocol):
@@ -186,16 +182,13 @@ def _submission(share_api: bool) -> Iterator[None]:
     from prefect.context import FlowRunContext
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    token = TaskRunContext.__var__.set(None)  # type: ignore[arg-type]
-    try:
+    with outside_task_run():
         flow_run = FlowRunContext.get()
         if share_api and not PREFECT_API_URL.value() and flow_run is not None and flow_run.client is not None:
             with temporary_settings({PREFECT_API_URL: str(flow_run.client.api_url)}):
                 yield
         else:
             yield
-    finally:
-        TaskRunContext.__var__.reset(token)
 
 
 class RayShards:
@@ -240,33 +233,6 @@ class RayShards:
 
 
 # -- starting and choosing the runner ------------------------------------------------------------
-
-_RAY_NODE_IP_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def start_local_ray(num_cpus: int) -> None:
-    """Start a Ray instance on this machine only: `num_cpus` CPUs, no dashboard, and every Ray
-    process (GCS, raylet, agents, workers) listening on 127.0.0.1.
-
-    Told `_node_ip_address='127.0.0.1'`, Ray still swaps loopback for the machine's outward address
-    and listens there, unless multi-node support is off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read
-    for choosing the node address only); it is switched off for the start, then restored.
-    """
-    import ray
-
-    previous = os.environ.get(_RAY_NODE_IP_ENV)
-    os.environ[_RAY_NODE_IP_ENV] = "0"
-    constants = sys.modules["ray._private.ray_constants"]
-    enabled = getattr(constants, "ENABLE_RAY_CLUSTER", True)
-    setattr(constants, "ENABLE_RAY_CLUSTER", False)  # noqa: B010
-    try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK, namespace="trace-rl")
-    finally:
-        setattr(constants, "ENABLE_RAY_CLUSTER", enabled)  # noqa: B010
-        if previous is None:
-            del os.environ[_RAY_NODE_IP_ENV]
-        else:
-            os.environ[_RAY_NODE_IP_ENV] = previous
 
 
 @contextmanager

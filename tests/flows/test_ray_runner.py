@@ -24,7 +24,7 @@ def ray_processes():
     all its processes gone. Yields a function listing the processes Ray runs now."""
     import ray
 
-    from flows.sharding import start_local_ray
+    from flows.compat import start_local_ray
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
 
