@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -218,18 +219,19 @@ def _late_mean(runs: list[dict[str, Any]], key: str, start: int = 5) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+TINY_FILE = Path(__file__).with_name("tiny.toml")
+
+
+def tiny_sections() -> dict[str, dict[str, Any]]:
+    """The test suite's tiny task and model (flows/tiny.toml), by settings section."""
+    return tomllib.loads(TINY_FILE.read_text())
+
+
 def _tiny_overrides(workdir: Path) -> list[str]:
-    """The test suite's tiny task and model (for the CI size)."""
-    return [
-        f"task.data_dir={workdir / 'data'}", f"model.models_dir={workdir / 'models'}", "task.n_people=24",
-        "task.n_orgs=8", "task.n_cities=8", "task.n_countries=3", "task.n_train=40", "task.n_dev=8", "task.n_test=8",
-        "task.max_hops=1", "model.vocab_size=600", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_layers=2", "model.num_heads=2", "model.head_dim=32", "warmstart.max_steps=300",
-        "warmstart.eval_every=50", "warmstart.eval_questions=8", "warmstart.batch_size=8", "warmstart.eval_samples=2",
-        "warmstart.learning_rate=0.005", "warmstart.success_low=0.05", "warmstart.success_high=0.95",
-        "agent.max_tokens_per_turn=24", "trace.budget=16", "trace.pool_size=10", "trace.max_per_prompt=8",
-        "train.eval_questions=4",
-    ]  # fmt: skip
+    """The tiny task and model (for the CI size), kept under `workdir`, with the bench's budget."""
+    tiny = [f"{section}.{key}={value}" for section, values in tiny_sections().items() for key, value in values.items()]
+    return [f"task.data_dir={workdir / 'data'}", f"model.models_dir={workdir / 'models'}", *tiny,
+            "trace.budget=16", "trace.pool_size=10", "trace.max_per_prompt=8", "train.eval_questions=4"]  # fmt: skip
 
 
 def run_bench(

@@ -10,25 +10,19 @@ import tomlkit
 from prefect.logging.configuration import setup_logging
 
 import flows  # noqa: F401  (Prefect's defaults: no analytics, quiet task-run logs)
+from flows.bench import tiny_sections
 
 # Prefect's console handler keeps the stream it first sees; configure it now, at collection, so it
 # never holds a test's captured (and later closed) stderr
 setup_logging()
 
+# the tiny task and model (flows/tiny.toml, shared with `trace-rl bench --quick`) and the tests' sizes
 TINY = {
-    "task": {"n_people": 24, "n_orgs": 8, "n_cities": 8, "n_countries": 3, "n_train": 40, "n_dev": 8, "n_test": 8,
-             "max_hops": 1},
-    "model": {"vocab_size": 600, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,
-              "head_dim": 32},
-    # 300 warm-start steps (~7 s) on one-hop questions: the tiny policy then solves most training
-    # questions but not all, so groups mix and the policy gets a gradient
-    "warmstart": {"max_steps": 300, "eval_every": 50, "eval_questions": 8, "batch_size": 8, "eval_samples": 2,
-                  "learning_rate": 0.005, "success_low": 0.05, "success_high": 0.95},
-    "agent": {"max_tokens_per_turn": 24},
+    **tiny_sections(),
     "trace": {"budget": 16, "pool_size": 10, "group_size": 2},
     "train": {"iterations": 2, "eval_every": 1, "eval_questions": 4, "eval_samples": 2},
     "orchestration": {"retries": 1},
-}  # fmt: skip
+}
 
 
 def write_settings(path: Path, workspace: Path, run_dir: Path, **sections: dict) -> Path:
