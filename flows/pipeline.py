@@ -240,6 +240,10 @@ def prepare_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = 
             log(f"converting SmolLM2-135M-Instruct from GGUF into {out}")
             out.parent.mkdir(parents=True, exist_ok=True)
             convert_gguf(smollm2_gguf_path(), out)
+        log(
+            "SmolLM2-135M-Instruct gets no warm start here (too slow on CPU): on the synthetic task expect "
+            "reward 0, invalid actions and no-op updates until it uses <search>/<answer> (see the README)"
+        )
         return out
     return build_tiny_model(s, data, retriever, log)
 
