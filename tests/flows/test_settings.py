@@ -155,3 +155,14 @@ def test_the_tiny_model_does_not_depend_on_how_the_data_folder_is_spelt(tmp_path
     absolute = load_settings([f"task.data_dir={tmp_path / 'data' / 'synthetic'}"])
     assert tiny_model_digest(relative) == tiny_model_digest(absolute)
     assert tiny_model_digest(relative) != tiny_model_digest(load_settings(["task.n_train=100"]))
+
+
+def test_the_smollm2_preset_says_at_start_up_that_it_is_not_warm_started(tmp_path):
+    from flows.pipeline import prepare_model
+
+    (tmp_path / "smollm2-135m-instruct").mkdir()
+    (tmp_path / "smollm2-135m-instruct" / "config.json").write_text("{}")  # already converted
+    s = load_settings(["model.preset=smollm2", f"model.models_dir={tmp_path}"])
+    said: list[str] = []
+    assert prepare_model(s, None, None, said.append) == tmp_path / "smollm2-135m-instruct"  # type: ignore[arg-type]
+    assert len(said) == 1 and "no warm start" in said[0] and "reward 0" in said[0]
