@@ -41,9 +41,8 @@ def plot_comparison(series: dict[str, list[dict[str, Any]]], path: Path) -> None
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, COMPARED, strict=True):
         for label, rows in series.items():
-            points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None and r["iteration"] >= 0]
-            if key == "eval/em":  # the starting policy's evaluation (iteration -1) belongs on this panel
-                points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
+            # only dev EM has a value for the starting policy (iteration -1), and it belongs on its panel
+            points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o" if key == "eval/em" else None, markersize=3, label=label)

@@ -223,8 +223,10 @@ class OnlinePredictor:
         self.chosen = (decay, l2)
         xp, tp, wp = self._with_prior(xs, t, w * decay**age)
         self.theta = _fit_logistic(xp, tp, wp, l2, self.online.lbfgs_steps)
-        pairs = {"refit": lambda: self._refit_pairs(xs, t, w, age, decay, l2), "carried": lambda: list(self.pairs),
-                 "none": list}[self.online.calibration]()  # fmt: skip
+        if self.online.calibration == "refit":
+            pairs = self._refit_pairs(xs, t, w, age, decay, l2)
+        else:
+            pairs = list(self.pairs) if self.online.calibration == "carried" else []
         if pairs:
             z, tp, wp = (np.concatenate([p[i] for p in pairs]) for i in range(3))
             self.platt = fit_platt(z, tp, wp, self.online.calibration_prior)
