@@ -32,13 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store.store import RolloutStore  # noqa: E402
-from trace_core.allocation import allocate_by_table, root_value  # noqa: E402
+from trace_core.allocation import allocate_by_table, mixed_value, root_value  # noqa: E402
 from trace_core.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
+from trace_core.glm import logit  # noqa: E402
 from trace_core.headroom import ledger, score_plan, unbiased_mixed  # noqa: E402
+from trace_core.mixedness import MixednessModel  # noqa: E402
 from trace_core.online_predictor import OnlineConfig, OnlinePredictor  # noqa: E402
 from trace_core.predictor import PredictorConfig, quality  # noqa: E402
 from trace_core.sampling import node_examples  # noqa: E402
-from trace_core.tree import RolloutTree  # noqa: E402
+from trace_core.tree import RolloutTree, stage1_outcomes  # noqa: E402
 
 KAPPAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -71,6 +73,7 @@ def beta_mixed(v: float, m: int, kappa: float) -> float:
 
 VARIANTS = {"carried": OnlineConfig(), "refit": OnlineConfig(calibration="refit"),
             "none": OnlineConfig(calibration="none")}  # fmt: skip
+MIXED = "carried+mixedness"  # the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/mixedness.py)
 
 
 def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> dict[str, Any]:
@@ -88,12 +91,14 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> 
         fresh = [RolloutTree(r, ()) for r in records]
         pools[it] = featurizer.features(fresh, [(i, 0) for i in range(len(fresh))])
     out: dict[str, Any] = {"targets": targets}
-    for name, online in VARIANTS.items():
+    for name, online in [*VARIANTS.items(), (MIXED, VARIANTS["carried"])]:
         predictor = OnlinePredictor(featurizer.dim, PredictorConfig(), online)
+        mixedness = MixednessModel(featurizer.dim) if name == MIXED else None
         rows = []
         for it in iterations:
             if it in measured and predictor.fitted:
                 v = predictor.predict(pools[it])
+                d = mixedness.predict(pools[it], logit(v)) if mixedness is not None else None
                 pool = [replace(p, predicted=float(x)) for p, x in zip(measured[it], v, strict=True)]
                 book = ledger(pool, trace["group_size"], trace["max_per_prompt"])
                 s = np.array([(p.successes_first + p.successes_second) / (2 * p.half) for p in pool])
@@ -110,16 +115,33 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> 
                     by_kappa[str(kappa)] = score_plan(
                         [p.successes_first + p.successes_second for p in pool], samples, plan
                     ).mixed
+                rule = book.predictor_rule.mixed
+                if d is not None:
+                    table = [[mixed_value(float(a), float(b), m) for m in range(trace["max_per_prompt"] + 1)]
+                             for a, b in zip(v, d, strict=True)]  # fmt: skip
+                    plan = allocate_by_table(table, budget, trace["max_per_prompt"])
+                    rule = score_plan(successes, samples, plan).mixed
+                    implied = 1.5 * d
                 rows.append({
-                    "iteration": it, "rule": book.predictor_rule.mixed, "oracle": book.oracle.mixed,
+                    "iteration": it, "rule": rule, "oracle": book.oracle.mixed,
                     "uniform": book.uniform.mixed, "auc": q.auc, "ece": q.ece, "v_std": float(v.std()),
                     "platt": list(predictor.platt), "kappa": by_kappa,
                     "success_rank_corr": rank_corr(v, s), "mixed_rank_corr": rank_corr(implied, mixed),
                 })  # fmt: skip
             x, t, w, nodes = examples[it]
+            if mixedness is not None:
+                bare = {ti: rk for (ti, n), rk in stage1_outcomes(trees[it]).items() if n == 0}
+                roots = sorted(bare)
+                if roots:
+                    xr = featurizer.features(trees[it], [(ti, 0) for ti in roots])
+                    z = logit(predictor.predict(xr))
+                    k = np.array([bare[ti][0] * bare[ti][1] for ti in roots])
+                    mixedness.add(it, xr, z, np.round(k), np.array([bare[ti][1] for ti in roots]))
             if len(t):
                 predictor.add(it, x, t, w, [trees[it][i].record.id for i, _ in nodes])
                 predictor.fit()
+            if mixedness is not None:
+                mixedness.fit()
         gain = sum(r["oracle"] - r["uniform"] for r in rows)
         out[name] = {"iterations": rows,
                      "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in rows) / gain if gain else None,
@@ -146,7 +168,7 @@ def main() -> None:
     command = "python bench/calibration.py " + " ".join(sys.argv[1:])
     Path(args.out).write_text(json.dumps({"command": command, "runs": results}, indent=2) + "\n")
     for run, per in results.items():
-        for name in VARIANTS:
+        for name in [*VARIANTS, MIXED]:
             r = per[name]
             print(
                 f"{run:60s} {name:8s} share {r['share_of_oracle_gain']:+.3f}  pool AUC {r['auc']:.3f}  "

@@ -320,6 +320,13 @@ class PredictorSection(Section):
         "bench/results/targets-ab (warm seeds 0 and 1, late seed 0) 'launched' gave the higher effective ratio, "
         "non-zero-advantage share and test EM in every pair (warm mean test EM 0.417 against 0.364).",
     )
+    mixedness: bool = Field(
+        False,
+        description="Also learn, from the bare Stage-1 groups, the chance that two rollouts of a prompt disagree, "
+        "and value Stage 1 by V_mix(v, d, m), the chance m rollouts are mixed when the prompt's success has mean v "
+        "and that disagreement d (trace_core/mixedness.py), instead of the paper's V_root(v, m), which reads v as "
+        "the prompt's true success rate.",
+    )
 
 
 class PolicySection(Section):

@@ -59,6 +59,7 @@ from trace_core.rollout import Expansion, new_trees, rollout_batch
 from trace_core.sampling import (
     effective_ratio,
     learn_history,
+    learn_iteration,
     node_examples,
     plan_stage1,
     plan_stage2,
@@ -92,7 +93,9 @@ class TrainContext:
         self.optimizer = make_optimizer(self.policy, self.policy_config)
         self.featurizer = SearchAgentFeaturizer(TextEncoder(device=s.model.device), s.agent.max_turns)
         q = s.predictor
-        self.predictor_config = PredictorConfig(q.prior, q.window, q.hidden, q.epochs, q.learning_rate, seed=s.run.seed)
+        self.predictor_config = PredictorConfig(
+            q.prior, q.window, q.hidden, q.epochs, q.learning_rate, seed=s.run.seed, mixedness=q.mixedness
+        )
         self.predictor = make_predictor(q.name, self.featurizer.dim, self.predictor_config)
         self.run_dir = s.run.output_dir / s.run.name
         self.adapter_version = 0
@@ -367,11 +370,11 @@ def refit_predictor(ctx: TrainContext, it: int) -> None:
 
     def compute() -> tuple[Any, Any, CheckpointRecord]:
         trees = ctx.store.load_trees(ctx.run_id, it)
-        x, target, weight, nodes = node_examples(trees, ctx.featurizer, ctx.s.predictor.targets)
         before = {kind: quality(*allocation_outcomes(trees, kind)) for kind in ("all", "root", "anchor")}
         ctx.dirty.add("predictor")
-        ctx.predictor.add(it, x, target, weight, [trees[t].record.id for t, _ in nodes])
-        fit = ctx.predictor.fit()
+        fit = learn_iteration(ctx.predictor, ctx.featurizer, it, trees, ctx.s.predictor.targets)
+        if fit is None:  # a backed-up iteration always has its bare rollouts' roots
+            raise RuntimeError(f"iteration {it} gave the predictor no examples")
         path = _checkpoint_path(ctx, "predictor", it)
         return before, fit, CheckpointRecord("predictor", str(path), write_atomic(ctx.predictor.state_dict(), path))
 

@@ -19,6 +19,13 @@ subtree mixed with probability
 V_pref is concave in k (its increments q^k (1 - q) shrink), so taking the best marginal gain one
 leaf at a time (`allocate_prefixes`) is exact.
 
+With a predicted chance d that two rollouts of the prompt disagree (trace_core/mixedness.py), the
+prompt's success is read as the Beta with mean v and E[2 s (1 - s)] = d, and m rollouts are worth
+
+    V_mix(v, d, m) = 1 - E[s^m] - E[(1 - s)^m]     (= d at m = 2, 3 d / 2 at m = 3),
+
+which tends to V_root(v, m) as d -> 2 v (1 - v) (v known exactly).
+
 Deviations:
 1. The whole budget is spent (sum m_i = B exactly, sum k = B exactly). V only grows with more
    samples, so spending everything never lowers the objective; it keeps "equal cost" literal.
@@ -47,6 +54,38 @@ def prefix_value(p: float, r: float, k: int) -> float:
         return 0.0
     q = r * p + (1.0 - r) * (1.0 - p)
     return float(1.0 - q**k)
+
+
+def group_disagreement(successes: float, n: int) -> float:
+    """Unbiased estimate of 2 s (1 - s), the chance two rollouts disagree, from one group."""
+    if n < 2:
+        raise ValueError(f"a disagreement needs a group of at least 2 rollouts, got {n}")
+    k = float(successes)
+    return 2.0 * k * (n - k) / (n * (n - 1))
+
+
+def beta_from_moments(v: float, d: float, eps: float = 1e-6) -> tuple[float, float]:
+    """(alpha, beta) of the Beta with mean v and E[2 s (1 - s)] = d. d is clipped into
+    (0, 2 v (1 - v)): at its top the Beta is a point mass at v (alpha, beta -> inf), at its
+    bottom the two-point law on {0, 1} (alpha, beta -> 0)."""
+    v = min(max(v, eps), 1 - eps)
+    top = 2 * v * (1 - v)
+    d = min(max(d, eps * top), top * (1 - eps))
+    var = v * (1 - v) - d / 2  # E[s^2] = v - d / 2
+    kappa = v * (1 - v) / var - 1
+    return v * kappa, (1 - v) * kappa
+
+
+def mixed_value(v: float, d: float, m: int) -> float:
+    """V_mix(v, d, m): the chance m rollouts are mixed when s ~ Beta with mean v and E[2 s (1-s)] = d."""
+    if m < 2:
+        return 0.0
+    a, b = beta_from_moments(v, d)
+    es = ef = 1.0
+    for j in range(m):
+        es *= (a + j) / (a + b + j)
+        ef *= (b + j) / (a + b + j)
+    return float(1.0 - es - ef)
 
 
 def nonzero_leaves_value(v: float, m: int) -> float:

@@ -38,7 +38,15 @@ from typing import Protocol
 
 import numpy as np
 
-from trace_core.allocation import agreement, allocate_prefixes, allocate_roots, prefix_value, root_value
+from trace_core.allocation import (
+    agreement,
+    allocate_by_table,
+    allocate_prefixes,
+    allocate_roots,
+    mixed_value,
+    prefix_value,
+    root_value,
+)
 from trace_core.registry import Registry
 
 
@@ -97,9 +105,23 @@ class RootPlan:
         return float(sum(self.values))
 
 
-def root_plan(predicted: Sequence[float], counts: Sequence[int]) -> RootPlan:
-    """A Stage-1 plan valued with the paper's V_root on the predictions it was made with."""
-    return RootPlan(tuple(counts), tuple(root_value(v, m) for v, m in zip(predicted, counts, strict=True)))
+def root_plan(predicted: Sequence[float], counts: Sequence[int], mixedness: Sequence[float] | None = None) -> RootPlan:
+    """A Stage-1 plan valued on the predictions it was made with: the paper's V_root(v, m), or
+    V_mix(v, d, m) where a predicted disagreement d per prompt is given (trace_core/mixedness.py)."""
+    if mixedness is None:
+        return RootPlan(tuple(counts), tuple(root_value(v, m) for v, m in zip(predicted, counts, strict=True)))
+    values = (mixed_value(v, d, m) for v, d, m in zip(predicted, mixedness, counts, strict=True))
+    return RootPlan(tuple(counts), tuple(values))
+
+
+def stage1_counts(
+    predicted: Sequence[float], mixedness: Sequence[float] | None, budget: int, cap: int
+) -> tuple[int, ...]:
+    """The exact Stage-1 split on V_root(v, m), or on V_mix(v, d, m) when d is given."""
+    if mixedness is None:
+        return allocate_roots(predicted, budget, cap)
+    table = [[mixed_value(v, d, m) for m in range(cap + 1)] for v, d in zip(predicted, mixedness, strict=True)]
+    return allocate_by_table(table, budget, cap)
 
 
 @dataclass(frozen=True)
@@ -154,7 +176,13 @@ class Allocator(Protocol):
     roots_by_predictor: bool
     prefixes_by_predictor: bool
 
-    def roots(self, predicted: Sequence[float], config: AllocatorConfig, rng: np.random.Generator) -> RootPlan: ...
+    def roots(
+        self,
+        predicted: Sequence[float],
+        config: AllocatorConfig,
+        rng: np.random.Generator,
+        mixedness: Sequence[float] | None = None,
+    ) -> RootPlan: ...
 
     def prefixes(
         self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
@@ -216,12 +244,17 @@ class _Stage1:
     def _budget(self, config: AllocatorConfig) -> int:
         return config.budget if self.single_stage else config.stage1_budget
 
-    def roots(self, predicted: Sequence[float], config: AllocatorConfig, rng: np.random.Generator) -> RootPlan:
-        if self.roots_by_predictor:
-            counts: Sequence[int] = allocate_roots(predicted, self._budget(config), config.max_per_prompt)
-        else:
-            counts = uniform_counts(len(predicted), self._budget(config), config.group_size)
-        return root_plan(predicted, counts)
+    def roots(
+        self,
+        predicted: Sequence[float],
+        config: AllocatorConfig,
+        rng: np.random.Generator,
+        mixedness: Sequence[float] | None = None,
+    ) -> RootPlan:
+        if not self.roots_by_predictor:
+            return root_plan(predicted, uniform_counts(len(predicted), self._budget(config), config.group_size))
+        counts = stage1_counts(predicted, mixedness, self._budget(config), config.max_per_prompt)
+        return root_plan(predicted, counts, mixedness)
 
     def prefixes(
         self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator

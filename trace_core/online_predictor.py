@@ -72,6 +72,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trace_core.glm import fit_logistic, forward_validated, log_loss
+from trace_core.mixedness import MixednessHead
 from trace_core.predictor import PREDICTORS, FitReport, PredictorConfig, quality
 
 CALIBRATIONS = ("carried", "refit", "none")
@@ -99,40 +101,6 @@ class OnlineConfig:
             raise ValueError(f"unknown calibration {self.calibration!r}; valid: {', '.join(CALIBRATIONS)}")
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def _fit_logistic(x: np.ndarray, t: np.ndarray, w: np.ndarray, l2: float, steps: int) -> np.ndarray:
-    """argmin over (w, b) of sum_i w_i BCE(sigmoid(x_i.w + b), t_i) + l2/2 |w|^2 (b unpenalised).
-    Returns the (dim + 1,) parameters, bias last."""
-    xt = torch.from_numpy(np.concatenate([x, np.ones((len(x), 1))], axis=1))
-    tt, wt = torch.from_numpy(t), torch.from_numpy(w / max(w.sum(), 1e-12))
-    theta = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
-    penalty = torch.ones_like(theta)
-    penalty[-1] = 0.0
-    scale = l2 / max(w.sum(), 1e-12)
-    opt = torch.optim.LBFGS([theta], max_iter=steps, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        z = xt @ theta
-        loss = (wt * torch.nn.functional.binary_cross_entropy_with_logits(z, tt, reduction="none")).sum()
-        loss = loss + 0.5 * scale * (penalty * theta**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return theta.detach().numpy().copy()
-
-
-def _log_loss(z: np.ndarray, t: np.ndarray, w: np.ndarray) -> float:
-    p = 1 / (1 + np.exp(-z))
-    p = np.clip(p, 1e-9, 1 - 1e-9)
-    return float(-(w * (t * np.log(p) + (1 - t) * np.log(1 - p))).sum() / max(w.sum(), 1e-12))
-
-
 def fit_platt(z: np.ndarray, t: np.ndarray, w: np.ndarray, prior: float) -> tuple[float, float]:
     """(a, c) maximising the weighted likelihood of sigmoid(a z + c) plus a Gaussian prior of
     `prior` pseudo-leaves around (1, 0)."""
@@ -154,12 +122,13 @@ def fit_platt(z: np.ndarray, t: np.ndarray, w: np.ndarray, prior: float) -> tupl
 
 
 @PREDICTORS.register("online")
-class OnlinePredictor:
+class OnlinePredictor(MixednessHead):
     """Decayed-history logistic regression with online Platt recalibration; see the module docstring."""
 
     def __init__(self, dim: int, config: PredictorConfig = PredictorConfig(), online: OnlineConfig = OnlineConfig()):
         self.dim = dim
         self.config = config
+        self._init_mixedness(config.mixedness)
         self.online = online
         self.history: deque[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=online.history)
         self.pairs: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=online.calibration_window)
@@ -219,10 +188,11 @@ class OnlinePredictor:
         self.mean = x.mean(axis=0)
         self.scale = x.std(axis=0) + 1e-6
         xs = (x - self.mean) / self.scale
-        decay, l2 = self._choose(xs, t, w, age)
+        o = self.online
+        decay, l2 = forward_validated(xs, t, w, age, o.decays, o.l2s, o.lbfgs_steps, self._with_prior)
         self.chosen = (decay, l2)
         xp, tp, wp = self._with_prior(xs, t, w * decay**age)
-        self.theta = _fit_logistic(xp, tp, wp, l2, self.online.lbfgs_steps)
+        self.theta = fit_logistic(xp, tp, wp, l2, self.online.lbfgs_steps)
         if self.online.calibration == "refit":
             pairs = self._refit_pairs(xs, t, w, age, decay, l2)
         else:
@@ -230,10 +200,11 @@ class OnlinePredictor:
         if pairs:
             z, tp, wp = (np.concatenate([p[i] for p in pairs]) for i in range(3))
             self.platt = fit_platt(z, tp, wp, self.online.calibration_prior)
+        self._fit_mixedness()
         predicted = self.predict(x)
         fit_quality = quality(predicted, t, w)
         z = self._raw(x)
-        return FitReport(_log_loss(z, t, w * decay**age), len(x), len(self.history), self.online.lbfgs_steps,
+        return FitReport(log_loss(z, t, w * decay**age), len(x), len(self.history), self.online.lbfgs_steps,
                          fit_quality, None)  # fmt: skip
 
     def _refit_pairs(
@@ -250,7 +221,7 @@ class OnlinePredictor:
             if not past.any():
                 break
             weights = w[past] * decay ** (age[past] - age[past].min())
-            theta = _fit_logistic(*self._with_prior(xs[past], t[past], weights), l2, self.online.lbfgs_steps)
+            theta = fit_logistic(*self._with_prior(xs[past], t[past], weights), l2, self.online.lbfgs_steps)
             pairs.append((xs[held] @ theta[:-1] + theta[-1], t[held], w[held]))
         return pairs
 
@@ -261,27 +232,10 @@ class OnlinePredictor:
         n0 = self.online.prior_leaves
         return (np.concatenate([xs, np.zeros((1, xs.shape[1]))]), np.append(t, self.config.prior), np.append(w, n0))
 
-    def _choose(self, xs: np.ndarray, t: np.ndarray, w: np.ndarray, age: np.ndarray) -> tuple[float, float]:
-        """The (decay, l2) whose model, fitted without the newest iteration, best predicts it."""
-        newest = age == 0
-        if newest.all() or not newest.any():
-            return self.online.decays[-1], self.online.l2s[-1]  # one iteration: nothing to validate on
-        past = ~newest
-        best, choice = float("inf"), (self.online.decays[-1], self.online.l2s[-1])
-        for decay in self.online.decays:
-            # validation ages count from the newest *training* iteration, as they would at allocation
-            weights = w[past] * decay ** (age[past] - age[past].min())
-            for l2 in self.online.l2s:
-                theta = _fit_logistic(*self._with_prior(xs[past], t[past], weights), l2, self.online.lbfgs_steps)
-                loss = _log_loss(xs[newest] @ theta[:-1] + theta[-1], t[newest], w[newest])
-                if loss < best - 1e-12:
-                    best, choice = loss, (decay, l2)
-        return choice
-
     def state_dict(self) -> dict[str, Any]:
         return {"dim": self.dim, "theta": self.theta, "mean": self.mean, "scale": self.scale,
                 "platt": self.platt, "chosen": self.chosen, "history": list(self.history),
-                "pairs": list(self.pairs)}  # fmt: skip
+                "pairs": list(self.pairs), "mixedness": self._mixedness_state()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["dim"] != self.dim:
@@ -290,3 +244,4 @@ class OnlinePredictor:
         self.platt, self.chosen = tuple(state["platt"]), tuple(state["chosen"])  # type: ignore[assignment]
         self.history = deque(state["history"], maxlen=self.online.history)
         self.pairs = deque(state["pairs"], maxlen=self.online.calibration_window)
+        self._load_mixedness(state.get("mixedness"))

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from trace_core.mixedness import MixednessHead
 from trace_core.registry import Registry
 
 
@@ -41,7 +42,10 @@ from trace_core.registry import Registry
 class PredictorConfig:
     """prior: prediction before the first fit. window: iterations of data kept for refitting.
     hidden: MLP width. epochs / lr / weight_decay: full-batch AdamW fitting, at most `epochs`
-    steps. holdout: share of prompts held out to choose the stopping step (0 disables it)."""
+    steps. holdout: share of prompts held out to choose the stopping step (0 disables it).
+    mixedness: also learn, from the bare Stage-1 groups, the chance two rollouts of a prompt
+    disagree (`predict_mixedness`, trace_core/mixedness.py), so Stage 1 can value a prompt by
+    V_mix(v, d, m) instead of V_root(v, m)."""
 
     prior: float = 0.5
     window: int = 8
@@ -51,6 +55,7 @@ class PredictorConfig:
     weight_decay: float = 1e-2
     holdout: float = 0.2
     seed: int = 0
+    mixedness: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.prior < 1:
@@ -154,7 +159,16 @@ class Predictor(Protocol):
         groups: Sequence[str] | None = None,
     ) -> None: ...
 
+    def add_groups(self, iteration: int, features: np.ndarray, successes: np.ndarray, n: np.ndarray) -> None:
+        """One iteration's bare Stage-1 groups (prompt features, successes k of n rollouts): the
+        mixedness model's data. A no-op unless `config.mixedness`."""
+        ...
+
     def fit(self) -> FitReport: ...
+
+    def predict_mixedness(self, features: np.ndarray) -> np.ndarray | None:
+        """Predicted chance that two rollouts of each prompt disagree; None when not learnt (yet)."""
+        ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -171,12 +185,13 @@ def make_predictor(name: str, dim: int, config: PredictorConfig) -> Predictor:
 
 
 @PREDICTORS.register("mlp")
-class SuccessPredictor:
+class SuccessPredictor(MixednessHead):
     """MLP success predictor over fixed-size feature vectors, refitted on a window of iterations."""
 
     def __init__(self, dim: int, config: PredictorConfig = PredictorConfig()) -> None:
         self.dim = dim
         self.config = config
+        self._init_mixedness(config.mixedness)
         self.window: deque[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=config.window)
         self.net: torch.nn.Module | None = None
         self.mean = np.zeros(dim)
@@ -256,6 +271,7 @@ class SuccessPredictor:
                 best_state, best_step, fit_loss = net.state_dict(), step, float(loss.item())
         net.load_state_dict(best_state)
         self.net = net
+        self._fit_mixedness()
         predicted = self.predict(x)
         heldout = quality(predicted[held], t[held], w[held]) if held.any() else None
         return FitReport(fit_loss, len(x), len(self.window), best_step,
@@ -268,6 +284,7 @@ class SuccessPredictor:
             "mean": self.mean,
             "scale": self.scale,
             "window": list(self.window),
+            "mixedness": self._mixedness_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -275,6 +292,7 @@ class SuccessPredictor:
             raise ValueError(f"predictor state has {state['dim']} features, this predictor {self.dim}")
         self.mean, self.scale = state["mean"], state["scale"]
         self.window = deque(state["window"], maxlen=self.config.window)
+        self._load_mixedness(state.get("mixedness"))
         self.net = None
         if state["net"] is not None:
             self.net = self._new_net()

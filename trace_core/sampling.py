@@ -22,9 +22,9 @@ from typing import Literal, Protocol
 import numpy as np
 
 from trace_core.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
-from trace_core.predictor import Predictor
+from trace_core.predictor import FitReport, Predictor
 from trace_core.rollout import Expansion
-from trace_core.tree import RolloutTree, launched_targets
+from trace_core.tree import RolloutTree, launched_targets, stage1_outcomes
 
 Targets = Literal["subtree", "launched"]
 TARGETS: tuple[str, ...] = ("subtree", "launched")
@@ -62,12 +62,14 @@ def plan_stage1(
     featurizer: Featurizer,
     rng: np.random.Generator,
 ) -> RootPlan:
-    """Predict v for every pool prompt (if the allocator uses it) and allocate bare rollouts."""
-    if allocator.roots_by_predictor:
-        v = predict_nodes(trees, [(i, 0) for i in range(len(trees))], predictor, featurizer)
-    else:
-        v = np.full(len(trees), predictor.config.prior)
-    return allocator.roots([float(x) for x in v], config, rng)
+    """Predict v for every pool prompt (if the allocator uses it), and the chance two of its rollouts
+    disagree where the predictor learns that, and allocate bare rollouts."""
+    if not allocator.roots_by_predictor:
+        return allocator.roots([predictor.config.prior] * len(trees), config, rng)
+    roots = [(i, 0) for i in range(len(trees))]
+    v = predict_nodes(trees, roots, predictor, featurizer)
+    d = predictor.predict_mixedness(featurizer.features(trees, roots)) if predictor.fitted else None
+    return allocator.roots([float(x) for x in v], config, rng, None if d is None else [float(x) for x in d])
 
 
 def stage1_expansions(plan: RootPlan) -> list[Expansion]:
@@ -178,7 +180,30 @@ def learn_history(
     does after each iteration (add the node examples, refit): e.g. a shared pre-run's rollouts
     for a run that starts from its checkpoint."""
     for iteration, trees in history:
-        x, target, weight, nodes = node_examples(trees, featurizer, targets)
-        if len(target):
-            predictor.add(iteration, x, target, weight, [trees[t].record.id for t, _ in nodes])
-            predictor.fit()
+        learn_iteration(predictor, featurizer, iteration, trees, targets)
+
+
+def bare_groups(trees: Sequence[RolloutTree], featurizer: Featurizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every prompt's bare Stage-1 group: (prompt features, successes, rollouts)."""
+    groups = sorted((t, rate, n) for (t, node), (rate, n) in stage1_outcomes(trees).items() if node == 0)
+    x = featurizer.features(trees, [(t, 0) for t, _, _ in groups]) if groups else np.zeros((0, featurizer.dim))
+    successes = np.array([round(rate * n) for _, rate, n in groups], dtype=np.float64)
+    return x, successes, np.array([n for _, _, n in groups], dtype=np.int64)
+
+
+def learn_iteration(
+    predictor: Predictor,
+    featurizer: Featurizer,
+    iteration: int,
+    trees: Sequence[RolloutTree],
+    targets: Targets = "subtree",
+) -> FitReport | None:
+    """One iteration's backed-up trees into the predictor, then a refit (None: nothing to learn).
+    The bare groups go in first, scored by the predictor as it was when it allocated them."""
+    if predictor.config.mixedness:
+        predictor.add_groups(iteration, *bare_groups(trees, featurizer))
+    x, target, weight, nodes = node_examples(trees, featurizer, targets)
+    if not len(target):
+        return None
+    predictor.add(iteration, x, target, weight, [trees[t].record.id for t, _ in nodes])
+    return predictor.fit()

@@ -28,7 +28,7 @@ class _Pairs:
     def __init__(self, calls: Counter) -> None:
         self.calls = calls
 
-    def roots(self, predicted, config, rng):
+    def roots(self, predicted, config, rng, mixedness=None):
         self.calls["allocator"] += 1
         return root_plan(predicted, [2 if 2 * (i + 1) <= config.budget else 0 for i in range(len(predicted))])
 
@@ -59,6 +59,12 @@ class _MeanPredictor:
         self.calls["predictor"] += 1
         q = quality(np.array([0.5]), np.array([0.5]), np.array([1.0]))
         return FitReport(loss=0.0, examples=1, iterations=1, steps=0, train=q, heldout=None)
+
+    def add_groups(self, iteration, features, successes, n) -> None:
+        pass  # no mixedness model
+
+    def predict_mixedness(self, features: np.ndarray) -> None:
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total, "weight": self.weight}

@@ -49,14 +49,19 @@ def _snapshot(db: Path, run: str) -> dict:
         ).all()  # fmt: skip
     _, record = store.checkpoints(run_id, "policy")[-1]
     weights = torch.load(record.location, weights_only=False)["weights"]
+    _, record = store.checkpoints(run_id, "predictor")[-1]
+    mixedness = torch.load(record.location, weights_only=False).get("mixedness")
+    # the bare groups the mixedness model was taught, iteration by iteration (none when it is off)
+    groups = [(it, d.tolist()) for it, _, _, d, _ in mixedness["history"]] if mixedness else None
     store.close()
-    return {"trees": trees, "counts": counts, "allocations": allocations, "weights": weights}
+    return {"trees": trees, "counts": counts, "allocations": allocations, "weights": weights, "groups": groups}
 
 
 def _same(a: dict, b: dict) -> None:
     assert a["counts"] == b["counts"]
     assert a["allocations"] == b["allocations"]
     assert a["trees"] == b["trees"]
+    assert a["groups"] == b["groups"]
     assert a["weights"].keys() == b["weights"].keys()
     for k in a["weights"]:
         assert torch.equal(a["weights"][k], b["weights"][k]), k
@@ -99,13 +104,17 @@ def test_one_injected_failure_per_stage_kind_leaves_the_store_and_weights_of_a_c
     prefect_api, workspace, tmp_path, monkeypatch
 ):
     runs = tmp_path / "runs"
-    clean = write_settings(tmp_path / "clean.toml", workspace, runs, run={"name": "clean"})
+    # with the mixedness model on: a retried refit must not teach it a group twice
+    mixing = {"mixedness": True}
+    clean = write_settings(tmp_path / "clean.toml", workspace, runs, run={"name": "clean"}, predictor=mixing)
     _run_flow(monkeypatch, clean)
     faults = [f"{stage}@{i % 2}" for i, stage in enumerate(STAGES)]
-    faulty = write_settings(tmp_path / "faulty.toml", workspace, runs, run={"name": "faulty"},
+    faulty = write_settings(tmp_path / "faulty.toml", workspace, runs, run={"name": "faulty"}, predictor=mixing,
                             orchestration={"retries": 1, "fail_once": faults})  # fmt: skip
     _run_flow(monkeypatch, faulty)
-    _same(_snapshot(runs / "rollouts.db", "clean"), _snapshot(runs / "rollouts.db", "faulty"))
+    clean_run, faulty_run = _snapshot(runs / "rollouts.db", "clean"), _snapshot(runs / "rollouts.db", "faulty")
+    assert clean_run["groups"] and len(clean_run["groups"]) == 2
+    _same(clean_run, faulty_run)
 
 
 def test_measuring_headroom_trains_exactly_what_a_run_without_it_trains_and_stores_the_ledger(

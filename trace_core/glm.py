@@ -1,0 +1,74 @@
+"""Weighted logistic regression in float64, the estimator under the `online` predictor and the
+mixedness model: L-BFGS from zeros, so every fit is deterministic given its data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+WithPrior = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_logistic(x: np.ndarray, t: np.ndarray, w: np.ndarray, l2: float, steps: int) -> np.ndarray:
+    """argmin over (w, b) of sum_i w_i BCE(sigmoid(x_i.w + b), t_i) + l2/2 |w|^2 (b unpenalised).
+    Returns the (dim + 1,) parameters, bias last."""
+    xt = torch.from_numpy(np.concatenate([x, np.ones((len(x), 1))], axis=1))
+    tt, wt = torch.from_numpy(t), torch.from_numpy(w / max(w.sum(), 1e-12))
+    theta = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
+    penalty = torch.ones_like(theta)
+    penalty[-1] = 0.0
+    scale = l2 / max(w.sum(), 1e-12)
+    opt = torch.optim.LBFGS([theta], max_iter=steps, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        z = xt @ theta
+        loss = (wt * torch.nn.functional.binary_cross_entropy_with_logits(z, tt, reduction="none")).sum()
+        loss = loss + 0.5 * scale * (penalty * theta**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return theta.detach().numpy().copy()
+
+
+def log_loss(z: np.ndarray, t: np.ndarray, w: np.ndarray) -> float:
+    p = 1 / (1 + np.exp(-z))
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return float(-(w * (t * np.log(p) + (1 - t) * np.log(1 - p))).sum() / max(w.sum(), 1e-12))
+
+
+def forward_validated(
+    x: np.ndarray,
+    t: np.ndarray,
+    w: np.ndarray,
+    age: np.ndarray,
+    decays: Sequence[float],
+    l2s: Sequence[float],
+    steps: int,
+    with_prior: WithPrior,
+) -> tuple[float, float]:
+    """The (decay, l2) whose model, fitted on every iteration but the newest (age 0) with weights
+    w * decay ** age and the pseudo-data `with_prior` adds, best predicts the newest (weighted log
+    loss). With a single iteration there is nothing to validate on: the last of each grid."""
+    newest = age == 0
+    if newest.all() or not newest.any():
+        return decays[-1], l2s[-1]
+    past = ~newest
+    best, choice = float("inf"), (decays[-1], l2s[-1])
+    for decay in decays:
+        # validation ages count from the newest *training* iteration, as they would at allocation
+        weights = w[past] * decay ** (age[past] - age[past].min())
+        for l2 in l2s:
+            theta = fit_logistic(*with_prior(x[past], t[past], weights), l2, steps)
+            loss = log_loss(x[newest] @ theta[:-1] + theta[-1], t[newest], w[newest])
+            if loss < best - 1e-12:
+                best, choice = loss, (decay, l2)
+    return choice
