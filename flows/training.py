@@ -261,9 +261,10 @@ def roll_out_roots(ctx: TrainContext, it: int) -> None:
 
     def write(w: StageWriter, grown: Grown) -> None:
         w.trees(grown[0], ctx.s.trace.allocator)
-        w.stage_metrics(
-            _rollout_metrics(grown, "rollout/stage1_generated_tokens", "rollout/stage1_prefix_cache_hit_rate")
-        )
+        metrics = _rollout_metrics(grown, "rollout/stage1_generated_tokens", "rollout/stage1_prefix_cache_hit_rate")
+        # what Stage 1 bought, beside what its plan expected (alloc/expected_mixed_stage1)
+        metrics["rollout/stage1_mixed_groups"] = float(sum(t.is_mixed() for t in grown[0]))
+        w.stage_metrics(metrics)
 
     run_stage(ctx, it, "roll_out_roots", compute, write)
 

@@ -80,9 +80,12 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
         assert store.completed_stages(run, it) == set(STAGES) - {"measure_headroom"}  # headroom.every = 0
         assert sum(len(t.leaves()) for t in store.load_trees(run, it)) == 16
         # the predictor's allocation-time quality, for roots and anchors apart, is stored every iteration
-        assert {f"predictor/{kind}_{m}" for kind in ("root", "anchor") for m in ("auc", "brier", "ece")} <= set(
-            store.stage_metrics(run, it)
-        )
+        metrics = store.stage_metrics(run, it)
+        assert {f"predictor/{kind}_{m}" for kind in ("root", "anchor") for m in ("auc", "brier", "ece")} <= set(metrics)
+        # what Stage 1 bought: the bare groups that came out mixed, counted from the stored trees
+        mixed = sum(len({leaf.reward for leaf in t.leaves() if leaf.origin == "stage1"}) == 2
+                    for t in store.load_trees(run, it))  # fmt: skip
+        assert metrics["rollout/stage1_mixed_groups"] == mixed <= metrics["alloc/stage1_prompts"]
     iteration, record = store.checkpoints(run, "policy")[-1]
     trained = torch.load(record.location, weights_only=False)["weights"]
     start = dict(load_policy(workspace / "models" / "tiny-react")[0].named_parameters())
