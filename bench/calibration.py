@@ -15,6 +15,14 @@ the measured success (Spearman), how well the mixedness TRACE's rule reads from 
 ranks the measured chance that 3 rollouts are mixed, and the share when v is read as the mean of a
 Beta(v kappa, (1 - v) kappa) success (one kappa for every prompt: it changes group sizes, never
 which prompts rank first, so it cannot repair a ranking).
+
+The `+mixedness` variants add the mixedness model (trace_core/mixedness.py), fed each iteration's
+bare groups as training feeds it, and value Stage 1 by V_mix(v, d, m); their "rule" is that plan,
+and their mixed rank correlation reads 3 d / 2 instead of V_root(v, 3). Every variant is also
+scored on the run's own bare groups, every iteration, before they are learnt: the forecast chance
+that each group of n would be mixed (V_root(v, n), or V_mix(v, d, n)) against whether it was (AUC,
+Brier). Those groups were chosen by the run's allocator, so they are range-restricted; the pools
+are not, but are measured only every `headroom.every` iterations.
 """
 
 from __future__ import annotations
@@ -36,11 +44,11 @@ from trace_core.allocation import allocate_by_table, mixed_value, root_value  # 
 from trace_core.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
 from trace_core.glm import logit  # noqa: E402
 from trace_core.headroom import ledger, score_plan, unbiased_mixed  # noqa: E402
-from trace_core.mixedness import MixednessModel  # noqa: E402
+from trace_core.mixedness import MixednessConfig, MixednessModel  # noqa: E402
 from trace_core.online_predictor import OnlineConfig, OnlinePredictor  # noqa: E402
 from trace_core.predictor import PredictorConfig, quality  # noqa: E402
-from trace_core.sampling import node_examples  # noqa: E402
-from trace_core.tree import RolloutTree, stage1_outcomes  # noqa: E402
+from trace_core.sampling import bare_groups, node_examples  # noqa: E402
+from trace_core.tree import RolloutTree  # noqa: E402
 
 KAPPAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -73,7 +81,9 @@ def beta_mixed(v: float, m: int, kappa: float) -> float:
 
 VARIANTS = {"carried": OnlineConfig(), "refit": OnlineConfig(calibration="refit"),
             "none": OnlineConfig(calibration="none")}  # fmt: skip
-MIXED = "carried+mixedness"  # the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/mixedness.py)
+# the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/mixedness.py), d regressed on the
+# prompt's features, z and z^2, or on z and z^2 alone
+MIXED = {"carried+mixedness": MixednessConfig(), "carried+mixedness(z only)": MixednessConfig(features=False)}
 
 
 def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> dict[str, Any]:
@@ -85,16 +95,19 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> 
     iterations = store.backed_up_iterations(run_id)
     trees = {it: store.load_trees(run_id, it) for it in iterations}
     examples = {it: node_examples(trees[it], featurizer, targets) for it in iterations}
+    groups = {it: bare_groups(trees[it], featurizer) for it in iterations}
     pools = {}
     for it in measured:
         records = store.load_root_plan(run_id, it)[0]
         fresh = [RolloutTree(r, ()) for r in records]
         pools[it] = featurizer.features(fresh, [(i, 0) for i in range(len(fresh))])
     out: dict[str, Any] = {"targets": targets}
-    for name, online in [*VARIANTS.items(), (MIXED, VARIANTS["carried"])]:
+    for name, online in [*VARIANTS.items(), *((m, VARIANTS["carried"]) for m in MIXED)]:
         predictor = OnlinePredictor(featurizer.dim, PredictorConfig(), online)
-        mixedness = MixednessModel(featurizer.dim) if name == MIXED else None
-        rows = []
+        mixedness = MixednessModel(featurizer.dim, MIXED[name]) if name in MIXED else None
+        rows: list[dict[str, Any]] = []
+        forecast: list[float] = []
+        realised: list[float] = []
         for it in iterations:
             if it in measured and predictor.fitted:
                 v = predictor.predict(pools[it])
@@ -128,20 +141,26 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> 
                     "platt": list(predictor.platt), "kappa": by_kappa,
                     "success_rank_corr": rank_corr(v, s), "mixed_rank_corr": rank_corr(implied, mixed),
                 })  # fmt: skip
+            # the run's own bare groups of this iteration, before they are learnt: how well the Stage-1
+            # value (V_root(v, n), or V_mix(v, d, n)) forecast which came out mixed
+            xr, k, n = groups[it]
+            if predictor.fitted and len(n):
+                v = predictor.predict(xr)
+                d = mixedness.predict(xr, logit(v)) if mixedness is not None else None
+                if d is None:
+                    forecast += [root_value(float(a), int(m)) for a, m in zip(v, n, strict=True)]
+                else:
+                    forecast += [mixed_value(float(a), float(b), int(m)) for a, b, m in zip(v, d, n, strict=True)]
+                realised += [float(0 < a < m) for a, m in zip(k, n, strict=True)]
+            if mixedness is not None and len(n):
+                mixedness.add(it, xr, logit(predictor.predict(xr)), k, n)
             x, t, w, nodes = examples[it]
-            if mixedness is not None:
-                bare = {ti: rk for (ti, n), rk in stage1_outcomes(trees[it]).items() if n == 0}
-                roots = sorted(bare)
-                if roots:
-                    xr = featurizer.features(trees[it], [(ti, 0) for ti in roots])
-                    z = logit(predictor.predict(xr))
-                    k = np.array([bare[ti][0] * bare[ti][1] for ti in roots])
-                    mixedness.add(it, xr, z, np.round(k), np.array([bare[ti][1] for ti in roots]))
             if len(t):
                 predictor.add(it, x, t, w, [trees[it][i].record.id for i, _ in nodes])
                 predictor.fit()
             if mixedness is not None:
                 mixedness.fit()
+        group_quality = quality(np.array(forecast), np.array(realised), np.ones(len(realised)))
         gain = sum(r["oracle"] - r["uniform"] for r in rows)
         out[name] = {"iterations": rows,
                      "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in rows) / gain if gain else None,
@@ -149,6 +168,9 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> 
                      "v_std": float(np.mean([r["v_std"] for r in rows])),
                      "success_rank_corr": float(np.nanmean([r["success_rank_corr"] for r in rows])),
                      "mixed_rank_corr": float(np.nanmean([r["mixed_rank_corr"] for r in rows])),
+                     "group_mixed_auc": group_quality.auc, "group_mixed_brier": group_quality.brier,
+                     "group_mixed_forecast": float(np.mean(forecast)), "group_mixed_rate": float(np.mean(realised)),
+                     "groups": len(realised),
                      "share_by_kappa": {k: sum(r["kappa"][k] - r["uniform"] for r in rows) / gain if gain else None
                                         for k in map(str, KAPPAS)}}  # fmt: skip
     return out
@@ -168,12 +190,14 @@ def main() -> None:
     command = "python bench/calibration.py " + " ".join(sys.argv[1:])
     Path(args.out).write_text(json.dumps({"command": command, "runs": results}, indent=2) + "\n")
     for run, per in results.items():
-        for name in [*VARIANTS, MIXED]:
+        for name in [*VARIANTS, *MIXED]:
             r = per[name]
             print(
                 f"{run:60s} {name:8s} share {r['share_of_oracle_gain']:+.3f}  pool AUC {r['auc']:.3f}  "
                 f"ECE {r['ece']:.3f}  v std {r['v_std']:.3f}  rank corr v~s {r['success_rank_corr']:.2f}  "
-                f"V_root(v)~mixed {r['mixed_rank_corr']:.2f}  by kappa "
+                f"V_root(v)~mixed {r['mixed_rank_corr']:.2f}  groups: mixed AUC {r['group_mixed_auc']:.3f} "
+                f"Brier {r['group_mixed_brier']:.3f} forecast {r['group_mixed_forecast']:.2f} "
+                f"rate {r['group_mixed_rate']:.2f}  by kappa "
                 + " ".join(f"{k}:{x:+.2f}" for k, x in r["share_by_kappa"].items())
             )
 

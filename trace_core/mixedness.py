@@ -45,7 +45,8 @@ class MixednessConfig:
     """history: iterations of groups kept; decays / l2s: forward-validation grids (as `OnlineConfig`);
     prior_groups: pseudo-groups at the mean input and z = 0 whose target is the paper's value at
     v = 1/2 (d = 1/2), so a model fitted on few groups stays near the paper's rule; min_groups:
-    groups needed before the model is used at all (before that, `predict` returns None)."""
+    groups needed before the model is used at all (before that, `predict` returns None);
+    features: regress on the prompt's features beside z and z^2 (False: on z and z^2 alone)."""
 
     history: int = 30
     decays: tuple[float, ...] = (0.5, 0.75, 0.9)
@@ -53,6 +54,7 @@ class MixednessConfig:
     prior_groups: float = 4.0
     min_groups: int = 16
     lbfgs_steps: int = 100
+    features: bool = True
 
 
 class MixednessModel:
@@ -86,7 +88,7 @@ class MixednessModel:
         self.history.append((iteration, x[keep].astype(np.float32), np.asarray(z, np.float64)[keep], d, w))
 
     def _inputs(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
-        xs = (x - self.mean) / self.scale
+        xs = (x - self.mean) / self.scale if self.config.features else np.zeros((len(x), 0))
         return np.concatenate([xs, z[:, None], z[:, None] ** 2], axis=1)
 
     def _with_prior(self, xi: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

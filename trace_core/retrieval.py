@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import bm25s
+import httpx
 
 from trace_core.atomic import write_text_atomic
 from trace_core.data import CorpusDoc
@@ -132,22 +131,30 @@ class BM25Retriever:
 
 
 class HttpRetriever:
-    """Client of a Search-R1 retrieval server (e.g. `http://127.0.0.1:8000/retrieve`)."""
+    """Client of a Search-R1 retrieval server (e.g. `http://127.0.0.1:8000/retrieve`), on one
+    kept-alive httpx connection pool. A connection that fails to open is retried `retries` times
+    with exponential back-off (httpx's transport retries: a server restarting mid-run costs
+    seconds, not the stage); a timeout, an error status or a reply that is not JSON is one
+    `RetrieverError` naming the server (the stage's own retries take it from there)."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.retries = retries
+        self._client = httpx.Client(timeout=timeout_s, transport=httpx.HTTPTransport(retries=retries))
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
         if not queries:
             return []
-        body = json.dumps({"queries": list(queries), "topk": topk, "return_scores": True}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        body = {"queries": list(queries), "topk": topk, "return_scores": True}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
-                payload = json.loads(reply.read())
-        except (urllib.error.URLError, TimeoutError, OSError) as err:
-            raise RetrieverError(f"retrieval server {self.url} did not answer: {err}") from None
+            reply = self._client.post(self.url, json=body)
+            reply.raise_for_status()
+            payload = reply.json()
+        except httpx.HTTPStatusError as err:
+            raise RetrieverError(f"retrieval server {self.url} answered {err.response.status_code}") from None
+        except httpx.HTTPError as err:
+            raise RetrieverError(f"retrieval server {self.url} did not answer: {err!r}") from None
         except json.JSONDecodeError:
             raise RetrieverError(f"retrieval server {self.url} sent a reply that is not JSON") from None
         return self._parse(payload, len(queries))

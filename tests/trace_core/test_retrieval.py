@@ -1,5 +1,7 @@
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -97,3 +99,45 @@ def test_the_http_client_speaks_the_search_r1_retrieval_protocol(retrieval_serve
 def test_an_unreachable_retrieval_server_is_one_clear_error_naming_it():
     with pytest.raises(RetrieverError, match=r"http://127.0.0.1:9/retrieve did not answer"):
         HttpRetriever("http://127.0.0.1:9/retrieve", timeout_s=2).search(["x"], 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_retrieval_server_that_comes_up_late_is_waited_for_not_failed():
+    port = _free_port()
+    server: list[HTTPServer] = []
+
+    def start_late() -> None:
+        time.sleep(0.3)  # the client's first connection is refused; its retry finds the server
+        server.append(HTTPServer(("127.0.0.1", port), _FakeRetrievalServer))
+        server[0].serve_forever()
+
+    threading.Thread(target=start_late, daemon=True).start()
+    hits = HttpRetriever(f"http://127.0.0.1:{port}/retrieve", timeout_s=5, retries=5).search(["Varno"], 1)
+    assert [p.title for p in hits[0]] == ["Varno 0"]
+    server[0].shutdown()
+    server[0].server_close()
+
+
+class _Unavailable(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_error_status_is_one_clear_error_naming_the_server_and_status():
+    server = HTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/retrieve"
+    with pytest.raises(RetrieverError, match=rf"{url} answered 503"):
+        HttpRetriever(url, timeout_s=2).search(["x"], 1)
+    server.shutdown()
+    server.server_close()
