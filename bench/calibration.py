@@ -83,10 +83,16 @@ VARIANTS = {"carried": OnlineConfig(), "refit": OnlineConfig(calibration="refit"
             "none": OnlineConfig(calibration="none")}  # fmt: skip
 # the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/mixedness.py), d regressed on the
 # prompt's features, z and z^2, or on z and z^2 alone
-MIXED = {"carried+mixedness": MixednessConfig(), "carried+mixedness(z only)": MixednessConfig(features=False)}
+MIXED = {
+    "carried+mixedness": MixednessConfig(),
+    "carried+mixedness(z only)": MixednessConfig(features=False),
+    "carried+mixedness(ratio)": MixednessConfig(form="ratio"),
+}
 
 
-def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> dict[str, Any]:
+def replay(
+    store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, only: list[str] | None = None
+) -> dict[str, Any]:
     run_id = store.run_id(run)
     settings = store.run_settings(run_id)
     targets = settings.get("predictor", {}).get("targets", "subtree")
@@ -103,6 +109,8 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer) -> 
         pools[it] = featurizer.features(fresh, [(i, 0) for i in range(len(fresh))])
     out: dict[str, Any] = {"targets": targets}
     for name, online in [*VARIANTS.items(), *((m, VARIANTS["carried"]) for m in MIXED)]:
+        if only and name not in only:
+            continue
         predictor = OnlinePredictor(featurizer.dim, PredictorConfig(), online)
         mixedness = MixednessModel(featurizer.dim, MIXED[name]) if name in MIXED else None
         rows: list[dict[str, Any]] = []
@@ -182,15 +190,16 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True)
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--out", default="bench/results/calibration.json")
+    parser.add_argument("--only", action="append", help="replay only this variant (repeatable)")
     args = parser.parse_args()
     store = RolloutStore(f"sqlite:///{args.db}", create=False, read_only=True)
     featurizer = SearchAgentFeaturizer(TextEncoder(), args.max_turns)
-    results = {run: replay(store, run, featurizer) for run in args.run}
+    results = {run: replay(store, run, featurizer, args.only) for run in args.run}
     store.close()
     command = "python bench/calibration.py " + " ".join(sys.argv[1:])
     Path(args.out).write_text(json.dumps({"command": command, "runs": results}, indent=2) + "\n")
     for run, per in results.items():
-        for name in [*VARIANTS, *MIXED]:
+        for name in [n for n in [*VARIANTS, *MIXED] if n in per]:
             r = per[name]
             print(
                 f"{run:60s} {name:8s} share {r['share_of_oracle_gain']:+.3f}  pool AUC {r['auc']:.3f}  "

@@ -55,6 +55,11 @@ class MixednessConfig:
     min_groups: int = 16
     lbfgs_steps: int = 100
     features: bool = True
+    form: str = "direct"  # "direct": d = sigmoid(eta); "ratio": d = 2 v (1 - v) sigmoid(eta), eta on features only
+
+    def __post_init__(self) -> None:
+        if self.form not in ("direct", "ratio"):
+            raise ValueError(f"unknown mixedness form {self.form!r}; valid: direct, ratio")
 
 
 class MixednessModel:
@@ -89,11 +94,22 @@ class MixednessModel:
 
     def _inputs(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
         xs = (x - self.mean) / self.scale if self.config.features else np.zeros((len(x), 0))
+        if self.config.form == "ratio":
+            return xs
         return np.concatenate([xs, z[:, None], z[:, None] ** 2], axis=1)
 
+    def _ceiling(self, z: np.ndarray) -> np.ndarray | None:
+        """The ratio form's 2 v (1 - v), the disagreement were v the prompt's known success."""
+        if self.config.form != "ratio":
+            return None
+        v = 1 / (1 + np.exp(-z))
+        return 2 * v * (1 - v)
+
     def _with_prior(self, xi: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # at the mean input and v = 1/2: d = 1/2 (the paper's value) directly, or 3/4 of it as a ratio
+        target = 0.5 if self.config.form == "direct" else 0.375
         prior = self.config.prior_groups
-        return np.concatenate([xi, np.zeros((1, xi.shape[1]))]), np.append(t, 0.5), np.append(w, prior)
+        return np.concatenate([xi, np.zeros((1, xi.shape[1]))]), np.append(t, target), np.append(w, prior)
 
     def fit(self) -> bool:
         """Refit on the kept groups (L2 and decay by forward validation); False while there are
@@ -108,9 +124,11 @@ class MixednessModel:
         self.mean, self.scale = x.mean(axis=0), x.std(axis=0) + 1e-6
         xi = self._inputs(x, z)
         c = self.config
-        self.chosen = forward_validated(xi, t, w, age, c.decays, c.l2s, c.lbfgs_steps, self._with_prior)
+        ceiling = self._ceiling(z)
+        self.chosen = forward_validated(xi, t, w, age, c.decays, c.l2s, c.lbfgs_steps, self._with_prior, ceiling)
         decay, l2 = self.chosen
-        self.theta = fit_logistic(*self._with_prior(xi, t, w * decay**age), l2, self.config.lbfgs_steps)
+        full = None if ceiling is None else np.append(ceiling, 0.5)
+        self.theta = fit_logistic(*self._with_prior(xi, t, w * decay**age), l2, c.lbfgs_steps, full)
         return True
 
     def predict(self, features: np.ndarray, z: np.ndarray) -> np.ndarray | None:
@@ -118,8 +136,10 @@ class MixednessModel:
         if self.theta is None:
             return None
         x = np.asarray(features, np.float64).reshape(-1, self.dim)
-        logits = self._inputs(x, np.asarray(z, np.float64)) @ self.theta[:-1] + self.theta[-1]
-        return np.asarray(1 / (1 + np.exp(-logits)))
+        z = np.asarray(z, np.float64)
+        logits = self._inputs(x, z) @ self.theta[:-1] + self.theta[-1]
+        ceiling = self._ceiling(z)
+        return np.asarray(1 / (1 + np.exp(-logits))) * (1.0 if ceiling is None else ceiling)
 
     def state_dict(self) -> dict[str, Any]:
         return {"dim": self.dim, "theta": self.theta, "mean": self.mean, "scale": self.scale,
