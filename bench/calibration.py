@@ -81,11 +81,11 @@ def beta_mixed(v: float, m: int, kappa: float) -> float:
 
 VARIANTS = {"carried": OnlineConfig(), "refit": OnlineConfig(calibration="refit"),
             "none": OnlineConfig(calibration="none")}  # fmt: skip
-# the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/mixedness.py), d regressed on the
-# prompt's features, z and z^2, or on z and z^2 alone
+# the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/mixedness.py): d regressed directly on
+# the prompt's features, z and z^2 (or on z and z^2 alone), or as a learnt share of 2 v (1 - v) (the default)
 MIXED = {
-    "carried+mixedness": MixednessConfig(),
-    "carried+mixedness(z only)": MixednessConfig(features=False),
+    "carried+mixedness(direct)": MixednessConfig(form="direct"),
+    "carried+mixedness(direct, z only)": MixednessConfig(form="direct", features=False),
     "carried+mixedness(ratio)": MixednessConfig(form="ratio"),
 }
 

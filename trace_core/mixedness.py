@@ -15,12 +15,21 @@ share of disagreeing pairs,
 
     d_hat = 2 k (n - k) / (n (n - 1)),                          n >= 2,
 
-and `MixednessModel` regresses d_hat (as a fractional target, weight n - 1) on the prompt's
-features and the success predictor's calibrated logit z at the time the group was allocated
-(with z^2, so it can learn that confident predictions are rarely mixed), by the same decayed,
-L2-regularised logistic regression as the `online` predictor, its L2 chosen by forward
-validation. Given v and a predicted d, the prompt's success is read as the Beta with mean v and
-E[2 s (1 - s)] = d (moments matched, `beta_from_moments`), and the value of m rollouts becomes
+and `MixednessModel` regresses d_hat (a fractional target, weight n - 1) by the same decayed,
+L2-regularised logistic regression as the `online` predictor, its L2 and decay chosen by forward
+validation. Two forms (`MixednessConfig.form`), z being the success predictor's calibrated logit
+at the time the group was allocated (v = sigmoid(z)):
+
+    ratio (default):  d = 2 v (1 - v) sigmoid(eta(features))    (the share of the known-success value)
+    direct:           d = sigmoid(eta(features, z, z^2))
+
+The ratio form is the paper's rule times a learnt, per-prompt factor in (0, 1): 1 where v is the
+prompt's success, small where the prompt is one the predictor cannot place. It cannot predict more
+disagreement than 2 v (1 - v), so it never extrapolates: the groups it learns from were chosen by
+the allocator (v near 1/2), and the direct form, fitted on that narrow range of z, sent whole pools
+the wrong way (its z^2 term made confident prompts look mixed). Given v and d, the prompt's success
+is read as the Beta with mean v and E[2 s (1 - s)] = d (moments matched,
+`trace_core.allocation.beta_from_moments`), and the value of m rollouts becomes
 
     V_mix(v, d, m) = 1 - E[s^m] - E[(1 - s)^m]   under that Beta,
 
@@ -55,7 +64,7 @@ class MixednessConfig:
     min_groups: int = 16
     lbfgs_steps: int = 100
     features: bool = True
-    form: str = "direct"  # "direct": d = sigmoid(eta); "ratio": d = 2 v (1 - v) sigmoid(eta), eta on features only
+    form: str = "ratio"  # "ratio": d = 2 v (1 - v) sigmoid(eta), eta on features only; "direct": d = sigmoid(eta)
 
     def __post_init__(self) -> None:
         if self.form not in ("direct", "ratio"):
@@ -63,7 +72,8 @@ class MixednessConfig:
 
 
 class MixednessModel:
-    """Decayed-history logistic regression of a group's disagreement on [features, z, z^2]."""
+    """Decayed-history regression of a group's disagreement: d = 2 v (1 - v) sigmoid(eta(features))
+    (the "ratio" form) or d = sigmoid(eta(features, z, z^2)) (the "direct" form)."""
 
     def __init__(self, dim: int, config: MixednessConfig = MixednessConfig()):
         self.dim = dim
