@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 
 from trace_core.data import QARecord
+from trace_core.sampling import bare_groups
 from trace_core.tree import RolloutNode, RolloutTree, allocation_outcomes, backup
 
 
@@ -32,3 +33,25 @@ def test_allocation_time_predictions_are_scored_on_the_bare_rollouts_only():
     assert (root_p.tolist(), root_t.tolist(), root_w.tolist()) == ([0.6], [0.5], [2.0])
     anchor_p, _, _ = allocation_outcomes([tree], "anchor")
     assert sorted(anchor_p.tolist()) == [0.2, 0.9]
+
+
+class _CountingFeaturizer:
+    """Features (number of nodes in the tree, node id): enough to tell rows apart."""
+
+    dim = 2
+
+    def features(self, trees, nodes):
+        return np.array([[len(trees[t].nodes), n] for t, n in nodes], dtype=np.float64).reshape(-1, 2)
+
+
+def test_bare_groups_count_only_the_stage1_rollouts_of_each_prompt():
+    # tree 0: two bare rollouts (1 success) and a Stage-2 continuation; tree 1: never rolled out
+    tree = RolloutTree(QARecord("q", "q?", ("x",), "t"), (1,))
+    a = tree.add(_turn(0))
+    tree.add(_turn(a.node_id, True, 0.0))
+    tree.add(_turn(a.node_id, True, 1.0, origin="stage2"))
+    tree.add(_turn(0, True, 1.0))
+    unused = RolloutTree(QARecord("r", "r?", ("y",), "t"), (1,))
+    x, successes, n = bare_groups([tree, unused], _CountingFeaturizer())
+    assert (successes.tolist(), n.tolist()) == ([1.0], [2])
+    assert x.tolist() == [[len(tree.nodes), 0.0]]
