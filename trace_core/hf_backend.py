@@ -33,6 +33,7 @@ from typing import cast
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.logits_process import TopPLogitsWarper
 
 from trace_core.batching import at_least_fp32
 from trace_core.generation import (
@@ -365,12 +366,10 @@ class TransformersBackend:
         if params.temperature == 0:
             ids = torch.argmax(logits, dim=-1)
         else:
-            probs = torch.softmax(logits / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-                outside = torch.cumsum(sorted_p, dim=-1) - sorted_p > params.top_p
-                sorted_p = sorted_p.masked_fill(outside, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            scores = logits / params.temperature
+            if params.top_p < 1.0:  # transformers' nucleus filter: the smallest set holding top_p of the mass
+                scores = TopPLogitsWarper(params.top_p)(None, scores)  # type: ignore[arg-type]
+            probs = torch.softmax(scores, dim=-1)
             ids = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 

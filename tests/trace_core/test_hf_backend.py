@@ -86,6 +86,14 @@ def test_the_same_seed_samples_the_same_continuations(model, tokenizer, env, sma
     assert runs[0] == runs[1]
 
 
+def test_a_vanishing_nucleus_samples_the_greedy_continuation(model, tokenizer, env, small_task):
+    prefix = env.prompt_ids(small_task.splits["train"][0])
+    request = [GenerationRequest(prefix, 3)]
+    greedy = TransformersBackend(model, tokenizer, seed=0).generate(request, SamplingParams(0.0, 1.0, 8))
+    nucleus = TransformersBackend(model, tokenizer, seed=0).generate(request, SamplingParams(1.0, 1e-6, 8))
+    assert [c.token_ids for c in nucleus[0]] == [greedy[0][0].token_ids] * 3
+
+
 def test_prefix_cache_returns_the_longest_stored_prefix_and_evicts_the_oldest():
     kv = [(torch.zeros(1, 3, 2), torch.zeros(1, 3, 2))]  # 48 bytes per entry
     cache = PrefixKVCache(capacity_bytes=100)
