@@ -515,6 +515,8 @@ class Settings(BaseSettings):
         snapshot["run"] = {"seed": self.run.seed}
         if self.run.init_from:  # only when set, so that runs started before the key existed keep their identity
             snapshot["run"]["init_from"] = self.run.init_from
+        if not self.predictor.mixedness:  # likewise: off computes what runs from before the key computed
+            snapshot["predictor"].pop("mixedness")
         snapshot["train"] = {k: v for k, v in snapshot["train"].items() if k != "iterations"}
         return snapshot
 

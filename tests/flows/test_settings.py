@@ -129,6 +129,14 @@ def test_headroom_halves_must_cover_the_per_prompt_cap_only_when_measured():
     load_settings(["headroom.every=5", "headroom.samples=10", "trace.max_per_prompt=5"])
 
 
+def test_keys_added_later_leave_the_identity_of_runs_that_predate_them_unless_used():
+    # a run stored before predictor.mixedness and run.init_from existed resumes under today's defaults
+    plain = load_settings([])
+    assert "mixedness" not in plain.identity()["predictor"] and "init_from" not in plain.identity()["run"]
+    mixing = load_settings(["predictor.mixedness=true"])
+    assert mixing.identity()["predictor"]["mixedness"] is True
+
+
 def test_the_headroom_measurement_is_not_part_of_a_runs_identity():
     plain, measured = load_settings(), load_settings(["headroom.every=5"])
     assert plain.identity() == measured.identity()
