@@ -35,6 +35,15 @@ is read as the Beta with mean v and E[2 s (1 - s)] = d (moments matched,
 
 which equals d for m = 2 and 3 d / 2 for m = 3 whatever the Beta, and tends to the paper's
 V_root(v, m) as d -> 2 v (1 - v). Deviation from the paper: its V_root treats v as known.
+
+Measured (bench/results/mixedness/, seed 0 of both bench regimes; see the README). Replayed on the
+runs' own data, the paper's value forecast 0.70 to 0.72 mixed groups where 0.38 to 0.45 came; the
+ratio form forecast 0.40 to 0.41 (group Brier 0.242 / 0.276 against 0.348 / 0.302), and took +0.55
+and +0.42 of the oracle's Stage-1 gain against +0.52 and +0.26 (direct form +0.51 and +0.60; a
+direct form on z and z^2 alone -0.22). Trained with it, the non-zero-advantage share rose in both
+regimes (0.617 against 0.592 warm, 0.690 against 0.653 late) and the allocation-time root AUC by
+about 0.1, but dev and test EM were lower on this one seed (test 0.367 against 0.407 warm, 0.435
+against 0.453 late): not the default (`predictor.mixedness = false`) until more seeds decide.
 """
 
 from __future__ import annotations
