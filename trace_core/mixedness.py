@@ -34,7 +34,9 @@ is read as the Beta with mean v and E[2 s (1 - s)] = d (moments matched,
     V_mix(v, d, m) = 1 - E[s^m] - E[(1 - s)^m]   under that Beta,
 
 which equals d for m = 2 and 3 d / 2 for m = 3 whatever the Beta, and tends to the paper's
-V_root(v, m) as d -> 2 v (1 - v). Deviation from the paper: its V_root treats v as known.
+V_root(v, m) as d -> 2 v (1 - v).
+
+Deviations: the paper's V_root treats v as the prompt's known success; V_mix does not.
 
 Measured (bench/results/mixedness/, seed 0 of both bench regimes; see the README). Replayed on the
 runs' own data, the paper's value forecast 0.70 to 0.72 mixed groups where 0.38 to 0.45 came; the
