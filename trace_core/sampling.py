@@ -68,7 +68,8 @@ def plan_stage1(
         return allocator.roots([predictor.config.prior] * len(trees), config, rng)
     roots = [(i, 0) for i in range(len(trees))]
     v = predict_nodes(trees, roots, predictor, featurizer)
-    d = predictor.predict_mixedness(featurizer.features(trees, roots)) if predictor.fitted else None
+    learnt = predictor.config.mixedness and predictor.fitted  # else no second pass of the text encoder
+    d = predictor.predict_mixedness(featurizer.features(trees, roots)) if learnt else None
     return allocator.roots([float(x) for x in v], config, rng, None if d is None else [float(x) for x in d])
 
 
