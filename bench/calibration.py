@@ -16,7 +16,7 @@ ranks the measured chance that 3 rollouts are mixed, and the share when v is rea
 Beta(v kappa, (1 - v) kappa) success (one kappa for every prompt: it changes group sizes, never
 which prompts rank first, so it cannot repair a ranking).
 
-The `+mixedness` variants add the mixedness model (trace_core/mixedness.py), fed each iteration's
+The `+mixedness` variants add the mixedness model (trace_core/method/mixedness.py), fed each iteration's
 bare groups as training feeds it, and value Stage 1 by V_mix(v, d, m); their "rule" is that plan,
 and their mixed rank correlation reads 3 d / 2 instead of V_root(v, 3). Every variant is also
 scored on the run's own bare groups, every iteration, before they are learnt: the forecast chance
@@ -40,15 +40,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store.store import RolloutStore  # noqa: E402
-from trace_core.allocation import allocate_by_table, mixed_value, root_value  # noqa: E402
-from trace_core.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
-from trace_core.glm import logit  # noqa: E402
-from trace_core.headroom import ledger, score_plan, unbiased_mixed  # noqa: E402
-from trace_core.mixedness import MixednessConfig, MixednessModel  # noqa: E402
-from trace_core.online_predictor import OnlineConfig, OnlinePredictor  # noqa: E402
-from trace_core.predictor import PredictorConfig, quality  # noqa: E402
-from trace_core.sampling import bare_groups, node_examples  # noqa: E402
-from trace_core.tree import RolloutTree  # noqa: E402
+from trace_core.method.allocation import allocate_by_table, mixed_value, root_value  # noqa: E402
+from trace_core.method.glm import logit  # noqa: E402
+from trace_core.method.headroom import ledger, score_plan, unbiased_mixed  # noqa: E402
+from trace_core.method.mixedness import MixednessConfig, MixednessModel  # noqa: E402
+from trace_core.method.online_predictor import OnlineConfig, OnlinePredictor  # noqa: E402
+from trace_core.method.predictor import PredictorConfig, quality  # noqa: E402
+from trace_core.method.sampling import bare_groups, node_examples  # noqa: E402
+from trace_core.method.tree import RolloutTree  # noqa: E402
+from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
 
 KAPPAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -81,7 +81,7 @@ def beta_mixed(v: float, m: int, kappa: float) -> float:
 
 VARIANTS = {"carried": OnlineConfig(), "refit": OnlineConfig(calibration="refit"),
             "none": OnlineConfig(calibration="none")}  # fmt: skip
-# the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/mixedness.py): d regressed directly on
+# the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/method/mixedness.py): d regressed directly on
 # the prompt's features, z and z^2 (or on z and z^2 alone), or as a learnt share of 2 v (1 - v) (the default)
 MIXED = {
     "carried+mixedness(direct)": MixednessConfig(form="direct"),

@@ -4,7 +4,7 @@
 
 Every run of the database that measured its pools (`headroom.every`) left, per measured iteration,
 each pool prompt's successes in 2 x half measurement rollouts of the policy of that iteration and
-the predictor's v for it at allocation time (trace_core/headroom.py). On those pools, at the run's
+the predictor's v for it at allocation time (trace_core/method/headroom.py). On those pools, at the run's
 Stage-1 budget (so per regime and allocator: `uniform` spends its whole budget in Stage 1), this
 scores (unbiased; the oracles cross-fitted) the expected mixed groups (a) and the expected leaves
 with a non-zero group-relative advantage (b) of:
@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store.store import RolloutStore  # noqa: E402
-from trace_core.allocation import allocate_roots, nonzero_leaves_value  # noqa: E402
-from trace_core.allocators import uniform_counts  # noqa: E402
-from trace_core.headroom import PoolSample, cross_fitted_oracle, score_plan  # noqa: E402
+from trace_core.method.allocation import allocate_roots, nonzero_leaves_value  # noqa: E402
+from trace_core.method.allocators import uniform_counts  # noqa: E402
+from trace_core.method.headroom import PoolSample, cross_fitted_oracle, score_plan  # noqa: E402
 
 
 def _rules(pool: list[PoolSample], budget: int, group: int, cap: int) -> dict[str, tuple[int, ...] | None]:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/oracle_sim.py [--out bench/results/oracle_simulation.json]
 
 Pools of 64 prompts with true success v ~ Beta(a, b); each prompt is sampled 8 + 8 times; the
-cross-fitted oracle (trace_core/headroom.py) allocates Stage 1 on the plug-in rates of one half.
+cross-fitted oracle (trace_core/method/headroom.py) allocates Stage 1 on the plug-in rates of one half.
 Its plan is scored by the *true* expected mixed groups, against the true oracle (allocated on v)
 and uniform groups of 4, over 30 pools per setting (fixed seeds).
 """
@@ -19,9 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trace_core.allocation import allocate_roots, root_value
-from trace_core.allocators import uniform_counts
-from trace_core.headroom import cross_fitted_oracle
+from trace_core.method.allocation import allocate_roots, root_value
+from trace_core.method.allocators import uniform_counts
+from trace_core.method.headroom import cross_fitted_oracle
 
 
 def simulate(a: float, b: float, budget: int, pools: int = 30, seed: int = 2) -> dict[str, float]:

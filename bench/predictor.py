@@ -34,12 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store.store import RolloutStore  # noqa: E402
-from trace_core.allocation import allocate_roots  # noqa: E402
-from trace_core.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
-from trace_core.online_predictor import OnlinePredictor  # noqa: E402
-from trace_core.predictor import PredictorConfig, PredictorQuality, SuccessPredictor, quality  # noqa: E402
-from trace_core.sampling import node_examples  # noqa: E402
-from trace_core.tree import stage1_outcomes  # noqa: E402
+from trace_core.method.allocation import allocate_roots  # noqa: E402
+from trace_core.method.online_predictor import OnlinePredictor  # noqa: E402
+from trace_core.method.predictor import PredictorConfig, PredictorQuality, SuccessPredictor, quality  # noqa: E402
+from trace_core.method.sampling import node_examples  # noqa: E402
+from trace_core.method.tree import stage1_outcomes  # noqa: E402
+from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
 
 # name -> (predictor factory, featurizer: "base" or "words", anchor prior strength n0 or None)
 PREDICTORS = {

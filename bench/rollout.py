@@ -20,10 +20,10 @@ import torch
 
 from flows.pipeline import load_runtime
 from flows.settings import load_settings
-from trace_core.default_model import count_parameters
-from trace_core.evaluation import evaluate_policy
-from trace_core.hf_backend import TransformersBackend
-from trace_core.rollout import rollout_batch
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.method.rollout import rollout_batch
+from trace_core.models.default_model import count_parameters
+from trace_core.search_agent.evaluation import evaluate_policy
 
 VARIANTS = {
     "shared prefix + kv reuse across turns": {"share_prefix": True, "reuse_kv": True},

@@ -21,8 +21,8 @@ import numpy as np
 from sqlalchemy import create_engine, text
 
 from store.store import RolloutStore
-from trace_core.data import QARecord
-from trace_core.tree import RolloutNode, RolloutTree
+from trace_core.method.tree import RolloutNode, RolloutTree
+from trace_core.search_agent.data import QARecord
 
 
 def make_trees(n_trees: int, n_nodes: int, rng: np.random.Generator, tag: str) -> list[RolloutTree]:

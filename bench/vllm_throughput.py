@@ -7,7 +7,7 @@ torchcodec and triton; `'.[vllm]'` on GPUs). On this machine:
 
 Writes bench/results/vllm_throughput.json (with the command that produced it) and prints a table.
 
-Every variant grows the same trees with the project's rollout code (`trace_core.rollout.grow`):
+Every variant grows the same trees with the project's rollout code (`trace_core.method.rollout.grow`):
 `--prompts` trees of `--n` bare rollouts each (Stage 1), then `--k` continuations from the first
 turn of each tree's first path (Stage 2), so every variant ends with the same number of leaves.
 
@@ -58,16 +58,16 @@ import torch
 from flows.pipeline import TaskData, agent_config
 from flows.pipeline import _tokenizer_texts as tokenizer_texts
 from flows.settings import load_settings
-from trace_core.agent import SearchEnv
-from trace_core.default_model import TinyModelSpec, build_model, count_parameters, load_policy, train_tokenizer
-from trace_core.generation import Completion, GenerationRequest, SamplingParams
-from trace_core.hf_backend import TransformersBackend
-from trace_core.loss import PolicyConfig, wrap_policy
-from trace_core.retrieval import BM25Retriever
-from trace_core.rollout import Expansion, grow, new_trees
-from trace_core.synthetic_qa import SyntheticTaskSpec, generate_task
-from trace_core.tree import RolloutTree
-from trace_core.vllm_backend import VLLMBackend
+from trace_core.generation.backend import Completion, GenerationRequest, SamplingParams
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.generation.vllm_backend import VLLMBackend
+from trace_core.method.loss import PolicyConfig, wrap_policy
+from trace_core.method.rollout import Expansion, grow, new_trees
+from trace_core.method.tree import RolloutTree
+from trace_core.models.default_model import TinyModelSpec, build_model, count_parameters, load_policy, train_tokenizer
+from trace_core.search_agent.agent import SearchEnv
+from trace_core.search_agent.retrieval import BM25Retriever
+from trace_core.search_agent.synthetic_qa import SyntheticTaskSpec, generate_task
 
 
 class Recorder:

@@ -9,7 +9,7 @@ number of iterations and the same seeds, then evaluates each final policy on dev
   figures, which double as a check that a run is reproducible);
 - the stage ablation: uniform/uniform (`random_branch`), active roots only (`active_roots`),
   active prefixes only (`active_prefixes`), active/active (`trace`), in the small-groups regime;
-- the oracle study on the known-probability task (`trace_core.oracle`).
+- the oracle study on the known-probability task (`trace_core.sim.oracle`).
 The effective ratio is reported in two forms: (a) the paper's, the share of an iteration's trees
 whose leaves hold both a success and a failure, and (b) the share of leaves whose advantage is not
 zero, the signal that actually reaches the gradient.
@@ -22,7 +22,7 @@ training (its predictor first learns from that pre-run's rollouts, as a resumed 
 `--regimes warm,late` runs both. Every variant is also compared with `uniform` seed by seed: the
 paired difference of (a), (b), dev and test EM with a bootstrap 95% interval (`paired_vs_uniform`).
 
-Every run measures the oracle ledger (trace_core/headroom.py) at iteration 0 and every
+Every run measures the oracle ledger (trace_core/method/headroom.py) at iteration 0 and every
 `headroom_every` iterations: the share of the oracle's Stage-1 gain over uniform its allocator
 reached, pooled over the measured iterations and seeds (sum of gains over sum of the oracle's
 gains), and the predictor's AUC and calibration on the whole measured pool. Dev EM is evaluated
@@ -50,9 +50,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from flows.settings import load_settings
-from trace_core.allocators import AllocatorConfig
-from trace_core.oracle import oracle_study
-from trace_core.simulated import KnownProbabilityTask
+from trace_core.method.allocators import AllocatorConfig
+from trace_core.sim.oracle import oracle_study
+from trace_core.sim.simulated import KnownProbabilityTask
 
 Log = Callable[[str], None]
 MAIN = ["trace", "uniform", "dynamic_sampling", "prompt_only", "random_branch"]

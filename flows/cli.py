@@ -463,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # after parsing: `--help` needs none of the heavy imports
     from store.db import StoreError
-    from trace_core.retrieval import RetrieverError
+    from trace_core.search_agent.retrieval import RetrieverError
 
     try:
         return int(args.func(args))

@@ -25,8 +25,8 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from store.store import RolloutStore
-from trace_core.data import QARecord
-from trace_core.tree import stage1_outcomes
+from trace_core.method.tree import stage1_outcomes
+from trace_core.search_agent.data import QARecord
 
 COMPARED = (
     ("rollout/effective_ratio", "effective ratio (a)"),

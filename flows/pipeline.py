@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-import trace_core.hf_backend
-import trace_core.vllm_backend  # noqa: F401  (registers the 'vllm' backend; imports vllm only when one is built)
+import trace_core.generation.hf_backend
+import trace_core.generation.vllm_backend  # noqa: F401  (registers the 'vllm' backend; imports vllm only when one is built)
 from flows.settings import Settings
-from trace_core.agent import FORMAT_ERROR, AgentConfig, SearchEnv, information
-from trace_core.data import CorpusDoc, DataFormatError, QARecord, load_corpus, load_questions
-from trace_core.default_model import (
+from trace_core.generation.backend import BackendSpec, GenerationBackend
+from trace_core.generation.backend import make_backend as build_backend
+from trace_core.method.loss import PolicyConfig
+from trace_core.models.default_model import (
     TinyModelSpec,
     build_model,
     convert_gguf,
@@ -33,13 +34,12 @@ from trace_core.default_model import (
     smollm2_gguf_path,
     train_tokenizer,
 )
-from trace_core.generation import BackendSpec, GenerationBackend
-from trace_core.generation import make_backend as build_backend
-from trace_core.loss import PolicyConfig
-from trace_core.retrieval import Retriever, RetrieverSpec, format_passages
-from trace_core.retrieval import make_retriever as build_retriever
-from trace_core.synthetic_qa import SyntheticTaskSpec, generate_task, write_task
-from trace_core.warmstart import Checkpoint, WarmStartConfig, expert_turns, warm_start
+from trace_core.search_agent.agent import FORMAT_ERROR, AgentConfig, SearchEnv, information
+from trace_core.search_agent.data import CorpusDoc, DataFormatError, QARecord, load_corpus, load_questions
+from trace_core.search_agent.retrieval import Retriever, RetrieverSpec, format_passages
+from trace_core.search_agent.retrieval import make_retriever as build_retriever
+from trace_core.search_agent.synthetic_qa import SyntheticTaskSpec, generate_task, write_task
+from trace_core.search_agent.warmstart import Checkpoint, WarmStartConfig, expert_turns, warm_start
 
 Log = Callable[[str], None]
 
@@ -250,7 +250,7 @@ def prepare_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = 
 
 def preflight(s: Settings) -> None:
     """Check the inputs a run will read before any flow starts, so a bad one is one line naming the
-    file, line or field (trace_core.data's DataFormatError, FileNotFoundError) instead of a
+    file, line or field (trace_core.search_agent.data's DataFormatError, FileNotFoundError) instead of a
     traceback from inside the flow: the question files are parsed, the corpus and model directory
     looked at, a retrieval server asked one query (RetrieverError). The database is checked by the
     caller, which opens it anyway."""

@@ -12,7 +12,7 @@ success, the last iteration's allocation and the success per question kind (flow
 with `compare`, other runs of the same store beside it on one panel per metric; it ties them
 together in `index.html`.
 
-`headroom_table` is the oracle ledger of a run (trace_core/headroom.py), recomputed from its stored
+`headroom_table` is the oracle ledger of a run (trace_core/method/headroom.py), recomputed from its stored
 measurement rollouts with the group size and cap the run was trained with.
 """
 
@@ -36,9 +36,9 @@ from flows.settings import Settings
 from store import queries
 from store.db import check_connection, make_engine
 from store.store import RolloutStore
-from trace_core.default_model import load_policy
-from trace_core.evaluation import evaluate_policy
-from trace_core.headroom import ledger
+from trace_core.method.headroom import ledger
+from trace_core.models.default_model import load_policy
+from trace_core.search_agent.evaluation import evaluate_policy
 
 
 def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bool = True) -> dict[str, Any]:

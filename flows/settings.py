@@ -32,16 +32,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-import trace_core.hf_backend
-import trace_core.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
+import trace_core.generation.hf_backend
+import trace_core.generation.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
 from flows.errors import SettingsError
-from trace_core.advantages import ADVANTAGES
-from trace_core.agent import DEFAULT_INSTRUCTION
-from trace_core.allocators import ALLOCATORS
-from trace_core.generation import BACKENDS
-from trace_core.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')
-from trace_core.predictor import PREDICTORS
-from trace_core.retrieval import RETRIEVERS
+from trace_core.generation.backend import BACKENDS
+from trace_core.method.advantages import ADVANTAGES
+from trace_core.method.allocators import ALLOCATORS
+from trace_core.method.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')
+from trace_core.method.predictor import PREDICTORS
+from trace_core.search_agent.agent import DEFAULT_INSTRUCTION
+from trace_core.search_agent.retrieval import RETRIEVERS
 
 SETTINGS_FILE_ENV = "TRACE_SETTINGS_FILE"
 
@@ -324,7 +324,8 @@ class PredictorSection(Section):
         False,
         description="Also learn, from the bare Stage-1 groups, the chance that two rollouts of a prompt disagree, "
         "and value Stage 1 by V_mix(v, d, m), the chance m rollouts are mixed when the prompt's success has mean v "
-        "and that disagreement d (trace_core/mixedness.py), instead of the paper's V_root(v, m), which reads v as "
+        "and that disagreement d (trace_core/method/mixedness.py), instead of the paper's V_root(v, m), which reads v "
+        "as "
         "the prompt's true success rate. Seed 0 of both bench regimes (bench/results/mixedness): non-zero-advantage "
         "share 0.617 against 0.592 (warm) and 0.690 against 0.653 (late), allocation-time root AUC +0.1, but test EM "
         "0.367 against 0.407 and 0.435 against 0.453; off until more seeds decide.",

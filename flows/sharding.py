@@ -1,6 +1,6 @@
 """Rollout stages split into fixed shards, grown in this process or as Prefect tasks on Ray.
 
-`orchestration.rollout_shards` fixes how a rollout stage is split (`trace_core.rollout.split_shards`:
+`orchestration.rollout_shards` fixes how a rollout stage is split (`trace_core.method.rollout.split_shards`:
 whole trees, balanced by leaves) and each shard's random stream (`shard_seed`); each shard is grown
 from its seed with an empty prefix cache. `orchestration.task_runner` only decides where:
 - "local": one shard after another in this process, with the run's own backend; with one shard this
@@ -42,12 +42,12 @@ from flows.pipeline import (
     settings_hash,
 )
 from flows.settings import Settings, StoreSection
-from trace_core.agent import SearchEnv
-from trace_core.default_model import load_policy
-from trace_core.generation import GenerationBackend
-from trace_core.loss import wrap_policy
-from trace_core.rollout import Expansion, Shard, grow, merge_shard, shard_seed, shard_trees, split_shards
-from trace_core.tree import Origin, RolloutTree
+from trace_core.generation.backend import GenerationBackend
+from trace_core.method.loss import wrap_policy
+from trace_core.method.rollout import Expansion, Shard, grow, merge_shard, shard_seed, shard_trees, split_shards
+from trace_core.method.tree import Origin, RolloutTree
+from trace_core.models.default_model import load_policy
+from trace_core.search_agent.agent import SearchEnv
 
 
 class ShardRunner(Protocol):

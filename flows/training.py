@@ -47,16 +47,14 @@ from flows.settings import STAGE_STREAMS, STAGES, Settings, SettingsError, flow_
 from flows.sharding import LocalShards, ShardRunner, shard_runner
 from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter
-from trace_core.advantages import ADVANTAGES, nonzero_share
-from trace_core.allocators import AllocatorConfig, make_allocator
 from trace_core.atomic import write_text_atomic
-from trace_core.evaluation import score_trees
-from trace_core.features import SearchAgentFeaturizer, TextEncoder
-from trace_core.headroom import PoolSample, ledger, measure_pool
-from trace_core.loss import build_sequences, freeze_copy, make_optimizer, policy_update, wrap_policy
-from trace_core.predictor import PredictorConfig, make_predictor, quality
-from trace_core.rollout import Expansion, new_trees, rollout_batch
-from trace_core.sampling import (
+from trace_core.method.advantages import ADVANTAGES, nonzero_share
+from trace_core.method.allocators import AllocatorConfig, make_allocator
+from trace_core.method.headroom import PoolSample, ledger, measure_pool
+from trace_core.method.loss import build_sequences, freeze_copy, make_optimizer, policy_update, wrap_policy
+from trace_core.method.predictor import PredictorConfig, make_predictor, quality
+from trace_core.method.rollout import Expansion, new_trees, rollout_batch
+from trace_core.method.sampling import (
     effective_ratio,
     learn_history,
     learn_iteration,
@@ -68,7 +66,9 @@ from trace_core.sampling import (
     stage2_expansions,
     stage2_input,
 )
-from trace_core.tree import Origin, RolloutTree, allocation_outcomes, backup
+from trace_core.method.tree import Origin, RolloutTree, allocation_outcomes, backup
+from trace_core.search_agent.evaluation import score_trees
+from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder
 
 T = TypeVar("T")
 
@@ -332,7 +332,7 @@ def headroom_due(s: Settings, it: int) -> bool:
 
 @task(name="measure-headroom", task_run_name="measure-headroom-it{it}", cache_policy=NO_CACHE)
 def measure_headroom(ctx: TrainContext, it: int) -> None:
-    """The oracle ledger of this iteration's pool (trace_core/headroom.py). Runs before the
+    """The oracle ledger of this iteration's pool (trace_core/method/headroom.py). Runs before the
     predictor's refit and the policy's update, so both are the ones that allocated the pool; its
     rollouts come from their own random stream and are stored apart from the trees: they never
     reach the predictor, the update or any later stage's randomness."""

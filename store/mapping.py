@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from store.db import StoreError
 from store.models import Node, Prompt, Tree
-from trace_core.data import QARecord
-from trace_core.tree import RolloutNode, RolloutTree
+from trace_core.method.tree import RolloutNode, RolloutTree
+from trace_core.search_agent.data import QARecord
 
 
 def pack_ints(values: Sequence[int]) -> bytes:

@@ -199,7 +199,7 @@ class Checkpoint(Base):
 
 
 class HeadroomSample(Base):
-    """The oracle ledger's measurement (trace_core/headroom.py): one row per pool prompt of a measured
+    """The oracle ledger's measurement (trace_core/method/headroom.py): one row per pool prompt of a measured
     iteration, sampled `samples` times by the policy of that iteration, outside the training budget."""
 
     __tablename__ = "headroom_samples"

@@ -30,7 +30,7 @@ from sqlglot import expressions as exp
 
 from store.db import StoreError, check_connection, interruption, make_engine, start_guard
 from store.mapping import read_trees
-from trace_core.tree import allocation_outcomes
+from trace_core.method.tree import allocation_outcomes
 
 
 class ReadOnlyError(StoreError):
@@ -88,7 +88,7 @@ def effective_ratio(engine: Engine, run: str | None = None) -> Table:
 
 def _allocation_outcomes(engine: Engine, run: str | None) -> list[tuple[float, float, int]]:
     """(predicted, success rate of the Stage-1 leaves below, their count) per predicted node, the
-    way training scores its predictor (trace_core.tree.allocation_outcomes: Stage-2 leaves were
+    way training scores its predictor (trace_core.method.tree.allocation_outcomes: Stage-2 leaves were
     sampled where prediction and outcome disagreed, so they are left out)."""
     where, params = _run_filter(run)
     sql = f"SELECT DISTINCT t.run_id, t.iteration FROM trees t JOIN runs r ON t.run_id = r.id WHERE 1 = 1{where}"

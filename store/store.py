@@ -43,12 +43,12 @@ from store.models import (
     Tree,
     utcnow,
 )
-from trace_core.allocators import Anchor, PrefixPlan, RootPlan
-from trace_core.data import QARecord
-from trace_core.headroom import PoolSample
-from trace_core.loss import UpdateStats
-from trace_core.predictor import FitReport, PredictorQuality
-from trace_core.tree import RolloutTree
+from trace_core.method.allocators import Anchor, PrefixPlan, RootPlan
+from trace_core.method.headroom import PoolSample
+from trace_core.method.loss import UpdateStats
+from trace_core.method.predictor import FitReport, PredictorQuality
+from trace_core.method.tree import RolloutTree
+from trace_core.search_agent.data import QARecord
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trace_core.agent import AgentConfig, SearchEnv, information
-from trace_core.default_model import TinyModelSpec, build_model, train_tokenizer
-from trace_core.retrieval import BM25Retriever, format_passages
-from trace_core.synthetic_qa import SyntheticTask, SyntheticTaskSpec, generate_task
-from trace_core.warmstart import expert_turns
+from trace_core.models.default_model import TinyModelSpec, build_model, train_tokenizer
+from trace_core.search_agent.agent import AgentConfig, SearchEnv, information
+from trace_core.search_agent.retrieval import BM25Retriever, format_passages
+from trace_core.search_agent.synthetic_qa import SyntheticTask, SyntheticTaskSpec, generate_task
+from trace_core.search_agent.warmstart import expert_turns
 
 SMALL_TASK = SyntheticTaskSpec(
     seed=3, n_people=24, n_orgs=8, n_cities=8, n_countries=3, n_train=60, n_dev=10, n_test=10

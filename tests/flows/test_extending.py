@@ -12,11 +12,11 @@ import pytest
 
 from store.store import RolloutStore
 from tests.flows.conftest import write_settings
-from trace_core.advantages import ADVANTAGES, PathAdvantage
-from trace_core.allocators import ALLOCATORS, NO_PREFIXES, root_plan
-from trace_core.generation import BACKENDS, BackendSpec, make_backend
-from trace_core.predictor import PREDICTORS, FitReport, quality
-from trace_core.retrieval import RETRIEVERS, Passage, RetrieverSpec
+from trace_core.generation.backend import BACKENDS, BackendSpec, make_backend
+from trace_core.method.advantages import ADVANTAGES, PathAdvantage
+from trace_core.method.allocators import ALLOCATORS, NO_PREFIXES, root_plan
+from trace_core.method.predictor import PREDICTORS, FitReport, quality
+from trace_core.search_agent.retrieval import RETRIEVERS, Passage, RetrieverSpec
 
 
 class _Pairs:

@@ -110,7 +110,7 @@ def test_a_retried_shard_task_starts_again_from_the_trees_as_sent(workspace, tmp
     from flows.pipeline import load_runtime
     from flows.settings import load_settings
     from flows.sharding import ShardJob, _portable, grow_shard, trainable_weights
-    from trace_core.rollout import Expansion, new_trees
+    from trace_core.method.rollout import Expansion, new_trees
 
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(write_settings(tmp_path / "s.toml", workspace, tmp_path / "runs")))
     s = load_settings()

@@ -6,8 +6,8 @@ from flows.report import write_report
 from flows.settings import load_settings
 from store.store import RolloutStore
 from tests.store.conftest import make_tree, save_trees
-from trace_core.allocators import RootPlan
-from trace_core.headroom import PoolSample
+from trace_core.method.allocators import RootPlan
+from trace_core.method.headroom import PoolSample
 
 
 def test_the_report_labels_a_run_with_the_settings_it_was_trained_with_and_draws_its_ledger(tmp_path):

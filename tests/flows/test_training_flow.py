@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 from flows.settings import SETTINGS_FILE_ENV, STAGES, SettingsError
 from store.store import RolloutStore
 from tests.flows.conftest import write_settings
-from trace_core.default_model import load_policy
+from trace_core.models.default_model import load_policy
 
 
 def _run_flow(monkeypatch, settings_file: Path, overrides: list[str] | None = None) -> list[dict]:

@@ -43,9 +43,9 @@ def test_without_its_model_directory_the_vllm_backend_is_not_built(tokenizer, mo
 def test_the_runtime_generates_on_vllm_and_follows_the_lora_policy(workspace, monkeypatch, tmp_path):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from flows.pipeline import load_runtime
-    from trace_core.loss import PolicyConfig, wrap_policy
-    from trace_core.rollout import rollout_batch
-    from trace_core.vllm_backend import VLLMBackend
+    from trace_core.generation.vllm_backend import VLLMBackend
+    from trace_core.method.loss import PolicyConfig, wrap_policy
+    from trace_core.method.rollout import rollout_batch
 
     settings_file = write_settings(tmp_path / "settings.toml", workspace, tmp_path / "runs",
                                    backend={"name": "vllm", "kv_cache_mb": 48}, policy={"weights": "lora"})  # fmt: skip

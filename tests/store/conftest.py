@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from store.store import RolloutStore
-from trace_core.data import QARecord
-from trace_core.tree import RolloutNode, RolloutTree, backup
+from trace_core.method.tree import RolloutNode, RolloutTree, backup
+from trace_core.search_agent.data import QARecord
 
 PG_ENV = "TRACE_TEST_POSTGRES_URL"
 

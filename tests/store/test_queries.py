@@ -71,7 +71,7 @@ def test_users_sql_reads_and_the_views_serve_any_client(fixture_run):
 
 def test_the_headroom_pool_view_shows_each_measured_prompt_with_its_success_rate(store):
     from tests.store.conftest import make_tree
-    from trace_core.headroom import PoolSample
+    from trace_core.method.headroom import PoolSample
 
     run = store.open_run("hr", {}, "h", "c")
     with store.stage(run, 3) as w:

@@ -9,8 +9,8 @@ from store.db import StoreError, make_engine, render_url
 from store.models import Node, Prompt, Stage, Tree
 from store.store import RolloutStore
 from tests.store.conftest import make_tree, save_trees
-from trace_core.allocators import Anchor, PrefixPlan, RootPlan
-from trace_core.loss import UpdateStats
+from trace_core.method.allocators import Anchor, PrefixPlan, RootPlan
+from trace_core.method.loss import UpdateStats
 
 
 def _count(store, model, **where):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from trace_core.advantages import ADVANTAGES, grpo_advantages, nonzero_share, tree_advantages
-from trace_core.data import QARecord
-from trace_core.tree import RolloutNode, RolloutTree, backup
+from trace_core.method.advantages import ADVANTAGES, grpo_advantages, nonzero_share, tree_advantages
+from trace_core.method.tree import RolloutNode, RolloutTree, backup
+from trace_core.search_agent.data import QARecord
 
 
 def _node(parent, terminal=False, reward=None):

@@ -1,6 +1,6 @@
 import pytest
 
-from trace_core.agent import FORMAT_ERROR, parse_turn
+from trace_core.search_agent.agent import FORMAT_ERROR, parse_turn
 
 
 @pytest.mark.parametrize(

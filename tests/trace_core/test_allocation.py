@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from trace_core.allocation import (
+from trace_core.method.allocation import (
     agreement,
     allocate_prefixes,
     allocate_roots,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trace_core.allocators import ALLOCATORS, AllocatorConfig, Anchor, Stage2Input, make_allocator
+from trace_core.method.allocators import ALLOCATORS, AllocatorConfig, Anchor, Stage2Input, make_allocator
 from trace_core.registry import UnknownNameError
 
 NAMES = ["active_prefixes", "active_roots", "dynamic_sampling", "prompt_only", "random_branch", "trace", "uniform"]

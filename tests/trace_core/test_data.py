@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trace_core.data import DataFormatError, load_corpus, load_questions, write_jsonl
-from trace_core.synthetic_qa import write_task
+from trace_core.search_agent.data import DataFormatError, load_corpus, load_questions, write_jsonl
+from trace_core.search_agent.synthetic_qa import write_task
 
 
 def _write_lines(path, lines):
@@ -70,7 +70,7 @@ def test_missing_data_source_defaults_to_the_file_name(tmp_path):
 
 
 def test_a_corpus_row_splits_into_title_and_text():
-    from trace_core.data import CorpusDoc
+    from trace_core.search_agent.data import CorpusDoc
 
     doc = CorpusDoc("7", '"Telmar Group"\nTelmar Group is based in Varno.')
     assert (doc.title, doc.text) == ("Telmar Group", "Telmar Group is based in Varno.")

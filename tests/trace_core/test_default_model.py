@@ -3,8 +3,9 @@ import importlib.util
 import pytest
 import torch
 
-from trace_core.agent import AgentConfig, SearchEnv
-from trace_core.default_model import (
+from trace_core.generation.backend import GenerationRequest
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.models.default_model import (
     PROTOCOL_TAGS,
     build_model,
     convert_gguf,
@@ -12,8 +13,7 @@ from trace_core.default_model import (
     load_policy,
     smollm2_gguf_path,
 )
-from trace_core.generation import GenerationRequest
-from trace_core.hf_backend import TransformersBackend
+from trace_core.search_agent.agent import AgentConfig, SearchEnv
 
 
 def test_protocol_tags_are_single_tokens_and_text_round_trips_exactly(tokenizer):

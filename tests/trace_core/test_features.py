@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from trace_core.features import STRUCTURAL, SearchAgentFeaturizer, TextEncoder, structural_features
-from trace_core.rollout import new_trees
-from trace_core.tree import RolloutNode
+from trace_core.method.rollout import new_trees
+from trace_core.method.tree import RolloutNode
+from trace_core.search_agent.features import STRUCTURAL, SearchAgentFeaturizer, TextEncoder, structural_features
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_featurizer_rows_hold_question_turn_and_structure(encoder, env, small_ta
 
 
 def test_question_words_mark_the_same_slots_for_the_same_wording_whatever_the_case():
-    from trace_core.features import question_words
+    from trace_core.search_agent.features import question_words
 
     a = question_words("Where was the founder of Orvik born?", 256)
     assert a.shape == (256,) and set(np.unique(a)) <= {0.0, 1.0}

@@ -7,8 +7,9 @@ from math import comb
 import numpy as np
 import pytest
 
-from trace_core.allocation import allocate_roots, root_value
-from trace_core.headroom import (
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.method.allocation import allocate_roots, root_value
+from trace_core.method.headroom import (
     PoolSample,
     cross_fitted_oracle,
     ledger,
@@ -17,7 +18,6 @@ from trace_core.headroom import (
     success_counts,
     unbiased_mixed,
 )
-from trace_core.hf_backend import TransformersBackend
 
 
 @pytest.mark.parametrize("n", [2, 5, 8])
@@ -117,7 +117,7 @@ def test_measuring_a_pool_samples_every_prompt_twice_half_times(model, tokenizer
 
 
 def test_the_cross_fitted_oracle_gets_most_of_the_true_oracles_gain_on_a_known_pool():
-    from trace_core.allocators import uniform_counts
+    from trace_core.method.allocators import uniform_counts
 
     rng = np.random.default_rng(2)
     got = {"oracle": 0.0, "true": 0.0, "uniform": 0.0}
@@ -132,7 +132,7 @@ def test_the_cross_fitted_oracle_gets_most_of_the_true_oracles_gain_on_a_known_p
 
 
 def _turn(parent: int, terminal: bool = False, reward: float | None = None):
-    from trace_core.tree import RolloutNode
+    from trace_core.method.tree import RolloutNode
 
     action = "answer" if terminal else "search"
     return RolloutNode(node_id=-1, parent_id=parent, depth=-1, model_ids=(1,), model_logprobs=(-0.1,),
@@ -141,9 +141,9 @@ def _turn(parent: int, terminal: bool = False, reward: float | None = None):
 
 
 def test_rollout_rewards_come_in_sampling_order_not_in_the_order_rollouts_ended():
-    from trace_core.data import QARecord
-    from trace_core.headroom import rollout_rewards
-    from trace_core.tree import RolloutTree
+    from trace_core.method.headroom import rollout_rewards
+    from trace_core.method.tree import RolloutTree
+    from trace_core.search_agent.data import QARecord
 
     tree = RolloutTree(QARecord("q", "Q?", ("a",), "s", 1), prompt_ids=(1,), prompt_text="Q?")
     long_first = tree.add(_turn(0))  # rollout 0 searches first...

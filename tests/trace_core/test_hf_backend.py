@@ -1,9 +1,9 @@
 import torch
 
-from trace_core.batching import token_logprobs
-from trace_core.generation import GenerationRequest, SamplingParams
-from trace_core.hf_backend import PrefixKVCache, TransformersBackend, prefix_hashes
-from trace_core.rollout import Expansion, grow, rollout_batch
+from trace_core.generation.backend import GenerationRequest, SamplingParams
+from trace_core.generation.batching import token_logprobs
+from trace_core.generation.hf_backend import PrefixKVCache, TransformersBackend, prefix_hashes
+from trace_core.method.rollout import Expansion, grow, rollout_batch
 
 
 def test_greedy_continuation_from_a_stored_prefix_gives_the_tokens_of_the_whole_rollout(

@@ -3,12 +3,19 @@ from dataclasses import replace
 import pytest
 import torch
 
-from trace_core.advantages import grpo_advantages, tree_advantages
-from trace_core.batching import pad_right, token_logprobs
-from trace_core.hf_backend import TransformersBackend
-from trace_core.loss import PolicyConfig, build_sequences, make_optimizer, policy_update, surrogate_loss, wrap_policy
-from trace_core.rollout import rollout_batch
-from trace_core.tree import backup
+from trace_core.generation.batching import pad_right, token_logprobs
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.method.advantages import grpo_advantages, tree_advantages
+from trace_core.method.loss import (
+    PolicyConfig,
+    build_sequences,
+    make_optimizer,
+    policy_update,
+    surrogate_loss,
+    wrap_policy,
+)
+from trace_core.method.rollout import rollout_batch
+from trace_core.method.tree import backup
 
 
 def test_ppo_clip_surrogate_on_hand_cases():

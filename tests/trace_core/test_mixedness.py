@@ -8,11 +8,11 @@ from math import comb
 import numpy as np
 import pytest
 
-from trace_core.allocation import beta_from_moments, group_disagreement, mixed_value, root_value
-from trace_core.allocators import AllocatorConfig, make_allocator, stage1_counts
-from trace_core.mixedness import MixednessConfig, MixednessModel
-from trace_core.online_predictor import OnlinePredictor
-from trace_core.predictor import PredictorConfig, make_predictor
+from trace_core.method.allocation import beta_from_moments, group_disagreement, mixed_value, root_value
+from trace_core.method.allocators import AllocatorConfig, make_allocator, stage1_counts
+from trace_core.method.mixedness import MixednessConfig, MixednessModel
+from trace_core.method.online_predictor import OnlinePredictor
+from trace_core.method.predictor import PredictorConfig, make_predictor
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trace_core.online_predictor import OnlinePredictor, fit_platt
-from trace_core.predictor import PREDICTORS, PredictorConfig, make_predictor, quality
+from trace_core.method.online_predictor import OnlinePredictor, fit_platt
+from trace_core.method.predictor import PREDICTORS, PredictorConfig, make_predictor, quality
 from trace_core.registry import UnknownNameError
 
 DIM = 6
@@ -103,7 +103,7 @@ def test_a_first_iteration_where_everything_succeeded_does_not_make_it_certain()
 def test_refit_calibration_scores_past_iterations_with_todays_kind_of_model():
     """'refit' recomputes the out-of-sample pairs at each fit; 'none' keeps (a, c) = (1, 0); on a
     well-specified stationary task both keep a calibrated slope near 1, unlike a compressed one."""
-    from trace_core.online_predictor import OnlineConfig
+    from trace_core.method.online_predictor import OnlineConfig
 
     rng = np.random.default_rng(4)
     w = rng.normal(size=DIM)

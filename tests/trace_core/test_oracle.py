@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from trace_core.allocators import AllocatorConfig
-from trace_core.oracle import oracle_study
-from trace_core.simulated import KnownProbabilityTask, success_probability
+from trace_core.method.allocators import AllocatorConfig
+from trace_core.sim.oracle import oracle_study
+from trace_core.sim.simulated import KnownProbabilityTask, success_probability
 
 CONFIG = AllocatorConfig(budget=64, stage1_share=0.5, group_size=4)
 
@@ -17,8 +17,8 @@ def test_success_probability_is_the_binomial_tail():
 def test_the_simulated_success_rate_matches_the_known_probability():
     task = KnownProbabilityTask(n_prompts=5, seed=2)
     rng = np.random.default_rng(0)
-    from trace_core.rollout import Expansion
-    from trace_core.tree import backup
+    from trace_core.method.rollout import Expansion
+    from trace_core.method.tree import backup
 
     tree = task.new_tree(task.prompts[0])
     task.grow([tree], [Expansion(0, 0, 4000)], rng, "stage1")

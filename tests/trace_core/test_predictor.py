@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trace_core.predictor import PredictorConfig, SuccessPredictor, calibration_error, quality, weighted_auc
+from trace_core.method.predictor import PredictorConfig, SuccessPredictor, calibration_error, quality, weighted_auc
 
 
 def test_before_its_first_fit_the_predictor_says_the_prior():

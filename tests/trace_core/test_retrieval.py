@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from trace_core.registry import UnknownNameError
-from trace_core.retrieval import (
+from trace_core.search_agent.retrieval import (
     BM25Retriever,
     HttpRetriever,
     Passage,

@@ -1,4 +1,4 @@
-from trace_core.reward import exact_match, f1_score, normalize_answer
+from trace_core.search_agent.reward import exact_match, f1_score, normalize_answer
 
 
 def test_normalisation_drops_case_punctuation_articles_and_extra_spaces():

@@ -1,7 +1,7 @@
 import pytest
 
-from trace_core.hf_backend import TransformersBackend
-from trace_core.rollout import (
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.method.rollout import (
     Expansion,
     grow,
     merge_shard,

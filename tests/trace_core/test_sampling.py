@@ -2,9 +2,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from trace_core.data import QARecord
-from trace_core.sampling import bare_groups
-from trace_core.tree import RolloutNode, RolloutTree, allocation_outcomes, backup
+from trace_core.method.sampling import bare_groups
+from trace_core.method.tree import RolloutNode, RolloutTree, allocation_outcomes, backup
+from trace_core.search_agent.data import QARecord
 
 
 def _turn(parent, terminal=False, reward=None, origin="stage1"):

@@ -1,7 +1,7 @@
 from collections import Counter
 
 from tests.conftest import SMALL_TASK
-from trace_core.synthetic_qa import generate_task
+from trace_core.search_agent.synthetic_qa import generate_task
 
 
 def test_the_same_seed_gives_the_same_task(small_task):

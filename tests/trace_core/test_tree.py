@@ -2,8 +2,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from trace_core.data import QARecord
-from trace_core.tree import RolloutNode, RolloutTree, backup, launched_targets
+from trace_core.method.tree import RolloutNode, RolloutTree, backup, launched_targets
+from trace_core.search_agent.data import QARecord
 
 
 def _turn(parent, model_ids=(1,), obs=(2,), terminal=False, reward=None, origin="stage1"):

@@ -9,9 +9,9 @@ import importlib.util
 import pytest
 import torch
 
-from trace_core.generation import GenerationRequest, SamplingParams
-from trace_core.hf_backend import TransformersBackend
-from trace_core.loss import PolicyConfig, wrap_policy
+from trace_core.generation.backend import GenerationRequest, SamplingParams
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.method.loss import PolicyConfig, wrap_policy
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,8 +21,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def vllm_setup(tmp_path_factory, tokenizer, tiny_spec):
-    from trace_core.default_model import build_model
-    from trace_core.vllm_backend import VLLMBackend
+    from trace_core.generation.vllm_backend import VLLMBackend
+    from trace_core.models.default_model import build_model
 
     model_dir = tmp_path_factory.mktemp("vllm-model")
     model = build_model(tokenizer, tiny_spec)

@@ -1,7 +1,7 @@
 import torch
 
-from trace_core.hf_backend import TransformersBackend
-from trace_core.warmstart import WarmStartConfig, expert_trajectories, expert_turns, warm_start
+from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.search_agent.warmstart import WarmStartConfig, expert_trajectories, expert_turns, warm_start
 
 
 def test_the_expert_solves_every_question_it_can_within_the_turn_limit(env, small_task):

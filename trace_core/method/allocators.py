@@ -38,7 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
-from trace_core.allocation import (
+from trace_core.method.allocation import (
     agreement,
     allocate_by_table,
     allocate_prefixes,
@@ -107,7 +107,7 @@ class RootPlan:
 
 def root_plan(predicted: Sequence[float], counts: Sequence[int], mixedness: Sequence[float] | None = None) -> RootPlan:
     """A Stage-1 plan valued on the predictions it was made with: the paper's V_root(v, m), or
-    V_mix(v, d, m) where a predicted disagreement d per prompt is given (trace_core/mixedness.py)."""
+    V_mix(v, d, m) where a predicted disagreement d per prompt is given (trace_core/method/mixedness.py)."""
     if mixedness is None:
         return RootPlan(tuple(counts), tuple(root_value(v, m) for v, m in zip(predicted, counts, strict=True)))
     values = (mixed_value(v, d, m) for v, d, m in zip(predicted, mixedness, counts, strict=True))

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from trace_core.agent import SearchEnv
-from trace_core.data import QARecord
-from trace_core.generation import GenerationBackend, GenerationRequest, SamplingParams
-from trace_core.tree import Origin, RolloutNode, RolloutTree
+from trace_core.generation.backend import GenerationBackend, GenerationRequest, SamplingParams
+from trace_core.method.environment import Environment, Prompt
+from trace_core.method.tree import Origin, RolloutNode, RolloutTree
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Expansion:
     k: int
 
 
-def new_trees(records: Sequence[QARecord], env: SearchEnv) -> list[RolloutTree]:
+def new_trees(records: Sequence[Prompt], env: Environment[Any]) -> list[RolloutTree]:
     return [RolloutTree(r, env.prompt_ids(r), env.prompt_text(r)) for r in records]
 
 
@@ -44,7 +44,7 @@ def grow(
     trees: Sequence[RolloutTree],
     expansions: Sequence[Expansion],
     backend: GenerationBackend,
-    env: SearchEnv,
+    env: Environment[Any],
     params: SamplingParams,
     origin: Origin,
 ) -> list[tuple[int, int]]:
@@ -58,7 +58,7 @@ def grow(
         requests = [GenerationRequest(trees[t].context_ids(n), k) for t, n, k in frontier]
         completions = backend.generate(requests, params)
         turns = [(t, n, c) for (t, n, _), cs in zip(frontier, completions, strict=True) for c in cs]
-        texts = [str(env.tokenizer.decode(list(c.token_ids), skip_special_tokens=False)) for _, _, c in turns]
+        texts = [env.decode(c.token_ids) for _, _, c in turns]
         steps = env.step(
             [trees[t].record for t, _, _ in turns],
             texts,
@@ -93,10 +93,10 @@ def grow(
 
 
 def rollout_batch(
-    records: Sequence[QARecord],
+    records: Sequence[Prompt],
     n: int,
     backend: GenerationBackend,
-    env: SearchEnv,
+    env: Environment[Any],
     params: SamplingParams,
 ) -> list[RolloutTree]:
     """n bare rollouts (Stage 1) for each record, one tree per record."""

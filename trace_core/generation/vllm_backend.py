@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from trace_core.generation import (
+from trace_core.generation.backend import (
     BACKENDS,
     BackendSpec,
     BackendStats,

@@ -24,9 +24,9 @@ from math import comb
 
 import numpy as np
 
-from trace_core.data import QARecord
-from trace_core.rollout import Expansion
-from trace_core.tree import Origin, RolloutNode, RolloutTree
+from trace_core.method.rollout import Expansion
+from trace_core.method.tree import Origin, RolloutNode, RolloutTree
+from trace_core.search_agent.data import QARecord
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trace_core.agent import SearchEnv
-from trace_core.data import QARecord
-from trace_core.generation import GenerationBackend
-from trace_core.reward import f1_score
-from trace_core.rollout import rollout_batch
-from trace_core.tree import RolloutTree
+from trace_core.generation.backend import GenerationBackend
+from trace_core.method.rollout import rollout_batch
+from trace_core.method.tree import RolloutTree
+from trace_core.search_agent.agent import SearchEnv
+from trace_core.search_agent.data import QARecord
+from trace_core.search_agent.reward import f1_score
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 
-from trace_core.data import QARecord
+from trace_core.method.environment import Prompt
 
 Origin = Literal["root", "stage1", "stage2"]
+R = TypeVar("R", bound=Prompt)
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,11 @@ class RolloutNode:
         return len(self.model_ids)
 
 
-class RolloutTree:
-    """The nodes grown from one prompt, indexed by `node_id` (their position in `nodes`)."""
+class RolloutTree(Generic[R]):
+    """The nodes grown from one prompt, indexed by `node_id` (their position in `nodes`); `record` is
+    the task family's prompt (its id and data source identify it, the rest is the environment's)."""
 
-    def __init__(self, record: QARecord, prompt_ids: tuple[int, ...], prompt_text: str = "") -> None:
+    def __init__(self, record: R, prompt_ids: tuple[int, ...], prompt_text: str = "") -> None:
         self.record = record
         root = RolloutNode(
             node_id=0, parent_id=None, depth=0, model_ids=(), model_logprobs=(),

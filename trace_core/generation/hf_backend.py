@@ -35,8 +35,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from trace_core.batching import at_least_fp32
-from trace_core.generation import (
+from trace_core.generation.backend import (
     BACKENDS,
     BackendSpec,
     BackendStats,
@@ -45,6 +44,7 @@ from trace_core.generation import (
     GenerationRequest,
     SamplingParams,
 )
+from trace_core.generation.batching import at_least_fp32
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (heads, seq, head_dim)
 

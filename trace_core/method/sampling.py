@@ -21,10 +21,10 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from trace_core.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
-from trace_core.predictor import FitReport, Predictor
-from trace_core.rollout import Expansion
-from trace_core.tree import RolloutTree, launched_targets, stage1_outcomes
+from trace_core.method.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
+from trace_core.method.predictor import FitReport, Predictor
+from trace_core.method.rollout import Expansion
+from trace_core.method.tree import RolloutTree, launched_targets, stage1_outcomes
 
 Targets = Literal["subtree", "launched"]
 TARGETS: tuple[str, ...] = ("subtree", "launched")

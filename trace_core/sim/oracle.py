@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from trace_core.allocation import prefix_value, root_value
-from trace_core.allocators import AllocatorConfig, PrefixPlan, Stage2Input, make_allocator
-from trace_core.predictor import PredictorConfig, SuccessPredictor
-from trace_core.sampling import (
+from trace_core.method.allocation import prefix_value, root_value
+from trace_core.method.allocators import AllocatorConfig, PrefixPlan, Stage2Input, make_allocator
+from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+from trace_core.method.sampling import (
     effective_ratio,
     node_examples,
     predict_nodes,
@@ -33,8 +33,8 @@ from trace_core.sampling import (
     stage2_expansions,
     stage2_input,
 )
-from trace_core.simulated import KnownProbabilityTask
-from trace_core.tree import RolloutTree, backup
+from trace_core.method.tree import RolloutTree, backup
+from trace_core.sim.simulated import KnownProbabilityTask
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ well (Spearman 0.38 to 0.69) but the mixedness TRACE reads from it, V_root(v, 3)
 measured chance of a mixed group of 3 at only -0.05 to 0.24. A prompt predicted 0.5 is as often one
 the model cannot place (solved or hopeless) as one of middling difficulty; a single Beta dispersion
 for every prompt cannot fix that (it never changes which prompts rank first). Predicting mixedness
-itself, per prompt, is `predictor.mixedness` (trace_core/mixedness.py, measured there).
+itself, per prompt, is `predictor.mixedness` (trace_core/method/mixedness.py, measured there).
 
 Deviations from the paper: its predictor is not public (METHOD.md). Ours is a generalised linear
 model rather than a neural network, and is recalibrated online.
@@ -72,9 +72,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from trace_core.glm import fit_logistic, forward_validated, log_loss
-from trace_core.mixedness import MixednessHead
-from trace_core.predictor import PREDICTORS, FitReport, PredictorConfig, quality
+from trace_core.method.glm import fit_logistic, forward_validated, log_loss
+from trace_core.method.mixedness import MixednessHead
+from trace_core.method.predictor import PREDICTORS, FitReport, PredictorConfig, quality
 
 CALIBRATIONS = ("carried", "refit", "none")
 

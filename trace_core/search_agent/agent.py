@@ -25,10 +25,10 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from trace_core.data import QARecord
-from trace_core.generation import FinishReason, SamplingParams
-from trace_core.retrieval import Retriever, format_passages
-from trace_core.reward import exact_match
+from trace_core.generation.backend import FinishReason, SamplingParams
+from trace_core.search_agent.data import QARecord
+from trace_core.search_agent.retrieval import Retriever, format_passages
+from trace_core.search_agent.reward import exact_match
 
 STOP_STRINGS = ("</search>", "</answer>")
 DEFAULT_INSTRUCTION = "Answer the question. Search with <search> query </search>, answer with <answer> name </answer>."
@@ -116,6 +116,9 @@ class SearchEnv:
 
     def encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def prompt_text(self, record: QARecord) -> str:
         user = f"{self.config.instruction}\nQuestion: {record.question}\n"

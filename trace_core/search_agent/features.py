@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from trace_core.tree import RolloutTree
+from trace_core.method.tree import RolloutTree
 
 _TOP_TITLE = re.compile(r"Doc 1\(Title: (.*?)\)")
 STRUCTURAL = 8

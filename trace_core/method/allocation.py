@@ -19,7 +19,7 @@ subtree mixed with probability
 V_pref is concave in k (its increments q^k (1 - q) shrink), so taking the best marginal gain one
 leaf at a time (`allocate_prefixes`) is exact.
 
-With a predicted chance d that two rollouts of the prompt disagree (trace_core/mixedness.py), the
+With a predicted chance d that two rollouts of the prompt disagree (trace_core/method/mixedness.py), the
 prompt's success is read as the Beta with mean v and E[2 s (1 - s)] = d, and m rollouts are worth
 
     V_mix(v, d, m) = 1 - E[s^m] - E[(1 - s)^m]     (= d at m = 2, 3 d / 2 at m = 3),

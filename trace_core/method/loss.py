@@ -32,9 +32,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from trace_core.advantages import PathAdvantage
-from trace_core.batching import pad_right, token_logprobs
-from trace_core.tree import RolloutTree
+from trace_core.generation.batching import pad_right, token_logprobs
+from trace_core.method.advantages import PathAdvantage
+from trace_core.method.tree import RolloutTree
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

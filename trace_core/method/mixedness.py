@@ -29,7 +29,7 @@ disagreement than 2 v (1 - v), so it never extrapolates: the groups it learns fr
 the allocator (v near 1/2), and the direct form, fitted on that narrow range of z, sent whole pools
 the wrong way (its z^2 term made confident prompts look mixed). Given v and d, the prompt's success
 is read as the Beta with mean v and E[2 s (1 - s)] = d (moments matched,
-`trace_core.allocation.beta_from_moments`), and the value of m rollouts becomes
+`trace_core.method.allocation.beta_from_moments`), and the value of m rollouts becomes
 
     V_mix(v, d, m) = 1 - E[s^m] - E[(1 - s)^m]   under that Beta,
 
@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from trace_core.allocation import group_disagreement
-from trace_core.glm import fit_logistic, forward_validated, logit
+from trace_core.method.allocation import group_disagreement
+from trace_core.method.glm import fit_logistic, forward_validated, logit
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from trace_core.data import ChainStep, CorpusDoc, QARecord, write_jsonl
+from trace_core.search_agent.data import ChainStep, CorpusDoc, QARecord, write_jsonl
 
 _ONSETS = [
     "b",

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from trace_core.agent import SearchEnv
-from trace_core.batching import pad_right, token_logprobs
-from trace_core.data import QARecord
-from trace_core.evaluation import evaluate_policy
-from trace_core.generation import GenerationBackend
+from trace_core.generation.backend import GenerationBackend
+from trace_core.generation.batching import pad_right, token_logprobs
+from trace_core.search_agent.agent import SearchEnv
+from trace_core.search_agent.data import QARecord
+from trace_core.search_agent.evaluation import evaluate_policy
 
 
 @dataclass(frozen=True)

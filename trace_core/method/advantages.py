@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trace_core.method.tree import RolloutTree
 from trace_core.registry import Registry
-from trace_core.tree import RolloutTree
 
 EPS = 1e-6
 
@@ -66,7 +66,7 @@ def _leaf_stats(tree: RolloutTree) -> tuple[float, float]:
 
 def _require_backup(tree: RolloutTree) -> None:
     if tree.leaves() and tree.root.target is None:
-        raise ValueError("advantages need backed-up trees: call trace_core.tree.backup on each tree first")
+        raise ValueError("advantages need backed-up trees: call trace_core.method.tree.backup on each tree first")
 
 
 @ADVANTAGES.register("grpo")

@@ -27,8 +27,8 @@ import bm25s
 import httpx
 
 from trace_core.atomic import write_text_atomic
-from trace_core.data import CorpusDoc
 from trace_core.registry import Registry
+from trace_core.search_agent.data import CorpusDoc
 
 
 @dataclass(frozen=True)

@@ -46,16 +46,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import comb
+from typing import Any
 
 import numpy as np
 
-from trace_core.agent import SearchEnv
-from trace_core.allocation import allocate_roots, nonzero_leaves_value, root_value
-from trace_core.allocators import uniform_counts
-from trace_core.data import QARecord
-from trace_core.generation import GenerationBackend, SamplingParams
-from trace_core.rollout import rollout_batch
-from trace_core.tree import RolloutTree
+from trace_core.generation.backend import GenerationBackend, SamplingParams
+from trace_core.method.allocation import allocate_roots, nonzero_leaves_value, root_value
+from trace_core.method.allocators import uniform_counts
+from trace_core.method.environment import Environment, Prompt
+from trace_core.method.rollout import rollout_batch
+from trace_core.method.tree import RolloutTree
 
 
 def unbiased_mixed(successes: int, samples: int, m: int) -> float:
@@ -199,12 +199,12 @@ def rollout_rewards(tree: RolloutTree) -> list[float]:
 
 
 def measure_pool(
-    pool: Sequence[QARecord],
+    pool: Sequence[Prompt],
     predicted: Sequence[float],
     allocated: Sequence[int],
     half: int,
     backend: GenerationBackend,
-    env: SearchEnv,
+    env: Environment[Any],
     params: SamplingParams,
 ) -> list[PoolSample]:
     """Sample every pool prompt 2 * half times with the backend's current policy (bare rollouts with

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from trace_core.mixedness import MixednessHead
+from trace_core.method.mixedness import MixednessHead
 from trace_core.registry import Registry
 
 
@@ -44,7 +44,7 @@ class PredictorConfig:
     hidden: MLP width. epochs / lr / weight_decay: full-batch AdamW fitting, at most `epochs`
     steps. holdout: share of prompts held out to choose the stopping step (0 disables it).
     mixedness: also learn, from the bare Stage-1 groups, the chance two rollouts of a prompt
-    disagree (`predict_mixedness`, trace_core/mixedness.py), so Stage 1 can value a prompt by
+    disagree (`predict_mixedness`, trace_core/method/mixedness.py), so Stage 1 can value a prompt by
     V_mix(v, d, m) instead of V_root(v, m)."""
 
     prior: float = 0.5

@@ -1,0 +1,1 @@
+"""Models the project builds itself (no model hub here): the embedded default policy."""

@@ -1,0 +1,1 @@
+"""Simulated studies: a task with known success probabilities and the oracle study run on it."""
