@@ -23,7 +23,9 @@ then a refit), and each strategy chooses its subset with its own predictor's v:
 
 Each strategy is scored, before an iteration's rollouts are learnt, on the things TRACE uses the
 predictor for: (1) all 16 groups of that iteration (an unselected sample, every iteration): AUC,
-Brier and ECE of v against each prompt's success rate; (2) the measured pools of the run (the
+Brier and ECE of v against each prompt's success rate, and the expected mixed groups TRACE's rule
+on v buys there at a budget of one leaf per prompt, less what uniform groups of 4 buy (unbiased
+estimates from each prompt's 4 rollouts, which the rule did not see); (2) the measured pools of the run (the
 oracle ledger, every `headroom.every` iterations, 16 measurement rollouts per prompt): the
 expected mixed groups of TRACE's rule on v at a Stage-1 budget of 32 leaves (a `trace` run's),
 against uniform groups of 4 and the cross-fitted oracle, pooled as a share of the oracle's gain.
@@ -48,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from store.store import RolloutStore  # noqa: E402
 from trace_core.method.allocation import allocate_roots  # noqa: E402
 from trace_core.method.allocators import uniform_counts  # noqa: E402
-from trace_core.method.headroom import ledger  # noqa: E402
+from trace_core.method.headroom import ledger, unbiased_mixed  # noqa: E402
 from trace_core.method.online_predictor import OnlineConfig, OnlinePredictor  # noqa: E402
 from trace_core.method.predictor import PredictorConfig, quality  # noqa: E402
 from trace_core.method.sampling import node_examples  # noqa: E402
@@ -123,7 +125,14 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, exp
             v = predictor.predict(roots[it]) if fitted else np.full(len(trees[it]), 0.5)
             if fitted:
                 q = quality(v, rates[it], sizes[it])
-                groups.append({"iteration": it, "auc": q.auc, "brier": q.brier, "ece": q.ece})
+                k = [round(r * n) for r, n in zip(rates[it], sizes[it], strict=True)]
+                n_ = [int(n) for n in sizes[it]]
+                plan = allocate_roots(v.tolist(), len(v), min(n_))
+                rule = sum(unbiased_mixed(a, b, m) for a, b, m in zip(k, n_, plan, strict=True))
+                # uniform groups of 4 on a quarter of the prompts, in expectation over which quarter
+                uniform = float(np.mean([unbiased_mixed(a, b, CAP) for a, b in zip(k, n_, strict=True)])) * len(v) / CAP
+                groups.append({"iteration": it, "auc": q.auc, "brier": q.brier, "ece": q.ece, "rule": rule,
+                               "uniform": uniform})  # fmt: skip
             if fitted and it in measured:
                 vp = predictor.predict(pools[it])
                 counts = uniform_counts(len(vp), STAGE1_BUDGET, trace["group_size"])
@@ -145,6 +154,7 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, exp
             "group_auc": float(np.nanmean([g["auc"] for g in groups])),
             "group_brier": float(np.nanmean([g["brier"] for g in groups])),
             "group_ece": float(np.nanmean([g["ece"] for g in groups])),
+            "group_rule_gain": float(np.mean([g["rule"] - g["uniform"] for g in groups])),
             "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in pooled) / gain if gain else None,
             "groups": groups, "pools": pooled,
         }  # fmt: skip
@@ -172,7 +182,8 @@ def main() -> None:
         for name, r in per.items():
             share = r["share_of_oracle_gain"]
             print(f"{run:40s} {name:18s} leaves/it {r['leaves_per_iteration']:5.1f}  groups: AUC {r['group_auc']:.3f} "
-                  f"Brier {r['group_brier']:.3f} ECE {r['group_ece']:.3f}  pools: share of oracle gain "
+                  f"Brier {r['group_brier']:.3f} ECE {r['group_ece']:.3f} rule gain {r['group_rule_gain']:+.2f}  "
+                  "pools: share of oracle gain "
                   f"{share if share is None else f'{share:+.2f}'}")  # fmt: skip
 
 

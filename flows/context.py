@@ -50,7 +50,7 @@ class TrainContext:
         t, p = s.trace, s.policy
         self.allocator = make_allocator(t.allocator)
         self.allocator_config = AllocatorConfig(t.budget, t.stage1_share, t.group_size, t.max_per_prompt,
-                                                t.max_per_anchor)  # fmt: skip
+                                                t.max_per_anchor, t.explore_share)  # fmt: skip
         self.policy_config = policy_config(s)
         # full fine-tuning with a KL penalty needs a frozen copy of the starting policy as reference
         self.reference = freeze_copy(runtime.model) if p.kl_coef > 0 and not s.uses_lora() else None

@@ -261,6 +261,13 @@ class TraceSection(Section):
     max_per_prompt: int = Field(8, ge=2, description="Cap on bare rollouts for one prompt (m_i).")
     max_per_anchor: int = Field(4, ge=1, description="Cap on continuations from one anchor (k_j).")
     advantage: str = Field("grpo", description="Advantage estimator: grpo or tree.")
+    explore_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of a predicted Stage 1's leaves spent on pool prompts drawn at random, 2 rollouts each, "
+        "so the predictor also learns from prompts the rule would not choose (0: none; bench/results/selection).",
+    )
 
     @field_validator("allocator")
     @classmethod
@@ -518,8 +525,9 @@ class Settings(BaseSettings):
         snapshot["run"] = {"seed": self.run.seed}
         if self.run.init_from:  # only when set, so that runs started before the key existed keep their identity
             snapshot["run"]["init_from"] = self.run.init_from
-        if not self.predictor.mixedness:  # likewise: off computes what runs from before the key computed
-            snapshot["predictor"].pop("mixedness")
+        for section, key in _LATER_KEYS:  # at their neutral value, they compute what runs from before them did
+            if getattr(getattr(self, section), key) == _LATER_KEYS[section, key]:
+                snapshot[section].pop(key)
         snapshot["train"] = {k: v for k, v in snapshot["train"].items() if k != "iterations"}
         return snapshot
 
@@ -527,6 +535,11 @@ class Settings(BaseSettings):
         """The database URL, the embedded SQLite file when none is set."""
         url = self.store.url.get_secret_value()
         return url or f"sqlite:///{self.run.output_dir / 'rollouts.db'}"
+
+
+# settings added after runs were stored, with the value that computes what those runs computed: at that
+# value they stay out of a run's identity, so such a run still resumes
+_LATER_KEYS: dict[tuple[str, str], Any] = {("predictor", "mixedness"): False, ("trace", "explore_share"): 0.0}
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

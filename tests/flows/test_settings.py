@@ -135,6 +135,11 @@ def test_keys_added_later_leave_the_identity_of_runs_that_predate_them_unless_us
     assert "mixedness" not in plain.identity()["predictor"] and "init_from" not in plain.identity()["run"]
     mixing = load_settings(["predictor.mixedness=true"])
     assert mixing.identity()["predictor"]["mixedness"] is True
+    assert "explore_share" not in plain.identity()["trace"]
+    exploring = load_settings(["trace.explore_share=0.25"])
+    assert exploring.identity()["trace"]["explore_share"] == 0.25
+    with pytest.raises(SettingsError, match="explore_share"):
+        load_settings(["trace.explore_share=1.0"])
 
 
 def test_the_headroom_measurement_is_not_part_of_a_runs_identity():

@@ -28,7 +28,8 @@ def _stage2(n_trees, rng, anchors_per_tree=2, unused=8):
 def test_every_allocator_spends_exactly_the_budget_never_more(name, seed):
     rng = np.random.default_rng(seed)
     config = AllocatorConfig(budget=int(rng.integers(8, 80)), stage1_share=float(rng.choice([0.25, 0.5, 0.75])),
-                             group_size=int(rng.integers(2, 5)), max_per_prompt=8, max_per_anchor=3)  # fmt: skip
+                             group_size=int(rng.integers(2, 5)), max_per_prompt=8, max_per_anchor=3,
+                             explore_share=float(rng.choice([0.0, 0.25])))  # fmt: skip
     allocator = make_allocator(name)
     pool = rng.random(64).tolist()
     plan1 = allocator.roots(pool, config, rng)
@@ -68,3 +69,29 @@ def test_trace_spends_stage1_on_uncertain_prompts_and_skips_certain_ones():
     config = AllocatorConfig(budget=16, stage1_share=0.5)
     plan = make_allocator("trace").roots([0.0, 1.0, 0.5, 0.4, 0.99, 0.6], config, np.random.default_rng(0))
     assert plan.counts[0] == plan.counts[1] == 0 and plan.leaves == 8
+
+
+def test_an_exploration_share_samples_random_prompts_in_pairs_and_the_rule_spends_the_rest():
+    config = AllocatorConfig(budget=32, stage1_share=0.5, explore_share=0.25)
+    certain = [0.0] * 12 + [0.5] * 4  # the rule alone never samples the first 12
+    picked = set()
+    for seed in range(20):
+        plan = make_allocator("trace").roots(certain, config, np.random.default_rng(seed))
+        assert plan.leaves == 16
+        explored = [i for i, m in enumerate(plan.counts) if m and certain[i] == 0.0]
+        assert len(explored) <= 2 and all(plan.counts[i] == 2 for i in explored)
+        picked.update(explored)
+    assert len(picked) > 6  # different prompts under different random streams
+
+
+def test_without_an_exploration_share_the_plan_is_the_rules_and_draws_nothing():
+    pool = np.random.default_rng(3).random(20).tolist()
+    rng = np.random.default_rng(7)
+    plan = make_allocator("trace").roots(pool, AllocatorConfig(budget=32), rng)
+    assert plan == make_allocator("trace").roots(pool, AllocatorConfig(budget=32, explore_share=0.0), rng)
+    assert rng.random() == np.random.default_rng(7).random()  # the stream is untouched
+
+
+def test_an_exploration_share_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="explore_share"):
+        AllocatorConfig(explore_share=1.0)

@@ -18,6 +18,10 @@ stage; Stage 2 always spends exactly what is left, so every allocator spends M.
   drawn uniformly at random.
 - `trace`: exact root allocation with the predictor on Stage 1's share, then the greedy prefix
   allocation over anchors with the predictor's p and each anchor's realised reward r.
+- `explore_share` (any allocator whose Stage 1 uses the predictor): that share of Stage 1's leaves
+  goes first to pool prompts drawn at random, 2 rollouts each, and the rule spends the rest on the
+  others, so the predictor also learns from prompts the rule would never choose (its own choices
+  are range-restricted: bench/selection.py measures what that costs it).
 - `active_roots` / `active_prefixes`: the stage ablation, TRACE's rule in one stage only (random
   prefixes after predicted roots; predicted prefixes after uniform roots).
 
@@ -27,6 +31,7 @@ Deviations:
    formula using the group's common outcome (a mixed group gains nothing).
 2. DAPO resamples until a fixed number of mixed groups is collected; at a fixed leaf budget it
    gets one refill round.
+3. `explore_share` is ours (the paper's Stage 1 is the rule alone); 0 by default.
 """
 
 from __future__ import annotations
@@ -54,13 +59,15 @@ from trace_core.registry import Registry
 class AllocatorConfig:
     """budget: leaves per iteration (M). stage1_share: fraction of M for bare rollouts where an
     allocator has two stages. group_size: G, rollouts per prompt for the uniform-style stages.
-    max_per_prompt / max_per_anchor: caps on m_i and k_j."""
+    max_per_prompt / max_per_anchor: caps on m_i and k_j. explore_share: fraction of a predicted
+    Stage 1's leaves spent on pool prompts drawn at random, 2 rollouts each (0: none)."""
 
     budget: int = 64
     stage1_share: float = 0.5
     group_size: int = 4
     max_per_prompt: int = 8
     max_per_anchor: int = 4
+    explore_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.budget < 2:
@@ -71,6 +78,8 @@ class AllocatorConfig:
             raise ValueError("group_size must be >= 2 and max_per_prompt >= group_size")
         if self.max_per_anchor < 1:
             raise ValueError("max_per_anchor must be >= 1")
+        if not 0 <= self.explore_share < 1:
+            raise ValueError(f"explore_share must be in [0, 1), got {self.explore_share}")
 
     @property
     def stage1_budget(self) -> int:
@@ -230,6 +239,16 @@ def _greedy_over_anchors(stage2: Stage2Input, budget: int, config: AllocatorConf
     return anchor_plan(anchors, counts)
 
 
+def explored_prompts(n_pool: int, budget: int, share: float, rng: np.random.Generator) -> set[int]:
+    """The pool prompts a predicted Stage 1 samples at random (2 rollouts each) for `share` of its
+    budget: round(share * budget / 2) of them, never so many that the rest of the budget cannot be
+    spent (at least 2 leaves stay with the rule). No random draw at all when `share` is 0."""
+    if share <= 0:
+        return set()
+    k = min(round(share * budget / 2), (budget - 2) // 2, n_pool - 1)
+    return {int(i) for i in rng.choice(n_pool, size=k, replace=False)} if k > 0 else set()
+
+
 class _Stage1:
     """Stage-1 behaviour shared by the allocators: uniform groups or the exact predicted split,
     on the whole budget (single-stage allocators) or on Stage 1's share.
@@ -253,7 +272,14 @@ class _Stage1:
     ) -> RootPlan:
         if not self.roots_by_predictor:
             return root_plan(predicted, uniform_counts(len(predicted), self._budget(config), config.group_size))
-        counts = stage1_counts(predicted, mixedness, self._budget(config), config.max_per_prompt)
+        budget = self._budget(config)
+        explore = explored_prompts(len(predicted), budget, config.explore_share, rng)
+        rest = [i for i in range(len(predicted)) if i not in explore]
+        d = None if mixedness is None else [mixedness[i] for i in rest]
+        chosen = stage1_counts([predicted[i] for i in rest], d, budget - 2 * len(explore), config.max_per_prompt)
+        counts = [2 if i in explore else 0 for i in range(len(predicted))]
+        for i, m in zip(rest, chosen, strict=True):
+            counts[i] = m
         return root_plan(predicted, counts, mixedness)
 
     def prefixes(
