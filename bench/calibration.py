@@ -79,8 +79,11 @@ def beta_mixed(v: float, m: int, kappa: float) -> float:
     return 1.0 - es - ef if m >= 2 else 0.0
 
 
-VARIANTS = {"carried": OnlineConfig(), "refit": OnlineConfig(calibration="refit"),
-            "none": OnlineConfig(calibration="none")}  # fmt: skip
+VARIANTS = {
+    "carried": OnlineConfig(),
+    "refit": OnlineConfig(calibration="refit"),
+    "none": OnlineConfig(calibration="none"),
+}
 # the carried predictor's v, Stage 1 valued by V_mix(v, d, m) (trace_core/method/mixedness.py): d regressed directly on
 # the prompt's features, z and z^2 (or on z and z^2 alone), or as a learnt share of 2 v (1 - v) (the default)
 MIXED = {
@@ -138,17 +141,28 @@ def replay(
                     ).mixed
                 rule = book.predictor_rule.mixed
                 if d is not None:
-                    table = [[mixed_value(float(a), float(b), m) for m in range(trace["max_per_prompt"] + 1)]
-                             for a, b in zip(v, d, strict=True)]  # fmt: skip
+                    table = [
+                        [mixed_value(float(a), float(b), m) for m in range(trace["max_per_prompt"] + 1)]
+                        for a, b in zip(v, d, strict=True)
+                    ]
                     plan = allocate_by_table(table, budget, trace["max_per_prompt"])
                     rule = score_plan(successes, samples, plan).mixed
                     implied = 1.5 * d
-                rows.append({
-                    "iteration": it, "rule": rule, "oracle": book.oracle.mixed,
-                    "uniform": book.uniform.mixed, "auc": q.auc, "ece": q.ece, "v_std": float(v.std()),
-                    "platt": list(predictor.platt), "kappa": by_kappa,
-                    "success_rank_corr": rank_corr(v, s), "mixed_rank_corr": rank_corr(implied, mixed),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "iteration": it,
+                        "rule": rule,
+                        "oracle": book.oracle.mixed,
+                        "uniform": book.uniform.mixed,
+                        "auc": q.auc,
+                        "ece": q.ece,
+                        "v_std": float(v.std()),
+                        "platt": list(predictor.platt),
+                        "kappa": by_kappa,
+                        "success_rank_corr": rank_corr(v, s),
+                        "mixed_rank_corr": rank_corr(implied, mixed),
+                    }
+                )
             # the run's own bare groups of this iteration, before they are learnt: how well the Stage-1
             # value (V_root(v, n), or V_mix(v, d, n)) forecast which came out mixed
             xr, k, n = groups[it]
@@ -170,17 +184,23 @@ def replay(
                 mixedness.fit()
         group_quality = quality(np.array(forecast), np.array(realised), np.ones(len(realised)))
         gain = sum(r["oracle"] - r["uniform"] for r in rows)
-        out[name] = {"iterations": rows,
-                     "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in rows) / gain if gain else None,
-                     "auc": float(np.mean([r["auc"] for r in rows])), "ece": float(np.mean([r["ece"] for r in rows])),
-                     "v_std": float(np.mean([r["v_std"] for r in rows])),
-                     "success_rank_corr": float(np.nanmean([r["success_rank_corr"] for r in rows])),
-                     "mixed_rank_corr": float(np.nanmean([r["mixed_rank_corr"] for r in rows])),
-                     "group_mixed_auc": group_quality.auc, "group_mixed_brier": group_quality.brier,
-                     "group_mixed_forecast": float(np.mean(forecast)), "group_mixed_rate": float(np.mean(realised)),
-                     "groups": len(realised),
-                     "share_by_kappa": {k: sum(r["kappa"][k] - r["uniform"] for r in rows) / gain if gain else None
-                                        for k in map(str, KAPPAS)}}  # fmt: skip
+        out[name] = {
+            "iterations": rows,
+            "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in rows) / gain if gain else None,
+            "auc": float(np.mean([r["auc"] for r in rows])),
+            "ece": float(np.mean([r["ece"] for r in rows])),
+            "v_std": float(np.mean([r["v_std"] for r in rows])),
+            "success_rank_corr": float(np.nanmean([r["success_rank_corr"] for r in rows])),
+            "mixed_rank_corr": float(np.nanmean([r["mixed_rank_corr"] for r in rows])),
+            "group_mixed_auc": group_quality.auc,
+            "group_mixed_brier": group_quality.brier,
+            "group_mixed_forecast": float(np.mean(forecast)),
+            "group_mixed_rate": float(np.mean(realised)),
+            "groups": len(realised),
+            "share_by_kappa": {
+                k: sum(r["kappa"][k] - r["uniform"] for r in rows) / gain if gain else None for k in map(str, KAPPAS)
+            },
+        }
     return out
 
 

@@ -71,13 +71,19 @@ def group_outcomes(rows: list[Any]) -> dict[str, dict[str, Any]]:
     for name, v in out.items():
         hops = sorted({k.split("_")[0] for k in v if k.startswith("hops")})
         result[name] = {
-            "stage1": {"groups": len(v["size"]), "mean_size": _mean(v["size"]), "all_success": _mean(v["all_success"]),
-                       "all_failure": _mean(v["all_failure"]), "mixed": _mean(v["mixed"])},
-            "stage2": {"all_same_trees_continued": len(v["stage2_rescued"]),
-                       "made_mixed": _mean(v["stage2_rescued"])},
-            "difficulty": {h: {"bare_success": _mean(v[f"{h}_success"]), "all_same_groups": _mean(v[f"{h}_all_same"])}
-                           for h in hops},
-        }  # fmt: skip
+            "stage1": {
+                "groups": len(v["size"]),
+                "mean_size": _mean(v["size"]),
+                "all_success": _mean(v["all_success"]),
+                "all_failure": _mean(v["all_failure"]),
+                "mixed": _mean(v["mixed"]),
+            },
+            "stage2": {"all_same_trees_continued": len(v["stage2_rescued"]), "made_mixed": _mean(v["stage2_rescued"])},
+            "difficulty": {
+                h: {"bare_success": _mean(v[f"{h}_success"]), "all_same_groups": _mean(v[f"{h}_all_same"])}
+                for h in hops
+            },
+        }
     return result
 
 

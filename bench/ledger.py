@@ -88,8 +88,15 @@ def replay(db: Path) -> dict[str, Any]:
             trace = store.run_settings(run_id)["trace"]
             for iteration, pool in store.headroom(run_id).items():
                 scores = replay_pool(pool, trace["group_size"], trace["max_per_prompt"])
-                rows.append({"run": run, "regime": regime_of(run), "allocator": trace["allocator"],
-                             "iteration": iteration, "scores": scores})  # fmt: skip
+                rows.append(
+                    {
+                        "run": run,
+                        "regime": regime_of(run),
+                        "allocator": trace["allocator"],
+                        "iteration": iteration,
+                        "scores": scores,
+                    }
+                )
     finally:
         store.close()
     summary: dict[str, Any] = {}

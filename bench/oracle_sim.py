@@ -45,8 +45,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the results to this JSON file")
     args = parser.parse_args()
-    results = {f"beta({a},{b}) budget {budget}": simulate(a, b, budget)
-               for budget in (32, 64) for a, b in ((0.5, 0.5), (1.0, 1.0), (2.0, 2.0), (0.3, 0.3))}  # fmt: skip
+    results = {
+        f"beta({a},{b}) budget {budget}": simulate(a, b, budget)
+        for budget in (32, 64)
+        for a, b in ((0.5, 0.5), (1.0, 1.0), (2.0, 2.0), (0.3, 0.3))
+    }
     for name, r in results.items():
         print(name, {k: round(v, 3) for k, v in r.items()})
     if args.out:

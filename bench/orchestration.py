@@ -28,9 +28,12 @@ def main() -> None:
     engine = create_engine(f"sqlite:///{args.db}")
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT s.iteration, s.stage, s.seconds, s.finished_at FROM stages s JOIN runs r ON s.run_id = r.id "
-                 "WHERE r.name = :n AND s.iteration >= -1 ORDER BY s.finished_at"), {"n": args.run}
-        ).all()  # fmt: skip
+            text(
+                "SELECT s.iteration, s.stage, s.seconds, s.finished_at FROM stages s JOIN runs r ON s.run_id = r.id "
+                "WHERE r.name = :n AND s.iteration >= -1 ORDER BY s.finished_at"
+            ),
+            {"n": args.run},
+        ).all()
     if not rows:
         raise SystemExit(f"no stages recorded for run {args.run!r} in {args.db}")
     by_iteration: dict[int, list] = {}

@@ -97,11 +97,16 @@ def _stage1_gain(v: np.ndarray, counts: list[tuple[int, int]], budget: int) -> d
         return float(sum(unbiased_root_value(k, n, m) for (k, n), m in zip(counts, alloc, strict=True)))
 
     rates = [k / n for k, n in counts]
-    picks = [np.random.default_rng(seed).choice(len(counts), min(budget // cap, len(counts)), replace=False)
-             for seed in range(20)]  # fmt: skip
+    picks = [
+        np.random.default_rng(seed).choice(len(counts), min(budget // cap, len(counts)), replace=False)
+        for seed in range(20)
+    ]
     uniform = float(np.mean([value([cap if j in set(p) else 0 for j in range(len(counts))]) for p in picks]))
-    return {"predicted": value(allocate_roots([float(x) for x in v], budget, cap)),
-            "oracle": value(allocate_roots(rates, budget, cap)), "uniform": uniform}  # fmt: skip
+    return {
+        "predicted": value(allocate_roots([float(x) for x in v], budget, cap)),
+        "oracle": value(allocate_roots(rates, budget, cap)),
+        "uniform": uniform,
+    }
 
 
 def replay(
@@ -129,8 +134,14 @@ def replay(
                     anchor_p = group_posterior(anchor_p, anchors, trees, n0)
                 counts = [(round(targets[r][0] * targets[r][1]), targets[r][1]) for r in roots]
                 gain = _stage1_gain(root_p, counts, budget=min(32, 2 * len(roots)))
-                rows.append({"iteration": it, "root": _scored(root_p, roots, targets).__dict__,
-                             "anchor": _scored(anchor_p, anchors, targets).__dict__, "gain": gain})  # fmt: skip
+                rows.append(
+                    {
+                        "iteration": it,
+                        "root": _scored(root_p, roots, targets).__dict__,
+                        "anchor": _scored(anchor_p, anchors, targets).__dict__,
+                        "gain": gain,
+                    }
+                )
             x, t, w, nodes = examples[kind][it]
             predictor.add(it, x, t, w, [trees_by_it[it][i].record.id for i, _ in nodes])
             predictor.fit()
@@ -151,18 +162,23 @@ def _summary(rows: list[dict[str, Any]], later: int = 5) -> dict[str, Any]:
         return round(statistics.fmean(values), 4) if values else None
 
     gains = [r["gain"] for r in rows]
-    share = [(g["predicted"] - g["uniform"]) / (g["oracle"] - g["uniform"])
-             for g in gains if g["oracle"] > g["uniform"]]  # fmt: skip
+    share = [
+        (g["predicted"] - g["uniform"]) / (g["oracle"] - g["uniform"]) for g in gains if g["oracle"] > g["uniform"]
+    ]
     return {
-        "root_auc": mean("root", "auc"), "root_brier": mean("root", "brier"), "root_ece": mean("root", "ece"),
-        "root_auc_from_5": mean("root", "auc", later), "root_ece_from_5": mean("root", "ece", later),
-        "anchor_auc": mean("anchor", "auc"), "anchor_brier": mean("anchor", "brier"),
+        "root_auc": mean("root", "auc"),
+        "root_brier": mean("root", "brier"),
+        "root_ece": mean("root", "ece"),
+        "root_auc_from_5": mean("root", "auc", later),
+        "root_ece_from_5": mean("root", "ece", later),
+        "anchor_auc": mean("anchor", "auc"),
+        "anchor_brier": mean("anchor", "brier"),
         "anchor_ece": mean("anchor", "ece"),
         "stage1_expected_mixed": round(statistics.fmean(g["predicted"] for g in gains), 3) if gains else None,
         "stage1_expected_mixed_oracle": round(statistics.fmean(g["oracle"] for g in gains), 3) if gains else None,
         "stage1_expected_mixed_uniform": round(statistics.fmean(g["uniform"] for g in gains), 3) if gains else None,
         "share_of_oracle_gain": round(statistics.fmean(share), 3) if share else None,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -175,8 +191,10 @@ def main() -> None:
     args = parser.parse_args()
     store = RolloutStore(f"sqlite:///{args.db}", create=False)
     encoder = TextEncoder()
-    featurizers = {"base": SearchAgentFeaturizer(encoder, args.max_turns),
-                   "words": SearchAgentFeaturizer(encoder, args.max_turns, WORD_BUCKETS)}  # fmt: skip
+    featurizers = {
+        "base": SearchAgentFeaturizer(encoder, args.max_turns),
+        "words": SearchAgentFeaturizer(encoder, args.max_turns, WORD_BUCKETS),
+    }
     names = args.predictor or list(PREDICTORS)
     results = {run: replay(store, run, featurizers, names) for run in args.run}
     store.close()
@@ -184,9 +202,11 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"command": command, "runs": results}, indent=2) + "\n")
     for run, per in results.items():
         for name, r in per.items():
-            print(f"{run:24s} {name:14s} root AUC {r['root_auc']}  ECE {r['root_ece']}  Brier {r['root_brier']}  "
-                  f"anchor AUC {r['anchor_auc']}  ECE {r['anchor_ece']}  "
-                  f"oracle-gain share {r['share_of_oracle_gain']}")  # fmt: skip
+            print(
+                f"{run:24s} {name:14s} root AUC {r['root_auc']}  ECE {r['root_ece']}  Brier {r['root_brier']}  "
+                f"anchor AUC {r['anchor_auc']}  ECE {r['anchor_ece']}  "
+                f"oracle-gain share {r['share_of_oracle_gain']}"
+            )
 
 
 if __name__ == "__main__":

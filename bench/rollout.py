@@ -81,8 +81,14 @@ def main() -> None:
             trees = rollout_batch(prompts, args.n, backend, rt.env, params)
             seconds = time.perf_counter() - start
             tokens = sum(node.generated_tokens for tree in trees for node in tree)
-            rates.append({"tokens_per_s": tokens / seconds, "prefill_tokens": backend.stats.prefill_tokens,
-                          "generated_tokens": tokens, "seconds": seconds})  # fmt: skip
+            rates.append(
+                {
+                    "tokens_per_s": tokens / seconds,
+                    "prefill_tokens": backend.stats.prefill_tokens,
+                    "generated_tokens": tokens,
+                    "seconds": seconds,
+                }
+            )
         result["throughput"][name] = {
             "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rates),
             "median_prefill_tokens": statistics.median(r["prefill_tokens"] for r in rates),
@@ -95,8 +101,10 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "throughput"}, indent=2))
     for name, entry in result["throughput"].items():
-        print(f"{name:45s} {entry['median_tokens_per_s']:8.0f} tok/s  x{entry['speedup_vs_no_reuse']:.2f}  "
-              f"prefill {entry['median_prefill_tokens']:.0f} tokens")  # fmt: skip
+        print(
+            f"{name:45s} {entry['median_tokens_per_s']:8.0f} tok/s  x{entry['speedup_vs_no_reuse']:.2f}  "
+            f"prefill {entry['median_prefill_tokens']:.0f} tokens"
+        )
 
 
 if __name__ == "__main__":

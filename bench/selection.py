@@ -131,16 +131,25 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, exp
                 rule = sum(unbiased_mixed(a, b, m) for a, b, m in zip(k, n_, plan, strict=True))
                 # uniform groups of 4 on a quarter of the prompts, in expectation over which quarter
                 uniform = float(np.mean([unbiased_mixed(a, b, CAP) for a, b in zip(k, n_, strict=True)])) * len(v) / CAP
-                groups.append({"iteration": it, "auc": q.auc, "brier": q.brier, "ece": q.ece, "rule": rule,
-                               "uniform": uniform})  # fmt: skip
+                groups.append(
+                    {"iteration": it, "auc": q.auc, "brier": q.brier, "ece": q.ece, "rule": rule, "uniform": uniform}
+                )
             if fitted and it in measured:
                 vp = predictor.predict(pools[it])
                 counts = uniform_counts(len(vp), STAGE1_BUDGET, trace["group_size"])
-                pool = [replace(p, predicted=float(x), allocated=c)
-                        for p, x, c in zip(measured[it], vp, counts, strict=True)]  # fmt: skip
+                pool = [
+                    replace(p, predicted=float(x), allocated=c)
+                    for p, x, c in zip(measured[it], vp, counts, strict=True)
+                ]
                 book = ledger(pool, trace["group_size"], trace["max_per_prompt"])
-                pooled.append({"iteration": it, "rule": book.predictor_rule.mixed, "uniform": book.uniform.mixed,
-                               "oracle": book.oracle.mixed})  # fmt: skip
+                pooled.append(
+                    {
+                        "iteration": it,
+                        "rule": book.predictor_rule.mixed,
+                        "uniform": book.uniform.mixed,
+                        "oracle": book.oracle.mixed,
+                    }
+                )
             kept = choose(strategy, v, len(trees[it]), explore, rng)
             subset = [keep_rollouts(t, m) for t, m in zip(trees[it], kept, strict=True) if m]
             leaves.append(sum(kept))
@@ -156,8 +165,9 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, exp
             "group_ece": float(np.nanmean([g["ece"] for g in groups])),
             "group_rule_gain": float(np.mean([g["rule"] - g["uniform"] for g in groups])),
             "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in pooled) / gain if gain else None,
-            "groups": groups, "pools": pooled,
-        }  # fmt: skip
+            "groups": groups,
+            "pools": pooled,
+        }
     return out
 
 
@@ -181,10 +191,12 @@ def main() -> None:
     for run, per in results.items():
         for name, r in per.items():
             share = r["share_of_oracle_gain"]
-            print(f"{run:40s} {name:18s} leaves/it {r['leaves_per_iteration']:5.1f}  groups: AUC {r['group_auc']:.3f} "
-                  f"Brier {r['group_brier']:.3f} ECE {r['group_ece']:.3f} rule gain {r['group_rule_gain']:+.2f}  "
-                  "pools: share of oracle gain "
-                  f"{share if share is None else f'{share:+.2f}'}")  # fmt: skip
+            print(
+                f"{run:40s} {name:18s} leaves/it {r['leaves_per_iteration']:5.1f}  groups: AUC {r['group_auc']:.3f} "
+                f"Brier {r['group_brier']:.3f} ECE {r['group_ece']:.3f} rule gain {r['group_rule_gain']:+.2f}  "
+                "pools: share of oracle gain "
+                f"{share if share is None else f'{share:+.2f}'}"
+            )
 
 
 if __name__ == "__main__":

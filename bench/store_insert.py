@@ -34,13 +34,24 @@ def make_trees(n_trees: int, n_nodes: int, rng: np.random.Generator, tag: str) -
             if tree.nodes[parent].terminal:
                 parent = 0
             terminal = bool(rng.random() < 0.4)
-            tree.add(RolloutNode(
-                node_id=-1, parent_id=parent, depth=-1, model_ids=tuple(rng.integers(0, 900, 24).tolist()),
-                model_logprobs=tuple(rng.random(24).tolist()), observation_ids=() if terminal else tuple(range(60)),
-                text="<think> x </think>\n<search> y </search>", observation="" if terminal else "<information>z",
-                action="search", argument="y", finish_reason="stop", terminal=terminal,
-                reward=float(rng.integers(0, 2)) if terminal else None, origin="stage1",
-            ))  # fmt: skip
+            tree.add(
+                RolloutNode(
+                    node_id=-1,
+                    parent_id=parent,
+                    depth=-1,
+                    model_ids=tuple(rng.integers(0, 900, 24).tolist()),
+                    model_logprobs=tuple(rng.random(24).tolist()),
+                    observation_ids=() if terminal else tuple(range(60)),
+                    text="<think> x </think>\n<search> y </search>",
+                    observation="" if terminal else "<information>z",
+                    action="search",
+                    argument="y",
+                    finish_reason="stop",
+                    terminal=terminal,
+                    reward=float(rng.integers(0, 2)) if terminal else None,
+                    origin="stage1",
+                )
+            )
         trees.append(tree)
     return trees
 
@@ -57,8 +68,11 @@ def measure(url: str, trees_per_iteration: int, nodes: int, repeats: int) -> dic
         seconds = time.perf_counter() - start
         rates.append(sum(len(t) for t in trees) / seconds)
     store.close()
-    return {"median_nodes_per_s": statistics.median(rates), "runs": rates,
-            "nodes_per_iteration": trees_per_iteration * nodes}  # fmt: skip
+    return {
+        "median_nodes_per_s": statistics.median(rates),
+        "runs": rates,
+        "nodes_per_iteration": trees_per_iteration * nodes,
+    }
 
 
 def main() -> None:
@@ -79,17 +93,25 @@ def main() -> None:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
         try:
             sep = "&" if "?" in args.postgres else "?"
-            results["postgresql"] = measure(f"{args.postgres}{sep}options=-csearch_path%3D{schema}", args.trees,
-                                            args.nodes, args.repeats)  # fmt: skip
+            results["postgresql"] = measure(
+                f"{args.postgres}{sep}options=-csearch_path%3D{schema}", args.trees, args.nodes, args.repeats
+            )
         finally:
             with admin.begin() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python bench/store_insert.py --postgres postgresql://root@127.0.0.1:5432/test",
-                                    **results}, indent=2) + "\n")  # fmt: skip
+    args.out.write_text(
+        json.dumps(
+            {"command": "python bench/store_insert.py --postgres postgresql://root@127.0.0.1:5432/test", **results},
+            indent=2,
+        )
+        + "\n"
+    )
     for backend, r in results.items():
-        print(f"{backend:10s} {r['median_nodes_per_s']:10.0f} nodes/s (median of {len(r['runs'])}, "
-              f"{r['nodes_per_iteration']} nodes per iteration)")  # fmt: skip
+        print(
+            f"{backend:10s} {r['median_nodes_per_s']:10.0f} nodes/s (median of {len(r['runs'])}, "
+            f"{r['nodes_per_iteration']} nodes per iteration)"
+        )
 
 
 if __name__ == "__main__":

@@ -103,9 +103,15 @@ def timed_rollout(name: str, backend: Any, records: list, env: SearchEnv, args: 
     seconds = time.perf_counter() - start
     tokens = sum(node.generated_tokens for tree in trees for node in tree)
     generate_seconds = backend.stats.seconds - generate0
-    return {"variant": name, "generated_tokens": tokens, "leaves": sum(len(t.leaves()) for t in trees),
-            "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "generate_seconds": generate_seconds, "generate_tokens_per_s": tokens / generate_seconds}  # fmt: skip
+    return {
+        "variant": name,
+        "generated_tokens": tokens,
+        "leaves": sum(len(t.leaves()) for t in trees),
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "generate_seconds": generate_seconds,
+        "generate_tokens_per_s": tokens / generate_seconds,
+    }
 
 
 def raw_replay(name: str, llm: Any, calls: list[tuple[list[GenerationRequest], SamplingParams]], lora: Any) -> dict:
@@ -116,15 +122,31 @@ def raw_replay(name: str, llm: Any, calls: list[tuple[list[GenerationRequest], S
     tokens, seconds = 0, 0.0
     for requests, p in calls:
         prompts = [TokensPrompt(prompt_token_ids=list(r.prefix_ids)) for r in requests]
-        sampling = [VllmSampling(n=r.n, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_new_tokens,
-                                 stop=list(p.stop), include_stop_str_in_output=True) for r in requests]  # fmt: skip
+        sampling = [
+            VllmSampling(
+                n=r.n,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                max_tokens=p.max_new_tokens,
+                stop=list(p.stop),
+                include_stop_str_in_output=True,
+            )
+            for r in requests
+        ]
         start = time.perf_counter()
         outputs = llm.generate(prompts, sampling, lora_request=lora, use_tqdm=False)
         seconds += time.perf_counter() - start
         tokens += sum(len(c.token_ids) for out in outputs for c in out.outputs)
     rate = tokens / seconds
-    return {"variant": name, "generated_tokens": tokens, "calls": len(calls), "seconds": seconds,
-            "tokens_per_s": rate, "generate_seconds": seconds, "generate_tokens_per_s": rate}  # fmt: skip
+    return {
+        "variant": name,
+        "generated_tokens": tokens,
+        "calls": len(calls),
+        "seconds": seconds,
+        "tokens_per_s": rate,
+        "generate_seconds": seconds,
+        "generate_tokens_per_s": rate,
+    }
 
 
 def main() -> None:
@@ -143,8 +165,11 @@ def main() -> None:
 
     s = load_settings()
     t = s.task
-    task = generate_task(SyntheticTaskSpec(t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train,
-                                           t.n_dev, t.n_test, t.max_hops))  # fmt: skip
+    task = generate_task(
+        SyntheticTaskSpec(
+            t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test, t.max_hops
+        )
+    )
     data = TaskData(task.splits["train"], task.splits["dev"], task.splits["test"], task.corpus, Path("."))
     retriever = BM25Retriever(data.corpus)
     config = agent_config(s)
@@ -156,8 +181,9 @@ def main() -> None:
         model_kind = "the default tiny model (warm-started)" if args.model_dir is None else str(model_dir)
     else:
         m = s.model
-        spec = TinyModelSpec(m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim,
-                             seed=m.seed)  # fmt: skip
+        spec = TinyModelSpec(
+            m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim, seed=m.seed
+        )
         torch.manual_seed(m.seed)
         tokenizer = train_tokenizer(tokenizer_texts(data, retriever, config), spec.vocab_size)
         model = build_model(tokenizer, spec).to(dtype)  # type: ignore[arg-type]
@@ -170,11 +196,18 @@ def main() -> None:
     records = data.train[: args.prompts]
 
     kv_bytes = args.kv_cache_mb * 2**20
-    ours = VLLMBackend(model_dir, tokenizer, seed=0, kv_cache_bytes=kv_bytes, max_lora_rank=s.policy.lora_rank,
-                       dtype=s.model.dtype)  # fmt: skip
+    ours = VLLMBackend(
+        model_dir, tokenizer, seed=0, kv_cache_bytes=kv_bytes, max_lora_rank=s.policy.lora_rank, dtype=s.model.dtype
+    )
     # a plain engine; its stats stay off (an engine with stats would take over `ours`' prefix-cache counters)
-    plain = LLM(model=str(model_dir), enable_prefix_caching=True, kv_cache_memory_bytes=kv_bytes, dtype=s.model.dtype,
-                seed=0, enforce_eager=True)  # fmt: skip
+    plain = LLM(
+        model=str(model_dir),
+        enable_prefix_caching=True,
+        kv_cache_memory_bytes=kv_bytes,
+        dtype=s.model.dtype,
+        seed=0,
+        enforce_eager=True,
+    )
     params = env.config.sampling()
     runs: list[dict] = []
 
@@ -223,17 +256,31 @@ def main() -> None:
     def ratio(raw: str, ours_name: str, key: str) -> float:
         return variants[raw]["median_tokens_per_s"] / variants[ours_name][key]
 
-    env_vars = " ".join(f"{k}={os.environ[k]}" for k in ("VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
-                        if k in os.environ)  # fmt: skip
+    env_vars = " ".join(
+        f"{k}={os.environ[k]}" for k in ("VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS") if k in os.environ
+    )
     result: dict[str, Any] = {
         "command": f"{env_vars} {shlex.join([Path(sys.executable).name, *sys.argv])}".strip(),
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__, "vllm": vllm.__version__},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "vllm": vllm.__version__,
+        },
         "model": {"kind": model_kind, "parameters": count_parameters(model), "dtype": s.model.dtype},
-        "setup": {"prompts": len(records), "n": args.n, "k": args.k, "max_turns": config.max_turns,
-                  "max_tokens_per_turn": config.max_tokens_per_turn, "temperature": config.temperature,
-                  "kv_cache_mb_per_engine": args.kv_cache_mb, "lora_rank": s.policy.lora_rank,
-                  "repeats": args.repeats, "leaves": runs[0]["leaves"]},
+        "setup": {
+            "prompts": len(records),
+            "n": args.n,
+            "k": args.k,
+            "max_turns": config.max_turns,
+            "max_tokens_per_turn": config.max_tokens_per_turn,
+            "temperature": config.temperature,
+            "kv_cache_mb_per_engine": args.kv_cache_mb,
+            "lora_rank": s.policy.lora_rank,
+            "repeats": args.repeats,
+            "leaves": runs[0]["leaves"],
+        },
         "variants": variants,
         "raw_over_ours": {
             "target": 1.5,
@@ -244,7 +291,7 @@ def main() -> None:
             "plain_engine_over_ours_after_update": ratio("raw vllm plain", "vllm lora", "median_tokens_per_s"),
         },
         "runs": runs,
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'variant':16s} {'tok/s (rollout)':>16s} {'tok/s (generate)':>17s} {'prefix reuse':>13s}")

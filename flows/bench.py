@@ -56,8 +56,12 @@ from trace_core.sim.simulated import KnownProbabilityTask
 
 Log = Callable[[str], None]
 MAIN = ["trace", "uniform", "dynamic_sampling", "prompt_only", "random_branch"]
-ABLATION = {"uniform/uniform": "random_branch", "active roots only": "active_roots",
-            "active prefixes only": "active_prefixes", "active/active": "trace"}  # fmt: skip
+ABLATION = {
+    "uniform/uniform": "random_branch",
+    "active roots only": "active_roots",
+    "active prefixes only": "active_prefixes",
+    "active/active": "trace",
+}
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,10 @@ class BenchSize:
     headroom_every: int = 0  # iterations between oracle-ledger measurements (0: none)
 
 
-SIZES = {"default": BenchSize(seeds=3, iterations=20, eval_questions=200, eval_samples=4, tiny=False,
-                              headroom_every=5),
-         "quick": BenchSize(seeds=1, iterations=1, eval_questions=8, eval_samples=1, tiny=True,
-                            headroom_every=1)}  # fmt: skip
+SIZES = {
+    "default": BenchSize(seeds=3, iterations=20, eval_questions=200, eval_samples=4, tiny=False, headroom_every=5),
+    "quick": BenchSize(seeds=1, iterations=1, eval_questions=8, eval_samples=1, tiny=True, headroom_every=1),
+}
 
 
 def plan(
@@ -97,8 +101,10 @@ def plan(
             if warm:
                 runs += [("small-groups", v, seed, ["trace.group_size=4"]) for v in variants]
             if late:
-                runs += [(f"late{late}", v, seed, ["trace.group_size=4", f"run.init_from={pre_run_name(late, seed)}"])
-                         for v in variants]  # fmt: skip
+                runs += [
+                    (f"late{late}", v, seed, ["trace.group_size=4", f"run.init_from={pre_run_name(late, seed)}"])
+                    for v in variants
+                ]
         return runs
     for seed in range(size.seeds):
         for allocator in MAIN:
@@ -135,24 +141,43 @@ def _pre_run(iterations: int, seed: int, size: BenchSize, out: Path, base: list[
 
     log(f"bench: pre-run of {iterations} uniform iterations, seed {seed}")
     name = pre_run_name(iterations, seed)
-    trace_training([
-        *base, "trace.group_size=4", "trace.allocator=uniform", f"run.name={name}", f"run.seed={seed}",
-        f"train.iterations={iterations}", f"train.eval_every={iterations}", f"run.output_dir={out / 'runs'}",
-        f"train.eval_samples={size.eval_samples}", f"train.eval_questions={size.eval_questions}",
-    ])  # fmt: skip
+    trace_training(
+        [
+            *base,
+            "trace.group_size=4",
+            "trace.allocator=uniform",
+            f"run.name={name}",
+            f"run.seed={seed}",
+            f"train.iterations={iterations}",
+            f"train.eval_every={iterations}",
+            f"run.output_dir={out / 'runs'}",
+            f"train.eval_samples={size.eval_samples}",
+            f"train.eval_questions={size.eval_questions}",
+        ]
+    )
 
 
-def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: BenchSize, out: Path,
-             base: list[str], log: Log) -> dict[str, Any]:  # fmt: skip
+def _one_run(
+    regime: str, allocator: str, seed: int, extra: list[str], size: BenchSize, out: Path, base: list[str], log: Log
+) -> dict[str, Any]:
     from flows.report import evaluate_run
     from flows.training import trace_training
 
     name = f"bench-{regime}-{variant_slug(allocator)}-s{seed}"
     variant = variant_overrides(allocator)
-    overrides = [*base, *extra, *variant, f"run.name={name}", f"run.seed={seed}",
-                 f"train.iterations={size.iterations}", f"train.eval_every={max(1, size.iterations // 2)}",
-                 f"run.output_dir={out / 'runs'}", f"train.eval_samples={size.eval_samples}",
-                 f"train.eval_questions={size.eval_questions}", f"headroom.every={size.headroom_every}"]  # fmt: skip
+    overrides = [
+        *base,
+        *extra,
+        *variant,
+        f"run.name={name}",
+        f"run.seed={seed}",
+        f"train.iterations={size.iterations}",
+        f"train.eval_every={max(1, size.iterations // 2)}",
+        f"run.output_dir={out / 'runs'}",
+        f"train.eval_samples={size.eval_samples}",
+        f"train.eval_questions={size.eval_questions}",
+        f"headroom.every={size.headroom_every}",
+    ]
     start = time.perf_counter()
     history = trace_training(overrides)
     train_seconds = time.perf_counter() - start
@@ -166,28 +191,36 @@ def _one_run(regime: str, allocator: str, seed: int, extra: list[str], size: Ben
         return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
 
     return {
-        "regime": regime, "allocator": allocator, "seed": seed, "iterations": len(rows),
+        "regime": regime,
+        "allocator": allocator,
+        "seed": seed,
+        "iterations": len(rows),
         "effective_ratio": series("rollout/effective_ratio"),
         "nonzero_advantage_share": series("rollout/nonzero_advantage_share"),
         "mean_reward": series("rollout/mean_reward"),
         # the predictor at allocation time, scored on the bare rollouts that followed (NaN: not predicted)
-        "root_auc": nan_series("predictor/root_auc"), "root_ece": nan_series("predictor/root_ece"),
-        "anchor_auc": nan_series("predictor/anchor_auc"), "anchor_ece": nan_series("predictor/anchor_ece"),
+        "root_auc": nan_series("predictor/root_auc"),
+        "root_ece": nan_series("predictor/root_ece"),
+        "anchor_auc": nan_series("predictor/anchor_auc"),
+        "anchor_ece": nan_series("predictor/anchor_ece"),
         # the oracle ledger at the measured iterations (NaN: not measured)
         "headroom_oracle": nan_series("headroom/oracle_mixed"),
         "headroom_uniform": nan_series("headroom/uniform_mixed"),
         "headroom_allocator": nan_series("headroom/allocator_mixed"),
         "headroom_rule": nan_series("headroom/predictor_rule_mixed"),
-        "pool_auc": nan_series("headroom/pool_auc"), "pool_ece": nan_series("headroom/pool_ece"),
+        "pool_auc": nan_series("headroom/pool_auc"),
+        "pool_ece": nan_series("headroom/pool_ece"),
         # dev EM against cost: (iteration, cumulative leaves, cumulative generated tokens, dev EM)
         "dev_curve": _dev_curve(history),
         "generated_tokens": sum(series("rollout/generated_tokens")),
         "leaves": sum(series("rollout/leaves")),
-        "dev_em": final["dev"]["em"], "dev_f1": final["dev"]["f1"],
-        "test_em": final["test"]["em"], "test_f1": final["test"]["f1"],
+        "dev_em": final["dev"]["em"],
+        "dev_f1": final["dev"]["f1"],
+        "test_em": final["test"]["em"],
+        "test_f1": final["test"]["f1"],
         "dev_em_before": float(history[0].get("eval/em") or 0.0),
         "train_seconds": train_seconds,
-    }  # fmt: skip
+    }
 
 
 def _dev_curve(history: list[dict[str, Any]]) -> list[list[float]]:
@@ -230,8 +263,15 @@ def tiny_sections() -> dict[str, dict[str, Any]]:
 def _tiny_overrides(workdir: Path) -> list[str]:
     """The tiny task and model (for the CI size), kept under `workdir`, with the bench's budget."""
     tiny = [f"{section}.{key}={value}" for section, values in tiny_sections().items() for key, value in values.items()]
-    return [f"task.data_dir={workdir / 'data'}", f"model.models_dir={workdir / 'models'}", *tiny,
-            "trace.budget=16", "trace.pool_size=10", "trace.max_per_prompt=8", "train.eval_questions=4"]  # fmt: skip
+    return [
+        f"task.data_dir={workdir / 'data'}",
+        f"model.models_dir={workdir / 'models'}",
+        *tiny,
+        "trace.budget=16",
+        "trace.pool_size=10",
+        "trace.max_per_prompt=8",
+        "train.eval_questions=4",
+    ]
 
 
 def run_bench(
@@ -298,20 +338,31 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "effective_ratio": _stats([float(np.mean(r["effective_ratio"])) for r in runs]),
             "nonzero_advantage_share": _stats([float(np.mean(r["nonzero_advantage_share"])) for r in runs]),
             "mean_training_reward": _stats([float(np.mean(r["mean_reward"])) for r in runs]),
-            "dev_em": _stats([r["dev_em"] for r in runs]), "dev_f1": _stats([r["dev_f1"] for r in runs]),
-            "test_em": _stats([r["test_em"] for r in runs]), "test_f1": _stats([r["test_f1"] for r in runs]),
+            "dev_em": _stats([r["dev_em"] for r in runs]),
+            "dev_f1": _stats([r["dev_f1"] for r in runs]),
+            "test_em": _stats([r["test_em"] for r in runs]),
+            "test_f1": _stats([r["test_f1"] for r in runs]),
             "dev_em_before": _stats([r["dev_em_before"] for r in runs]),
             "generated_tokens": _stats([r["generated_tokens"] for r in runs]),
             "leaves": _stats([r["leaves"] for r in runs]),
             "train_seconds": _stats([r["train_seconds"] for r in runs]),
             # the oracle ledger, pooled over measured iterations and seeds; the predictor from iteration 5 on
-            "oracle_share": pooled_share(runs), "rule_oracle_share": pooled_share(runs, "headroom_rule"),
-            "root_auc_from_5": _late_mean(runs, "root_auc"), "root_ece_from_5": _late_mean(runs, "root_ece"),
-            "pool_auc_from_5": _late_mean(runs, "pool_auc"), "pool_ece_from_5": _late_mean(runs, "pool_ece"),
-        }  # fmt: skip
+            "oracle_share": pooled_share(runs),
+            "rule_oracle_share": pooled_share(runs, "headroom_rule"),
+            "root_auc_from_5": _late_mean(runs, "root_auc"),
+            "root_ece_from_5": _late_mean(runs, "root_ece"),
+            "pool_auc_from_5": _late_mean(runs, "pool_auc"),
+            "pool_ece_from_5": _late_mean(runs, "pool_ece"),
+        }
     ablation = {label: table.get("small-groups", {}).get(name) for label, name in ABLATION.items()}
-    return {"size": size, "seconds": seconds, "allocators": table, "ablation": ablation, "oracle": oracle,
-            "paired_vs_uniform": paired_vs_uniform(done)}  # fmt: skip
+    return {
+        "size": size,
+        "seconds": seconds,
+        "allocators": table,
+        "ablation": ablation,
+        "oracle": oracle,
+        "paired_vs_uniform": paired_vs_uniform(done),
+    }
 
 
 PAIRED = ("effective_ratio", "nonzero_advantage_share", "dev_em", "test_em")
@@ -330,11 +381,15 @@ def paired_vs_uniform(done: list[dict[str, Any]], draws: int = 10_000) -> dict[s
             continue
         entry: dict[str, Any] = {"seeds": seeds}
         for key in PAIRED:
-            diffs = np.array([_final(by_key[(regime, variant, s)], key) - _final(by_key[(regime, "uniform", s)], key)
-                              for s in seeds])  # fmt: skip
+            diffs = np.array(
+                [_final(by_key[(regime, variant, s)], key) - _final(by_key[(regime, "uniform", s)], key) for s in seeds]
+            )
             boot = diffs[rng.integers(0, len(diffs), size=(draws, len(diffs)))].mean(axis=1)
-            entry[key] = {"per_seed": diffs.round(4).tolist(), "mean": float(diffs.mean()),
-                          "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}  # fmt: skip
+            entry[key] = {
+                "per_seed": diffs.round(4).tolist(),
+                "mean": float(diffs.mean()),
+                "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            }
         out[f"{regime}/{variant}"] = entry
     return out
 
@@ -359,43 +414,69 @@ def _cell(stats: dict[str, float] | None, digits: int = 3) -> str:
 def markdown_table(summary: dict[str, Any]) -> str:
     lines = []
     for regime, rows in summary["allocators"].items():
-        lines += [f"### Regime: {regime}", "",
-                  "| allocator | effective ratio (a) | non-zero advantage (b) | training reward | dev EM before | "
-                  "dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"### Regime: {regime}",
+            "",
+            "| allocator | effective ratio (a) | non-zero advantage (b) | training reward | dev EM before | "
+            "dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in rows.items():
-            lines.append(f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
-                         f"{_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
-                         f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
-                         f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
-                         f"{_cell(r['train_seconds'], 0)} |")  # fmt: skip
-        lines += ["", "| allocator | (a) / uniform | (b) / uniform | oracle share (Stage 1) | predictor rule's share | "
-                  "root AUC (it >= 5) | root ECE (it >= 5) | pool AUC (it >= 5) | pool ECE (it >= 5) |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines.append(
+                f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
+                f"{_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
+                f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
+                f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
+                f"{_cell(r['train_seconds'], 0)} |"
+            )
+        lines += [
+            "",
+            "| allocator | (a) / uniform | (b) / uniform | oracle share (Stage 1) | predictor rule's share | "
+            "root AUC (it >= 5) | root ECE (it >= 5) | pool AUC (it >= 5) | pool ECE (it >= 5) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         base = rows.get("uniform")
         for name, r in rows.items():
-            ratio_a, ratio_b = (_ratio(r[k]["mean"], base[k]["mean"] if base else 0.0)
-                                for k in ("effective_ratio", "nonzero_advantage_share"))  # fmt: skip
-            figures = [ratio_a, ratio_b] + [r.get(k, float("nan")) for k in (
-                "oracle_share", "rule_oracle_share", "root_auc_from_5", "root_ece_from_5", "pool_auc_from_5",
-                "pool_ece_from_5")]  # fmt: skip
+            ratio_a, ratio_b = (
+                _ratio(r[k]["mean"], base[k]["mean"] if base else 0.0)
+                for k in ("effective_ratio", "nonzero_advantage_share")
+            )
+            figures = [ratio_a, ratio_b] + [
+                r.get(k, float("nan"))
+                for k in (
+                    "oracle_share",
+                    "rule_oracle_share",
+                    "root_auc_from_5",
+                    "root_ece_from_5",
+                    "pool_auc_from_5",
+                    "pool_ece_from_5",
+                )
+            ]
             lines.append(f"| {name} | " + " | ".join("-" if np.isnan(c) else f"{c:.3f}" for c in figures) + " |")
         lines.append("")
     lines += ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
     for label, r in summary["ablation"].items():
         lines.append(f"| {label} | {_cell(r['effective_ratio']) if r else '-'} | {_cell(r['test_em']) if r else '-'} |")
     if summary.get("paired_vs_uniform"):
-        lines += ["", "### Paired against uniform (same seed and start): mean difference [bootstrap 95% interval]", "",
-                  "| regime / variant | effective ratio (a) | non-zero advantage (b) | dev EM | test EM |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "### Paired against uniform (same seed and start): mean difference [bootstrap 95% interval]",
+            "",
+            "| regime / variant | effective ratio (a) | non-zero advantage (b) | dev EM | test EM |",
+            "|---|---|---|---|---|",
+        ]
         for name, entry in summary["paired_vs_uniform"].items():
             cells = [
                 f"{entry[k]['mean']:+.3f} [{entry[k]['ci95'][0]:+.3f}, {entry[k]['ci95'][1]:+.3f}]" for k in PAIRED
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     share = summary["oracle"]["share_of_oracle_per_iteration"]
-    lines += ["", f"Oracle study (known-probability task): TRACE's expected mixed groups as a share of the oracle's, "
-              f"per iteration: {', '.join(f'{s:.2f}' for s in share)}", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Oracle study (known-probability task): TRACE's expected mixed groups as a share of the oracle's, "
+        f"per iteration: {', '.join(f'{s:.2f}' for s in share)}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -413,8 +494,9 @@ def plot(done: list[dict[str, Any]], oracle: dict[str, Any], out: Path) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    axes[2].plot(range(len(oracle["share_of_oracle_per_iteration"])), oracle["share_of_oracle_per_iteration"],
-                 marker="o")  # fmt: skip
+    axes[2].plot(
+        range(len(oracle["share_of_oracle_per_iteration"])), oracle["share_of_oracle_per_iteration"], marker="o"
+    )
     axes[2].axhline(0.9, color="#999999", linestyle="--", label="90% of the oracle")
     axes[2].set_ylim(0, 1.05)
     axes[2].set_title("TRACE / oracle expected mixed groups")
@@ -457,19 +539,35 @@ def plot_regimes(done: list[dict[str, Any]], out: Path) -> None:
             if curves:
                 points = np.mean(np.array(curves, dtype=float), axis=0)  # same evaluation points in every run
                 row[2].plot(points[:, 2], points[:, 3], marker="o", label=allocator, color=color)
-            series = {key: np.nanmean([r[key] for r in runs if r.get(key)], axis=0)
-                      for key in ("headroom_oracle", "headroom_allocator", "headroom_uniform")
-                      if any(r.get(key) for r in runs)}  # fmt: skip
+            series = {
+                key: np.nanmean([r[key] for r in runs if r.get(key)], axis=0)
+                for key in ("headroom_oracle", "headroom_allocator", "headroom_uniform")
+                if any(r.get(key) for r in runs)
+            }
             if series:
                 measured = ~np.isnan(series["headroom_oracle"])
                 its = np.arange(len(measured))[measured]
-                row[3].plot(its, series["headroom_oracle"][measured], linestyle="--", color=color,
-                            label=f"oracle ({allocator}'s Stage-1 budget)")  # fmt: skip
+                row[3].plot(
+                    its,
+                    series["headroom_oracle"][measured],
+                    linestyle="--",
+                    color=color,
+                    label=f"oracle ({allocator}'s Stage-1 budget)",
+                )
                 row[3].plot(its, series["headroom_allocator"][measured], marker="o", color=color, label=allocator)
-                row[3].plot(its, series["headroom_uniform"][measured], linestyle=":", color=color,
-                            label=f"uniform on {allocator}'s pool")  # fmt: skip
-        titles = ["(a) effective ratio", "(b) non-zero advantage share", "dev EM vs generated tokens",
-                  "oracle ledger: expected mixed Stage-1 groups"]  # fmt: skip
+                row[3].plot(
+                    its,
+                    series["headroom_uniform"][measured],
+                    linestyle=":",
+                    color=color,
+                    label=f"uniform on {allocator}'s pool",
+                )
+        titles = [
+            "(a) effective ratio",
+            "(b) non-zero advantage share",
+            "dev EM vs generated tokens",
+            "oracle ledger: expected mixed Stage-1 groups",
+        ]
         for ax, title in zip(row, titles, strict=True):
             ax.set_title(f"{regime}: {title}", fontsize=9)
             ax.grid(alpha=0.3)

@@ -47,8 +47,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from flows.pipeline import load_runtime
 
     runtime = load_runtime(_settings(args), _log)
-    _log(f"task: {len(runtime.data.train)} train / {len(runtime.data.dev)} dev / {len(runtime.data.test)} test "
-         f"questions, {len(runtime.data.corpus)} documents; model: {runtime.model_dir}")  # fmt: skip
+    _log(
+        f"task: {len(runtime.data.train)} train / {len(runtime.data.dev)} dev / {len(runtime.data.test)} test "
+        f"questions, {len(runtime.data.corpus)} documents; model: {runtime.model_dir}"
+    )
     return 0
 
 
@@ -58,8 +60,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     s = _settings(args)
     data = prepare_task(s, _log)
     make_retriever(s, data)
-    _log(f"task in {data.directory}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test, "
-         f"{len(data.corpus)} documents, BM25 index built")  # fmt: skip
+    _log(
+        f"task in {data.directory}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test, "
+        f"{len(data.corpus)} documents, BM25 index built"
+    )
     return 0
 
 
@@ -72,8 +76,12 @@ def cmd_warmstart(args: argparse.Namespace) -> int:
     if args.metrics:
         build = json.loads((model_dir / "build.json").read_text()) if (model_dir / "build.json").exists() else {}
         chosen = build.get("chosen", {})
-        figures = {"parameters": build.get("parameters"), "chosen_step": chosen.get("step"),
-                   "sampled_success": chosen.get("success"), "loss": chosen.get("loss")}  # fmt: skip
+        figures = {
+            "parameters": build.get("parameters"),
+            "chosen_step": chosen.get("step"),
+            "sampled_success": chosen.get("success"),
+            "loss": chosen.get("loss"),
+        }
         _write_json(Path(args.metrics), figures)
     _log(f"model ready: {model_dir}")
     return 0
@@ -164,8 +172,10 @@ def _export_metrics(directory: Path, history: list[dict]) -> None:
     evaluated = [r for r in rows if r.get("eval/em") is not None]
     dev_columns = sorted({k for r in evaluated for k in r if k.startswith(("eval/", "predictor/dev_"))})
     directory.mkdir(parents=True, exist_ok=True)
-    for name, chosen, columns in (("train.csv", iterations, [c for c in complete if c != "iteration"]),
-                                  ("dev.csv", evaluated, dev_columns)):  # fmt: skip
+    for name, chosen, columns in (
+        ("train.csv", iterations, [c for c in complete if c != "iteration"]),
+        ("dev.csv", evaluated, dev_columns),
+    ):
         with (directory / name).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["iteration", *columns])
@@ -195,8 +205,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SettingsError("--with-warm adds the warm regime to --late K; without --late the warm regime runs alone")
     overrides = list(args.set or [])
     load_settings(overrides)  # refuse bad settings before anything trains
-    summary = run_bench("quick" if args.quick else "default", Path(args.out), _log, variants, args.seeds, args.late,
-                        warm=True if args.with_warm else None, overrides=overrides)  # fmt: skip
+    summary = run_bench(
+        "quick" if args.quick else "default",
+        Path(args.out),
+        _log,
+        variants,
+        args.seeds,
+        args.late,
+        warm=True if args.with_warm else None,
+        overrides=overrides,
+    )
     print(markdown_table(summary))
     print(f"written to {args.out}/ (summary.json, table.md, runs.jsonl, plots)")
     return 0
@@ -229,8 +247,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = _secrets_to_environment(list(args.set or []))
     from flows.training import trace_training
 
-    print(f"serving deployment 'trace-training/{s.orchestration.deployment}'"
-          + (f" on schedule '{s.orchestration.cron}'" if s.orchestration.cron else " (runs on demand)"))  # fmt: skip
+    print(
+        f"serving deployment 'trace-training/{s.orchestration.deployment}'"
+        + (f" on schedule '{s.orchestration.cron}'" if s.orchestration.cron else " (runs on demand)")
+    )
     from prefect.deployments.runner import EntrypointType
 
     trace_training.serve(
@@ -285,8 +305,10 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if not table.rows:
-        print(f"run {s.run.name!r} has no headroom measurement: train it with `--set headroom.every=N` "
-              "(measures at iteration 0 and every N after)")  # fmt: skip
+        print(
+            f"run {s.run.name!r} has no headroom measurement: train it with `--set headroom.every=N` "
+            "(measures at iteration 0 and every N after)"
+        )
         return 1
     print(table.render())
     if args.csv:
@@ -307,9 +329,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = RolloutStore(s.store_url(), create=False)
     try:
         if args.action == "list":
-            rows = tuple((r.name, r.status, r.iterations, r.allocator, f"{r.created_at:%Y-%m-%d %H:%M}",
-                          f"{r.updated_at:%Y-%m-%d %H:%M}", r.lease_owner or "")
-                         for r in store.runs())  # fmt: skip
+            rows = tuple(
+                (
+                    r.name,
+                    r.status,
+                    r.iterations,
+                    r.allocator,
+                    f"{r.created_at:%Y-%m-%d %H:%M}",
+                    f"{r.updated_at:%Y-%m-%d %H:%M}",
+                    r.lease_owner or "",
+                )
+                for r in store.runs()
+            )
             columns = ("name", "status", "iterations", "allocator", "created", "updated", "writer")
             print(queries.Table(columns, rows).render() if rows else "no runs yet")
             return 0
@@ -319,8 +350,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if args.action == "delete":
             store.run_id(args.name)  # an unknown name fails here
             if not args.yes:
-                print(f"would delete run {args.name!r}: its rows in {s.store_url().split('://')[0]} and {folder}/; "
-                      "add --yes to delete")  # fmt: skip
+                print(
+                    f"would delete run {args.name!r}: its rows in {s.store_url().split('://')[0]} and {folder}/; "
+                    "add --yes to delete"
+                )
                 return 2
             store.delete_run(args.name)
             if folder.is_symlink():
@@ -429,8 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "db":
             p.add_argument("action", choices=["upgrade", "status", "backup"])
             p.add_argument("target", nargs="?", help="backup: the file to copy the SQLite database to")
-            p.add_argument("--adopt", action="store_true", help="upgrade: add trace-rl's tables to a database "
-                           "that already holds other tables")  # fmt: skip
+            p.add_argument(
+                "--adopt",
+                action="store_true",
+                help="upgrade: add trace-rl's tables to a database that already holds other tables",
+            )
         if name == "run":
             p.add_argument("--allocator", help="shorthand for --set trace.allocator=NAME")
             p.add_argument("--metrics", help="also write train.json and train.csv (per iteration) to this folder")
@@ -447,10 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
                 "e.g. 'uniform,trace+online,uniform@policy.learning_rate=0.0001;policy.kl_coef=0.1'",
             )
             p.add_argument("--seeds", type=int, help="seeds per variant (default: the size's)")
-            p.add_argument("--with-warm", action="store_true", help="with --late: run the warm regime too, seed by "
-                           "seed (benchmark v2)")  # fmt: skip
-            p.add_argument("--late", type=int, default=0, metavar="K", help="late regime: every variant starts "
-                           "from the checkpoint of K iterations of uniform training (per seed, shared)")  # fmt: skip
+            p.add_argument(
+                "--with-warm",
+                action="store_true",
+                help="with --late: run the warm regime too, seed by seed (benchmark v2)",
+            )
+            p.add_argument(
+                "--late",
+                type=int,
+                default=0,
+                metavar="K",
+                help="late regime: every variant starts "
+                "from the checkpoint of K iterations of uniform training (per seed, shared)",
+            )
         if name == "report":
             p.add_argument("--out", default="report", help="folder for the plots and index.html")
             p.add_argument("--compare", help="other runs of the same store to draw beside it (comma-separated)")

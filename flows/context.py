@@ -49,8 +49,9 @@ class TrainContext:
         self.s, self.store, self.run_id, self.runtime, self.log = s, store, run_id, runtime, log
         t, p = s.trace, s.policy
         self.allocator = make_allocator(t.allocator)
-        self.allocator_config = AllocatorConfig(t.budget, t.stage1_share, t.group_size, t.max_per_prompt,
-                                                t.max_per_anchor, t.explore_share)  # fmt: skip
+        self.allocator_config = AllocatorConfig(
+            t.budget, t.stage1_share, t.group_size, t.max_per_prompt, t.max_per_anchor, t.explore_share
+        )
         self.policy_config = policy_config(s)
         # full fine-tuning with a KL penalty needs a frozen copy of the starting policy as reference
         self.reference = freeze_copy(runtime.model) if p.kl_coef > 0 and not s.uses_lora() else None
@@ -140,8 +141,12 @@ def checkpoint_path(ctx: TrainContext, kind: str, iteration: int) -> Path:
 
 def policy_state(ctx: TrainContext) -> dict[str, Any]:
     trainable = {k: v.detach().clone() for k, v in ctx.policy.named_parameters() if v.requires_grad}
-    return {"weights": trainable, "optimizer": ctx.optimizer.state_dict(), "version": ctx.adapter_version,
-            "torch_rng": torch.get_rng_state()}  # fmt: skip
+    return {
+        "weights": trainable,
+        "optimizer": ctx.optimizer.state_dict(),
+        "version": ctx.adapter_version,
+        "torch_rng": torch.get_rng_state(),
+    }
 
 
 def _load_policy_state(ctx: TrainContext, state: dict[str, Any]) -> None:
@@ -214,8 +219,10 @@ def _start_from(ctx: TrainContext, source: str) -> None:
         for key, value in ours[section].items():
             there = theirs.get(section, {}).get(key)
             if there != value:
-                raise SettingsError(f"run.init_from={source!r}: {section}.{key} is {there!r} there, {value!r} here; "
-                                    "a run can only start from a run of the same model and task")  # fmt: skip
+                raise SettingsError(
+                    f"run.init_from={source!r}: {section}.{key} is {there!r} there, {value!r} here; "
+                    "a run can only start from a run of the same model and task"
+                )
     saved = ctx.store.checkpoints(source_id, "policy")
     if not saved:
         raise SettingsError(f"run.init_from={source!r}: that run has no policy checkpoint yet")
@@ -223,5 +230,7 @@ def _start_from(ctx: TrainContext, source: str) -> None:
     _load_policy_state(ctx, read_verified(Path(record.location), record.sha256))
     history = [(it, ctx.store.load_trees(source_id, it)) for it in ctx.store.backed_up_iterations(source_id)]
     learn_history(ctx.predictor, ctx.featurizer, history, ctx.s.predictor.targets)
-    ctx.log(f"starting from run {source!r}: policy of iteration {saved[-1][0]}, predictor taught {len(history)} "
-            "iterations of its rollouts")  # fmt: skip
+    ctx.log(
+        f"starting from run {source!r}: policy of iteration {saved[-1][0]}, predictor taught {len(history)} "
+        "iterations of its rollouts"
+    )

@@ -72,10 +72,23 @@ def plot_allocation(store: RolloutStore, run_id: int, iteration: int, path: Path
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     m = np.asarray(plan.counts, dtype=float)
     chosen = m > 0
-    left.scatter(np.asarray(predicted)[~chosen], m[~chosen] + rng.uniform(-0.1, 0.1, (~chosen).sum()), s=14,
-                 color="#cccccc", label="not sampled")  # fmt: skip
-    shown = left.scatter(np.asarray(predicted)[chosen], m[chosen] + rng.uniform(-0.1, 0.1, chosen.sum()), s=28,
-                         c=np.asarray(success)[chosen], cmap="RdYlGn", vmin=0, vmax=1, edgecolors="black")  # fmt: skip
+    left.scatter(
+        np.asarray(predicted)[~chosen],
+        m[~chosen] + rng.uniform(-0.1, 0.1, (~chosen).sum()),
+        s=14,
+        color="#cccccc",
+        label="not sampled",
+    )
+    shown = left.scatter(
+        np.asarray(predicted)[chosen],
+        m[chosen] + rng.uniform(-0.1, 0.1, chosen.sum()),
+        s=28,
+        c=np.asarray(success)[chosen],
+        cmap="RdYlGn",
+        vmin=0,
+        vmax=1,
+        edgecolors="black",
+    )
     left.yaxis.set_major_locator(MaxNLocator(integer=True))
     right.yaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("predicted success v")

@@ -73,10 +73,20 @@ def code_version() -> str:
     """The git commit of the code (with '+dirty' for local changes), or the package version."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, timeout=5).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=5).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import version
@@ -97,8 +107,9 @@ def prepare_task(s: Settings, log: Log = print) -> TaskData:
     """Generate (or read) the task's questions and corpus and build the BM25 index beside them."""
     t = s.task
     if t.source == "synthetic":
-        spec = SyntheticTaskSpec(t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test,
-                                 t.max_hops)  # fmt: skip
+        spec = SyntheticTaskSpec(
+            t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test, t.max_hops
+        )
         directory, digest = t.data_dir, settings_hash(asdict(spec))
         if not _built(directory, digest):
             log(f"generating the synthetic task in {directory}")
@@ -139,9 +150,15 @@ def agent_config(s: Settings) -> AgentConfig:
 def policy_config(s: Settings) -> PolicyConfig:
     p = s.policy
     return PolicyConfig(
-        learning_rate=p.learning_rate, clip_eps=p.clip_eps, kl_coef=p.kl_coef, minibatches=p.minibatches,
-        lora=s.uses_lora(), lora_rank=p.lora_rank, lora_alpha=p.lora_alpha, seed=s.run.seed,
-    )  # fmt: skip
+        learning_rate=p.learning_rate,
+        clip_eps=p.clip_eps,
+        kl_coef=p.kl_coef,
+        minibatches=p.minibatches,
+        lora=s.uses_lora(),
+        lora_rank=p.lora_rank,
+        lora_alpha=p.lora_alpha,
+        seed=s.run.seed,
+    )
 
 
 def _tokenizer_texts(data: TaskData, retriever: Retriever, config: AgentConfig) -> list[str]:
@@ -160,22 +177,36 @@ def make_backend(
 ) -> GenerationBackend:
     """The generation backend `name` (default backend.name), built through its registry."""
     spec = BackendSpec(
-        model, tokenizer, seed=seed, model_dir=model_dir, share_prefix=s.backend.share_prefix,
-        kv_cache_bytes=s.backend.kv_cache_mb * 2**20, max_batch_sequences=s.backend.max_batch_sequences,
-        max_lora_rank=s.policy.lora_rank, dtype=s.model.dtype, device=s.model.device,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        seed=seed,
+        model_dir=model_dir,
+        share_prefix=s.backend.share_prefix,
+        kv_cache_bytes=s.backend.kv_cache_mb * 2**20,
+        max_batch_sequences=s.backend.max_batch_sequences,
+        max_lora_rank=s.policy.lora_rank,
+        dtype=s.model.dtype,
+        device=s.model.device,
+    )
     return build_backend(name or s.backend.name, spec)
 
 
 def _tiny_model_recipe(s: Settings) -> tuple[TinyModelSpec, WarmStartConfig, AgentConfig]:
     m, w = s.model, s.warmstart
-    spec = TinyModelSpec(m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim,
-                         seed=m.seed)  # fmt: skip
+    spec = TinyModelSpec(
+        m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim, seed=m.seed
+    )
     ws = WarmStartConfig(
-        batch_size=w.batch_size, learning_rate=w.learning_rate, max_steps=w.max_steps, max_seconds=w.max_seconds,
-        eval_every=w.eval_every, eval_questions=w.eval_questions, eval_samples=w.eval_samples,
-        success_band=(w.success_low, w.success_high), seed=m.seed,
-    )  # fmt: skip
+        batch_size=w.batch_size,
+        learning_rate=w.learning_rate,
+        max_steps=w.max_steps,
+        max_seconds=w.max_seconds,
+        eval_every=w.eval_every,
+        eval_questions=w.eval_questions,
+        eval_samples=w.eval_samples,
+        success_band=(w.success_low, w.success_high),
+        seed=m.seed,
+    )
     return spec, ws, agent_config(s)
 
 
@@ -197,8 +228,10 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     if _built(out, digest):
         return out
     if not any(r.chain for r in data.train):
-        raise ValueError("model.preset='tiny' is warm-started on the synthetic task's chains; "
-                         "with task.source='files' use model.preset='path'")  # fmt: skip
+        raise ValueError(
+            "model.preset='tiny' is warm-started on the synthetic task's chains; "
+            "with task.source='files' use model.preset='path'"
+        )
     log("training the tokenizer and building the tiny model")
     torch.manual_seed(m.seed)
     tokenizer = train_tokenizer(_tokenizer_texts(data, retriever, config), spec.vocab_size)
@@ -207,8 +240,10 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     # the model is not saved yet, so vLLM could not load it: the warm start generates with transformers
     backend = make_backend(s, model, tokenizer, m.seed, name="transformers" if s.backend.name == "vllm" else "")
     probe = data.train[: ws.eval_questions]
-    log(f"warm start: {count_parameters(model):,} parameters; stopping when sampled success is in "
-        f"[{s.warmstart.success_low}, {s.warmstart.success_high}]")  # fmt: skip
+    log(
+        f"warm start: {count_parameters(model):,} parameters; stopping when sampled success is in "
+        f"[{s.warmstart.success_low}, {s.warmstart.success_high}]"
+    )
 
     def show(c: Checkpoint) -> None:
         log(f"  step {c.step:4d}  {c.seconds:6.0f}s  loss {c.loss:.3f}  sampled success {c.success:.2f}")
@@ -218,12 +253,20 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    _mark(tmp, digest, parameters=count_parameters(model), chosen=asdict(report.chosen),
-          history=[asdict(c) for c in report.history], seconds=report.seconds)  # fmt: skip
+    _mark(
+        tmp,
+        digest,
+        parameters=count_parameters(model),
+        chosen=asdict(report.chosen),
+        history=[asdict(c) for c in report.history],
+        seconds=report.seconds,
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
-    log(f"warm start chose step {report.chosen.step} (success {report.chosen.success:.2f}) "
-        f"after {report.seconds:.0f}s; saved to {out}")  # fmt: skip
+    log(
+        f"warm start chose step {report.chosen.step} (success {report.chosen.success:.2f}) "
+        f"after {report.seconds:.0f}s; saved to {out}"
+    )
     return out
 
 

@@ -151,9 +151,21 @@ def headroom_table(store: RolloutStore, run: str) -> queries.Table:
     for iteration, pool in store.headroom(run_id).items():
         book = ledger(pool, trace["group_size"], trace["max_per_prompt"])
         success = sum(p.successes_first + p.successes_second for p in pool) / sum(2 * p.half for p in pool)
-        rows.append((iteration, book.budget, book.oracle.mixed, book.allocator.mixed, book.predictor_rule.mixed,
-                     book.uniform.mixed, book.share_of_gain, book.oracle.nonzero_leaves,
-                     book.allocator.nonzero_leaves, book.uniform.nonzero_leaves, success))  # fmt: skip
+        rows.append(
+            (
+                iteration,
+                book.budget,
+                book.oracle.mixed,
+                book.allocator.mixed,
+                book.predictor_rule.mixed,
+                book.uniform.mixed,
+                book.share_of_gain,
+                book.oracle.nonzero_leaves,
+                book.allocator.nonzero_leaves,
+                book.uniform.nonzero_leaves,
+                success,
+            )
+        )
     return queries.Table(HEADROOM_COLUMNS, tuple(rows))
 
 
@@ -165,8 +177,15 @@ def plot_headroom(rows: list[dict[str, Any]], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     _line(ax, rows, "headroom/oracle_mixed", "oracle (measured success)", marker="o", color="#2ca02c")
     _line(ax, rows, "headroom/allocator_mixed", "this run's allocator", marker="o", color="#1f77b4")
-    _line(ax, rows, "headroom/predictor_rule_mixed", "TRACE rule on the predictor's v", marker=".", linestyle="--",
-          color="#9467bd")  # fmt: skip
+    _line(
+        ax,
+        rows,
+        "headroom/predictor_rule_mixed",
+        "TRACE rule on the predictor's v",
+        marker=".",
+        linestyle="--",
+        color="#9467bd",
+    )
     _line(ax, rows, "headroom/uniform_mixed", "uniform (GRPO)", marker="s", color="#7f7f7f")
     ax.set_xlabel("iteration")
     ax.set_ylabel("expected mixed groups (Stage 1)")
@@ -238,9 +257,11 @@ def plot_tree(engine: Engine, tree_id: int, path: Path) -> None:
     ax.set_yticks([])
     scale = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     fig.colorbar(scale, ax=ax, label="predicted success at allocation", fraction=0.04)
-    ax.set_title(f"Tree {tree_id}: {question[:70]}\nnode colour: predicted success at allocation (red 0, green 1; "
-                 "grey: not predicted)\nt: realised success below; red edges: Stage-2 continuations",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"Tree {tree_id}: {question[:70]}\nnode colour: predicted success at allocation (red 0, green 1; "
+        "grey: not predicted)\nt: realised success below; red edges: Stage-2 continuations",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -291,17 +312,22 @@ def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None
     trace, predictor = trained.get("trace", {}), trained.get("predictor", {})
     last = rows[-1]
     summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/", "headroom/"))}
-    table = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.4g}</td></tr>"
-                    for k, v in sorted(summary.items()) if isinstance(v, (int, float)))  # fmt: skip
+    table = "".join(
+        f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.4g}</td></tr>"
+        for k, v in sorted(summary.items())
+        if isinstance(v, (int, float))
+    )
     images = "".join(f'<figure><img src="{f}" alt="{f}"><figcaption>{f}</figcaption></figure>' for f in figures)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>trace-rl run {html.escape(s.run.name)}</title>"
-            "<style>body{font-family:sans-serif;max-width:900px;margin:auto}img{max-width:100%}"
-            "td{padding:2px 12px}</style></head><body>"
-            f"<h1>trace-rl run <code>{html.escape(s.run.name)}</code></h1>"
-            f"<p>allocator <b>{html.escape(str(trace.get('allocator')))}</b>, predictor "
-            f"<b>{html.escape(str(predictor.get('name')))}</b>, {trace.get('budget')} leaves per iteration, "
-            f"{len(rows) - 1} iterations (as stored with the run).</p><h2>Last iteration</h2><table>{table}</table>"
-            f"<h2>Figures</h2>{images}</body></html>")  # fmt: skip
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>trace-rl run {html.escape(s.run.name)}</title>"
+        "<style>body{font-family:sans-serif;max-width:900px;margin:auto}img{max-width:100%}"
+        "td{padding:2px 12px}</style></head><body>"
+        f"<h1>trace-rl run <code>{html.escape(s.run.name)}</code></h1>"
+        f"<p>allocator <b>{html.escape(str(trace.get('allocator')))}</b>, predictor "
+        f"<b>{html.escape(str(predictor.get('name')))}</b>, {trace.get('budget')} leaves per iteration, "
+        f"{len(rows) - 1} iterations (as stored with the run).</p><h2>Last iteration</h2><table>{table}</table>"
+        f"<h2>Figures</h2>{images}</body></html>"
+    )
     (out_dir / "index.html").write_text(page)
     engine.dispose()
     log(f"report written to {out_dir / 'index.html'}")

@@ -228,8 +228,14 @@ class RayShards:
             merge_shard(trees, shard, future.result())
 
     def _job(self, trees: list[RolloutTree], shard: Shard, origin: Origin, seed: int) -> ShardJob:
-        return ShardJob(self.settings, self.model_dir, shard_seed(seed, shard.index, self.count),
-                        shard_trees(trees, shard), shard.expansions, origin)  # fmt: skip
+        return ShardJob(
+            self.settings,
+            self.model_dir,
+            shard_seed(seed, shard.index, self.count),
+            shard_trees(trees, shard),
+            shard.expansions,
+            origin,
+        )
 
 
 # -- starting and choosing the runner ------------------------------------------------------------

@@ -72,8 +72,13 @@ def allocate_roots(ctx: TrainContext, it: int) -> None:
         trees, plan = out
         prior = ctx.predictor_config.prior
         w.root_plan([t.record for t in trees], [_or(t.root.predicted, prior) for t in trees], plan)
-        w.stage_metrics({"alloc/stage1_leaves": plan.leaves, "alloc/stage1_prompts": sum(m > 0 for m in plan.counts),
-                         "alloc/expected_mixed_stage1": plan.expected_mixed})  # fmt: skip
+        w.stage_metrics(
+            {
+                "alloc/stage1_leaves": plan.leaves,
+                "alloc/stage1_prompts": sum(m > 0 for m in plan.counts),
+                "alloc/expected_mixed_stage1": plan.expected_mixed,
+            }
+        )
 
     run_stage(ctx, it, "allocate_roots", compute, write)
 
@@ -118,8 +123,13 @@ def allocate_prefixes(ctx: TrainContext, it: int) -> None:
         trees, plan2, unused = out
         w.prefix_plan(plan2, unused)
         w.trees(trees, ctx.s.trace.allocator)  # keeps the anchors' predictions made at allocation time
-        w.stage_metrics({"alloc/stage2_leaves": plan2.leaves, "alloc/anchors": len(plan2.anchors),
-                         "alloc/expected_mixed_stage2": plan2.expected_mixed})  # fmt: skip
+        w.stage_metrics(
+            {
+                "alloc/stage2_leaves": plan2.leaves,
+                "alloc/anchors": len(plan2.anchors),
+                "alloc/expected_mixed_stage2": plan2.expected_mixed,
+            }
+        )
 
     run_stage(ctx, it, "allocate_prefixes", compute, write)
 
@@ -149,12 +159,15 @@ def back_up(ctx: TrainContext, it: int) -> None:
     def write(w: StageWriter, trees: list[RolloutTree]) -> None:
         w.trees(trees, ctx.s.trace.allocator)
         leaves = [leaf for t in trees for leaf in t.leaves()]
-        w.stage_metrics({
-            "rollout/trees": sum(1 for t in trees if t.leaves()), "rollout/leaves": len(leaves),
-            "rollout/generated_tokens": sum(n.generated_tokens for t in trees for n in t),
-            "rollout/mean_reward": float(np.mean([leaf.reward or 0.0 for leaf in leaves])) if leaves else 0.0,
-            "rollout/effective_ratio": effective_ratio(trees),
-        })  # fmt: skip
+        w.stage_metrics(
+            {
+                "rollout/trees": sum(1 for t in trees if t.leaves()),
+                "rollout/leaves": len(leaves),
+                "rollout/generated_tokens": sum(n.generated_tokens for t in trees for n in t),
+                "rollout/mean_reward": float(np.mean([leaf.reward or 0.0 for leaf in leaves])) if leaves else 0.0,
+                "rollout/effective_ratio": effective_ratio(trees),
+            }
+        )
 
     run_stage(ctx, it, "back_up", compute, write)
 
@@ -185,8 +198,14 @@ def measure_headroom(ctx: TrainContext, it: int) -> None:
         # prompts an allocator chose
         rates = np.array([(m.successes_first + m.successes_second) / (2 * half) for m in samples])
         q = quality(np.asarray(predicted), rates, np.full(len(samples), 2.0 * half))
-        metrics.update({"headroom/pool_auc": q.auc, "headroom/pool_brier": q.brier, "headroom/pool_ece": q.ece,
-                        "headroom/pool_success": float(rates.mean()) if len(rates) else float("nan")})  # fmt: skip
+        metrics.update(
+            {
+                "headroom/pool_auc": q.auc,
+                "headroom/pool_brier": q.brier,
+                "headroom/pool_ece": q.ece,
+                "headroom/pool_success": float(rates.mean()) if len(rates) else float("nan"),
+            }
+        )
         return pool, samples, metrics
 
     def write(w: StageWriter, out: tuple[list[Any], list[PoolSample], dict[str, float]]) -> None:
@@ -254,10 +273,18 @@ def update_policy(ctx: TrainContext, it: int) -> None:
         stats, nonzero, record = out
         w.policy_update(stats, ctx.adapter_version)
         w.checkpoint(record)
-        w.stage_metrics({"policy/loss": stats.loss, "policy/kl": stats.kl, "policy/clip_fraction": stats.clip_fraction,
-                         "policy/grad_norm": stats.grad_norm, "policy/learning_rate": stats.learning_rate,
-                         "policy/tokens": stats.tokens, "policy/adapter_version": ctx.adapter_version,
-                         "rollout/nonzero_advantage_share": nonzero})  # fmt: skip
+        w.stage_metrics(
+            {
+                "policy/loss": stats.loss,
+                "policy/kl": stats.kl,
+                "policy/clip_fraction": stats.clip_fraction,
+                "policy/grad_norm": stats.grad_norm,
+                "policy/learning_rate": stats.learning_rate,
+                "policy/tokens": stats.tokens,
+                "policy/adapter_version": ctx.adapter_version,
+                "rollout/nonzero_advantage_share": nonzero,
+            }
+        )
 
     run_stage(ctx, it, "update_policy", compute, write)
     ctx.dirty.discard("policy")
@@ -307,8 +334,11 @@ def evaluate(ctx: TrainContext, it: int) -> dict[str, Any]:
 def _publish_artifact(ctx: TrainContext, it: int, metrics: dict[str, Any]) -> None:
     rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
     key = "".join(c if c.isalnum() else "-" for c in f"{ctx.s.run.name}-iteration-{it}".lower())
-    create_markdown_artifact(markdown=f"### {ctx.s.run.name}, iteration {it}\n\n| metric | value |\n|---|---|\n{rows}",
-                             key=key, description=f"trace-rl metrics, iteration {it}")  # fmt: skip
+    create_markdown_artifact(
+        markdown=f"### {ctx.s.run.name}, iteration {it}\n\n| metric | value |\n|---|---|\n{rows}",
+        key=key,
+        description=f"trace-rl metrics, iteration {it}",
+    )
 
 
 @task(name="checkpoint", task_run_name="checkpoint-it{it}", cache_policy=NO_CACHE)

@@ -54,8 +54,14 @@ def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any], started: tupl
 
     first, since = started
     n = ctx.s.train.iterations
-    meter = tqdm.format_meter(it + 1 - first, n - first, time.perf_counter() - since, ncols=44, unit="it",
-                              bar_format="|{bar}| {elapsed}<{remaining}, {rate_fmt}")  # fmt: skip
+    meter = tqdm.format_meter(
+        it + 1 - first,
+        n - first,
+        time.perf_counter() - since,
+        ncols=44,
+        unit="it",
+        bar_format="|{bar}| {elapsed}<{remaining}, {rate_fmt}",
+    )
     dev = f"  dev EM {metrics['eval/em']:.3f}" if "eval/em" in metrics else ""
     reward, effective = metrics.get("rollout/mean_reward", 0), metrics.get("rollout/effective_ratio", 0)
     ctx.log(f"iteration {it + 1}/{n} {meter}  reward {reward:.3f}  effective {effective:.2f}{dev}")
@@ -106,15 +112,21 @@ def _finish(s: Settings, history: list[dict[str, Any]], log: Log) -> None:
     first, last = history[0], history[-1]
     ratios = [r["rollout/effective_ratio"] for r in history[1:] if r.get("rollout/effective_ratio") is not None]
     figures = {
-        "allocator": s.trace.allocator, "predictor": s.predictor.name, "iterations": len(history) - 1,
-        "dev EM before": first.get("eval/em"), "dev EM after": last.get("eval/em"),
+        "allocator": s.trace.allocator,
+        "predictor": s.predictor.name,
+        "iterations": len(history) - 1,
+        "dev EM before": first.get("eval/em"),
+        "dev EM after": last.get("eval/em"),
         "mean effective ratio": sum(ratios) / len(ratios) if ratios else None,
         "metrics": str(run_dir / "metrics.jsonl"),
-    }  # fmt: skip
+    }
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items())
     key = "".join(c if c.isalnum() else "-" for c in f"{s.run.name}-summary".lower())
-    create_markdown_artifact(markdown=f"### trace-rl run {s.run.name}\n\n| | |\n|---|---|\n{rows}", key=key,
-                             description="trace-rl run summary")  # fmt: skip
+    create_markdown_artifact(
+        markdown=f"### trace-rl run {s.run.name}\n\n| | |\n|---|---|\n{rows}",
+        key=key,
+        description="trace-rl run summary",
+    )
     log(f"run {s.run.name!r} finished: metrics in {run_dir / 'metrics.jsonl'}")
 
 
@@ -145,14 +157,17 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
     tasks = {name: t.with_options(**retry) for name, t in STAGE_TASKS.items()}
     history = []
     if "evaluate" not in ctx.store.completed_stages(ctx.run_id, -1):
-        ctx.log(f"evaluating the starting policy on {s.train.eval_questions} dev questions "
-                f"x {s.train.eval_samples} samples")  # fmt: skip
+        ctx.log(
+            f"evaluating the starting policy on {s.train.eval_questions} dev questions x {s.train.eval_samples} samples"
+        )
         tasks["evaluate"](ctx, -1)
     history.append({"iteration": -1, **_iteration_row(ctx, -1)})
     finished = [it for it in range(s.train.iterations) if "checkpoint" in ctx.store.completed_stages(ctx.run_id, it)]
     if len(finished) == s.train.iterations:
-        ctx.log(f"run {s.run.name!r} has already trained its {s.train.iterations} iterations: nothing left to do "
-                "(raise train.iterations to continue it, or choose another run.name)")  # fmt: skip
+        ctx.log(
+            f"run {s.run.name!r} has already trained its {s.train.iterations} iterations: nothing left to do "
+            "(raise train.iterations to continue it, or choose another run.name)"
+        )
         history += [{"iteration": it, **_iteration_row(ctx, it)} for it in finished]
         ctx.store.release_lease("done")
         return history

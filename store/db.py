@@ -137,8 +137,17 @@ _SQLITE_READS = {
     sqlite3.SQLITE_FUNCTION,
     getattr(sqlite3, "SQLITE_RECURSIVE", 33),
 }
-_SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-                   "foreign_key_list", "collation_list", "function_list"}  # fmt: skip
+_SCHEMA_PRAGMAS = {
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "collation_list",
+    "function_list",
+}
 
 
 def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None, _view: str | None) -> int:

@@ -36,13 +36,26 @@ def unpack_floats(blob: bytes) -> tuple[float, ...]:
 def node_row(tree_id: int, n: RolloutNode) -> dict[str, Any]:
     """The `nodes` row of node `n` of tree `tree_id`."""
     return {
-        "tree_id": tree_id, "node_index": n.node_id, "parent_index": n.parent_id, "depth": n.depth,
-        "model_token_ids": pack_ints(n.model_ids), "model_logprobs": pack_floats(n.model_logprobs),
-        "observation_token_ids": pack_ints(n.observation_ids), "text": n.text, "observation": n.observation,
-        "action": n.action, "argument": n.argument, "finish_reason": n.finish_reason, "terminal": n.terminal,
-        "reward": n.reward, "predicted": n.predicted, "target": n.target, "leaf_count": n.leaf_count,
-        "origin": n.origin, "generated_tokens": len(n.model_ids),
-    }  # fmt: skip
+        "tree_id": tree_id,
+        "node_index": n.node_id,
+        "parent_index": n.parent_id,
+        "depth": n.depth,
+        "model_token_ids": pack_ints(n.model_ids),
+        "model_logprobs": pack_floats(n.model_logprobs),
+        "observation_token_ids": pack_ints(n.observation_ids),
+        "text": n.text,
+        "observation": n.observation,
+        "action": n.action,
+        "argument": n.argument,
+        "finish_reason": n.finish_reason,
+        "terminal": n.terminal,
+        "reward": n.reward,
+        "predicted": n.predicted,
+        "target": n.target,
+        "leaf_count": n.leaf_count,
+        "origin": n.origin,
+        "generated_tokens": len(n.model_ids),
+    }
 
 
 def to_record(prompt: Prompt) -> QARecord:
@@ -51,13 +64,24 @@ def to_record(prompt: Prompt) -> QARecord:
 
 def to_node(row: Node) -> RolloutNode:
     return RolloutNode(
-        node_id=row.node_index, parent_id=row.parent_index, depth=row.depth,
-        model_ids=unpack_ints(row.model_token_ids), model_logprobs=unpack_floats(row.model_logprobs),
-        observation_ids=unpack_ints(row.observation_token_ids), text=row.text, observation=row.observation,
-        action=row.action, argument=row.argument, finish_reason=row.finish_reason, terminal=row.terminal,
-        reward=row.reward, origin=row.origin,  # type: ignore[arg-type]
-        predicted=row.predicted, target=row.target, leaf_count=row.leaf_count,
-    )  # fmt: skip
+        node_id=row.node_index,
+        parent_id=row.parent_index,
+        depth=row.depth,
+        model_ids=unpack_ints(row.model_token_ids),
+        model_logprobs=unpack_floats(row.model_logprobs),
+        observation_ids=unpack_ints(row.observation_token_ids),
+        text=row.text,
+        observation=row.observation,
+        action=row.action,
+        argument=row.argument,
+        finish_reason=row.finish_reason,
+        terminal=row.terminal,
+        reward=row.reward,
+        origin=row.origin,  # type: ignore[arg-type]
+        predicted=row.predicted,
+        target=row.target,
+        leaf_count=row.leaf_count,
+    )
 
 
 def read_trees(s: Session, run_id: int, iteration: int) -> list[RolloutTree]:

@@ -113,8 +113,16 @@ def calibration(engine: Engine, run: str | None = None, bins: int = 10) -> Table
     out = []
     for b, (nodes, leaves, sp, st) in enumerate(acc):
         if nodes:
-            out.append((f"{b / bins:.1f}-{(b + 1) / bins:.1f}", nodes, int(leaves), sp / leaves, st / leaves,
-                        st / leaves - sp / leaves))  # fmt: skip
+            out.append(
+                (
+                    f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
+                    nodes,
+                    int(leaves),
+                    sp / leaves,
+                    st / leaves,
+                    st / leaves - sp / leaves,
+                )
+            )
     return Table(("predicted_bin", "nodes", "leaves", "mean_predicted", "mean_target", "gap"), tuple(out))
 
 
@@ -133,9 +141,12 @@ def depth_success(engine: Engine, run: str | None = None) -> Table:
 def iteration_table(engine: Engine, run: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT i.iteration, i.metrics FROM iterations i JOIN runs r ON i.run_id = r.id WHERE r.name = :n "
-                 "ORDER BY i.iteration"), {"n": run}
-        ).all()  # fmt: skip
+            text(
+                "SELECT i.iteration, i.metrics FROM iterations i JOIN runs r ON i.run_id = r.id WHERE r.name = :n "
+                "ORDER BY i.iteration"
+            ),
+            {"n": run},
+        ).all()
     out = []
     for iteration, metrics in rows:
         values = json.loads(metrics) if isinstance(metrics, str) else metrics
@@ -156,12 +167,15 @@ def pick_tree(engine: Engine, run: str) -> int | None:
     """A tree from the last iteration with both outcomes and a Stage-2 branch if there is one."""
     with engine.connect() as conn:
         row = conn.execute(
-            text("SELECT t.id FROM trees t JOIN runs r ON t.run_id = r.id "
-                 "JOIN nodes root ON root.tree_id = t.id AND root.node_index = 0 "
-                 "WHERE r.name = :n AND root.target > 0 AND root.target < 1 "
-                 "ORDER BY t.iteration DESC, (SELECT COUNT(*) FROM nodes c WHERE c.tree_id = t.id "
-                 "AND c.origin = 'stage2') DESC, t.id LIMIT 1"), {"n": run}
-        ).first()  # fmt: skip
+            text(
+                "SELECT t.id FROM trees t JOIN runs r ON t.run_id = r.id "
+                "JOIN nodes root ON root.tree_id = t.id AND root.node_index = 0 "
+                "WHERE r.name = :n AND root.target > 0 AND root.target < 1 "
+                "ORDER BY t.iteration DESC, (SELECT COUNT(*) FROM nodes c WHERE c.tree_id = t.id "
+                "AND c.origin = 'stage2') DESC, t.id LIMIT 1"
+            ),
+            {"n": run},
+        ).first()
     return None if row is None else int(row[0])
 
 
@@ -170,9 +184,12 @@ def tree_nodes(engine: Engine, tree_id: int) -> tuple[str, list[Any]]:
     origin), in node order."""
     with engine.connect() as conn:
         nodes = conn.execute(
-            text("SELECT node_index, parent_index, depth, action, predicted, target, reward, origin FROM nodes "
-                 "WHERE tree_id = :t ORDER BY node_index"), {"t": tree_id}
-        ).all()  # fmt: skip
+            text(
+                "SELECT node_index, parent_index, depth, action, predicted, target, reward, origin FROM nodes "
+                "WHERE tree_id = :t ORDER BY node_index"
+            ),
+            {"t": tree_id},
+        ).all()
         question = conn.execute(
             text("SELECT p.question FROM trees t JOIN prompts p ON t.prompt_id = p.id WHERE t.id = :t"), {"t": tree_id}
         ).scalar_one()
@@ -204,8 +221,10 @@ def draw_tree(engine: Engine, tree_id: int) -> str:
     run, iteration, allocator, question, gold = head
     if isinstance(gold, str):  # SQLite hands JSON columns over as text when read with raw SQL
         gold = json.loads(gold)
-    lines = [f"tree {tree_id}  run {run}  iteration {iteration}  allocator {allocator}",
-             f"Q: {question}  gold: {', '.join(gold)}"]  # fmt: skip
+    lines = [
+        f"tree {tree_id}  run {run}  iteration {iteration}  allocator {allocator}",
+        f"Q: {question}  gold: {', '.join(gold)}",
+    ]
 
     def show(node: Any, indent: int) -> None:
         label = "prompt" if node.depth == 0 else f"{node.action}: {node.argument}"[:60]
@@ -233,13 +252,50 @@ def _query(engine: Engine, sql: str, params: dict[str, Any]) -> Table:
 # servers) or change session settings: refused even in a SELECT, before the read-only session
 # would stop most of them anyway
 _REFUSED_FUNCTIONS = {
-    "lo_import", "lo_export", "lo_unlink", "lo_create", "lo_from_bytea", "lo_put", "pg_read_file",
-    "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_file_write", "set_config", "pg_terminate_backend",
-    "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "dblink", "dblink_exec", "dblink_connect",
-    "pg_advisory_lock", "pg_advisory_xact_lock", "pg_sleep", "load_extension", "writefile", "readfile",
-}  # fmt: skip
-_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter, exp.Command,
-           exp.Copy, exp.Transaction, exp.Commit, exp.Rollback, exp.Set, exp.Use, exp.LoadData, exp.Into)  # fmt: skip
+    "lo_import",
+    "lo_export",
+    "lo_unlink",
+    "lo_create",
+    "lo_from_bytea",
+    "lo_put",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_file_write",
+    "set_config",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "pg_advisory_lock",
+    "pg_advisory_xact_lock",
+    "pg_sleep",
+    "load_extension",
+    "writefile",
+    "readfile",
+}
+_WRITES = (
+    exp.Insert,
+    exp.Update,
+    exp.Delete,
+    exp.Merge,
+    exp.Create,
+    exp.Drop,
+    exp.Alter,
+    exp.Command,
+    exp.Copy,
+    exp.Transaction,
+    exp.Commit,
+    exp.Rollback,
+    exp.Set,
+    exp.Use,
+    exp.LoadData,
+    exp.Into,
+)
 
 
 def check_single_query(statement: str, dialect: str) -> None:

@@ -90,10 +90,16 @@ class StageWriter:
         s.execute(delete(Tree).where(Tree.run_id == run_id, Tree.iteration == iteration))
         prompts = self.store._prompt_ids(s, (t.record for t in trees))
         tree_rows = [
-            {"run_id": run_id, "iteration": iteration, "pool_index": i, "allocator": allocator,
-             "prompt_id": prompts[(t.record.data_source, t.record.id)], "budget": len(t.leaves())}
+            {
+                "run_id": run_id,
+                "iteration": iteration,
+                "pool_index": i,
+                "allocator": allocator,
+                "prompt_id": prompts[(t.record.data_source, t.record.id)],
+                "budget": len(t.leaves()),
+            }
             for i, t in enumerate(trees)
-        ]  # fmt: skip
+        ]
         if not tree_rows:
             return
         s.execute(insert(_table(Tree)), tree_rows)
@@ -118,11 +124,21 @@ class StageWriter:
         self._delete_allocations(1)
         prompts = self.store._prompt_ids(self.s, pool)
         rows = [
-            {"run_id": self.run_id, "iteration": self.iteration, "stage": 1, "kind": "prompt", "pool_index": i,
-             "prompt_id": prompts[(r.data_source, r.id)], "node_index": 0, "predicted": float(v),
-             "realised_reward": None, "value": value, "count": m}
+            {
+                "run_id": self.run_id,
+                "iteration": self.iteration,
+                "stage": 1,
+                "kind": "prompt",
+                "pool_index": i,
+                "prompt_id": prompts[(r.data_source, r.id)],
+                "node_index": 0,
+                "predicted": float(v),
+                "realised_reward": None,
+                "value": value,
+                "count": m,
+            }
             for i, (r, v, m, value) in enumerate(zip(pool, predicted, plan.counts, plan.values, strict=True))
-        ]  # fmt: skip
+        ]
         if rows:
             self.s.execute(insert(_table(Allocation)), rows)
 
@@ -132,15 +148,31 @@ class StageWriter:
         self._delete_allocations(2)
         base = {"run_id": self.run_id, "iteration": self.iteration, "stage": 2}
         rows: list[dict[str, Any]] = [
-            {**base, "kind": "root" if a.node_id == 0 else "anchor", "pool_index": a.tree, "node_index": a.node_id,
-             "predicted": a.p, "realised_reward": a.r, "value": value, "count": k}
+            {
+                **base,
+                "kind": "root" if a.node_id == 0 else "anchor",
+                "pool_index": a.tree,
+                "node_index": a.node_id,
+                "predicted": a.p,
+                "realised_reward": a.r,
+                "value": value,
+                "count": k,
+            }
             for a, k, value in zip(plan.anchors, plan.counts, plan.values, strict=True)
-        ]  # fmt: skip
+        ]
         rows += [
-            {**base, "kind": "refill", "pool_index": c, "node_index": 0, "predicted": unused_predicted[c],
-             "realised_reward": None, "value": value, "count": m}
+            {
+                **base,
+                "kind": "refill",
+                "pool_index": c,
+                "node_index": 0,
+                "predicted": unused_predicted[c],
+                "realised_reward": None,
+                "value": value,
+                "count": m,
+            }
             for (c, m), value in zip(plan.new_roots, plan.new_root_values, strict=True)
-        ]  # fmt: skip
+        ]
         if rows:
             self.s.execute(insert(_table(Allocation)), rows)
 
@@ -160,11 +192,19 @@ class StageWriter:
         )
         prompts = self.store._prompt_ids(self.s, pool)
         rows = [
-            {"run_id": self.run_id, "iteration": self.iteration, "pool_index": i,
-             "prompt_id": prompts[(r.data_source, r.id)], "samples": 2 * m.half, "successes_first": m.successes_first,
-             "successes_second": m.successes_second, "predicted": m.predicted, "allocated": m.allocated}
+            {
+                "run_id": self.run_id,
+                "iteration": self.iteration,
+                "pool_index": i,
+                "prompt_id": prompts[(r.data_source, r.id)],
+                "samples": 2 * m.half,
+                "successes_first": m.successes_first,
+                "successes_second": m.successes_second,
+                "predicted": m.predicted,
+                "allocated": m.allocated,
+            }
             for i, (r, m) in enumerate(zip(pool, samples, strict=True))
-        ]  # fmt: skip
+        ]
         if rows:
             self.s.execute(insert(_table(HeadroomSample)), rows)
 
@@ -173,18 +213,36 @@ class StageWriter:
         self.s.execute(
             delete(PredictorFit).where(PredictorFit.run_id == self.run_id, PredictorFit.iteration == self.iteration)
         )
-        self.s.add(PredictorFit(run_id=self.run_id, iteration=self.iteration, loss=fit.loss, examples=fit.examples,
-                                steps=fit.steps, brier=_finite(before.brier), auc=_finite(before.auc),
-                                calibration_error=_finite(before.ece)))  # fmt: skip
+        self.s.add(
+            PredictorFit(
+                run_id=self.run_id,
+                iteration=self.iteration,
+                loss=fit.loss,
+                examples=fit.examples,
+                steps=fit.steps,
+                brier=_finite(before.brier),
+                auc=_finite(before.auc),
+                calibration_error=_finite(before.ece),
+            )
+        )
 
     def policy_update(self, stats: UpdateStats, adapter_version: int) -> None:
         self.s.execute(
             delete(PolicyUpdate).where(PolicyUpdate.run_id == self.run_id, PolicyUpdate.iteration == self.iteration)
         )
-        self.s.add(PolicyUpdate(run_id=self.run_id, iteration=self.iteration, loss=stats.loss, kl=stats.kl,
-                                clip_fraction=stats.clip_fraction, grad_norm=stats.grad_norm,
-                                learning_rate=stats.learning_rate, tokens=stats.tokens,
-                                adapter_version=adapter_version))  # fmt: skip
+        self.s.add(
+            PolicyUpdate(
+                run_id=self.run_id,
+                iteration=self.iteration,
+                loss=stats.loss,
+                kl=stats.kl,
+                clip_fraction=stats.clip_fraction,
+                grad_norm=stats.grad_norm,
+                learning_rate=stats.learning_rate,
+                tokens=stats.tokens,
+                adapter_version=adapter_version,
+            )
+        )
 
     def checkpoint(self, record: CheckpointRecord) -> None:
         self.s.execute(
@@ -192,14 +250,28 @@ class StageWriter:
                 Checkpoint.run_id == self.run_id, Checkpoint.iteration == self.iteration, Checkpoint.kind == record.kind
             )
         )
-        self.s.add(Checkpoint(run_id=self.run_id, iteration=self.iteration, kind=record.kind,
-                              location=record.location, sha256=record.sha256))  # fmt: skip
+        self.s.add(
+            Checkpoint(
+                run_id=self.run_id,
+                iteration=self.iteration,
+                kind=record.kind,
+                location=record.location,
+                sha256=record.sha256,
+            )
+        )
 
     def iteration_metrics(self, metrics: dict[str, float], status: str = "done") -> None:
         clean = {k: _finite(v) for k, v in metrics.items()}
         self.s.execute(delete(Iteration).where(Iteration.run_id == self.run_id, Iteration.iteration == self.iteration))
-        self.s.add(Iteration(run_id=self.run_id, iteration=self.iteration, status=status, metrics=clean,
-                             finished_at=utcnow() if status == "done" else None))  # fmt: skip
+        self.s.add(
+            Iteration(
+                run_id=self.run_id,
+                iteration=self.iteration,
+                status=status,
+                metrics=clean,
+                finished_at=utcnow() if status == "done" else None,
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -332,10 +404,17 @@ class RolloutStore:
                 ).all()
             )
         return [
-            RunSummary(r.name, r.status, _aware_time(r.created_at), _aware_time(r.updated_at), int(done.get(r.id, 0)),
-                       str(r.settings.get("trace", {}).get("allocator", "")), r.lease_owner)
+            RunSummary(
+                r.name,
+                r.status,
+                _aware_time(r.created_at),
+                _aware_time(r.updated_at),
+                int(done.get(r.id, 0)),
+                str(r.settings.get("trace", {}).get("allocator", "")),
+                r.lease_owner,
+            )
             for r in rows
-        ]  # fmt: skip
+        ]
 
     def _exclusive(self, name: str) -> RunLease:
         """Hold run `name`'s lease (refused, naming the holder, while another process writes it)."""
@@ -446,10 +525,15 @@ class RolloutStore:
         if not unique:
             return {}
         rows = [
-            {"dataset_id": r.id, "data_source": r.data_source, "question": r.question,
-             "golden_answers": list(r.golden_answers), "hops": r.hops}
+            {
+                "dataset_id": r.id,
+                "data_source": r.data_source,
+                "question": r.question,
+                "golden_answers": list(r.golden_answers),
+                "hops": r.hops,
+            }
             for r in unique.values()
-        ]  # fmt: skip
+        ]
         dialect = self.engine.dialect.name
         maker = pg_insert if dialect == "postgresql" else sqlite_insert
         for chunk in range(0, len(rows), 500):

@@ -52,11 +52,22 @@ def test_paired_differences_against_uniform_match_each_seeds_difference():
     from flows.bench import paired_vs_uniform
 
     def row(allocator, seed, test_em, ratios):
-        return {"regime": "r", "allocator": allocator, "seed": seed, "test_em": test_em, "dev_em": 0.5,
-                "effective_ratio": ratios, "nonzero_advantage_share": ratios}  # fmt: skip
+        return {
+            "regime": "r",
+            "allocator": allocator,
+            "seed": seed,
+            "test_em": test_em,
+            "dev_em": 0.5,
+            "effective_ratio": ratios,
+            "nonzero_advantage_share": ratios,
+        }
 
-    done = [row("uniform", 0, 0.40, [0.5, 0.7]), row("uniform", 1, 0.50, [0.6]),
-            row("trace", 0, 0.45, [0.8, 0.8]), row("trace", 1, 0.49, [0.6])]  # fmt: skip
+    done = [
+        row("uniform", 0, 0.40, [0.5, 0.7]),
+        row("uniform", 1, 0.50, [0.6]),
+        row("trace", 0, 0.45, [0.8, 0.8]),
+        row("trace", 1, 0.49, [0.6]),
+    ]
     entry = paired_vs_uniform(done)["r/trace"]
     # test EM: +0.05 and -0.01; effective ratio: 0.8 - 0.6 = +0.2 and 0.0
     assert entry["test_em"]["per_seed"] == [0.05, -0.01] and entry["test_em"]["mean"] == pytest.approx(0.02)
@@ -70,8 +81,11 @@ def test_benchmark_v2_runs_both_regimes_seed_by_seed():
 
     runs = plan(SIZES["quick"], ["uniform", "trace"], late=5, warm=True)
     assert [(r[0], r[1], r[2]) for r in runs] == [
-        ("small-groups", "uniform", 0), ("small-groups", "trace", 0), ("late5", "uniform", 0), ("late5", "trace", 0),
-    ]  # fmt: skip
+        ("small-groups", "uniform", 0),
+        ("small-groups", "trace", 0),
+        ("late5", "uniform", 0),
+        ("late5", "trace", 0),
+    ]
     assert not any("run.init_from" in o for r in runs[:2] for o in r[3])
 
 
@@ -99,8 +113,12 @@ def test_a_recipe_variant_adds_its_settings_and_names_its_runs_as_folder_names()
     from flows.settings import RUN_NAME
 
     variant = "trace+online@policy.learning_rate=0.0001;policy.kl_coef=0.1"
-    assert variant_overrides(variant) == ["trace.allocator=trace", "predictor.name=online",
-                                          "policy.learning_rate=0.0001", "policy.kl_coef=0.1"]  # fmt: skip
+    assert variant_overrides(variant) == [
+        "trace.allocator=trace",
+        "predictor.name=online",
+        "policy.learning_rate=0.0001",
+        "policy.kl_coef=0.1",
+    ]
     assert variant_overrides("uniform") == ["trace.allocator=uniform"]
     assert RUN_NAME.fullmatch(f"bench-small-groups-{variant_slug(variant)}-s0")
     assert variant_slug("uniform@policy.kl_coef=0.1") != variant_slug("uniform@policy.kl_coef=0.2")
@@ -118,10 +136,16 @@ def test_the_regime_plot_draws_old_and_new_runs(tmp_path):
     from flows.bench import plot_regimes
 
     nan = float("nan")
-    new = {"regime": "late5", "allocator": "trace", "effective_ratio": [0.5, 0.6],
-           "nonzero_advantage_share": [0.6, 0.7], "dev_curve": [[-1, 0, 0, 0.4], [1, 128, 9000, 0.5]],
-           "headroom_oracle": [6.0, nan],
-           "headroom_allocator": [5.0, nan], "headroom_uniform": [4.0, nan]}  # fmt: skip
+    new = {
+        "regime": "late5",
+        "allocator": "trace",
+        "effective_ratio": [0.5, 0.6],
+        "nonzero_advantage_share": [0.6, 0.7],
+        "dev_curve": [[-1, 0, 0, 0.4], [1, 128, 9000, 0.5]],
+        "headroom_oracle": [6.0, nan],
+        "headroom_allocator": [5.0, nan],
+        "headroom_uniform": [4.0, nan],
+    }
     old = {"regime": "small-groups", "allocator": "uniform", "effective_ratio": [0.5], "nonzero_advantage_share": [0.5]}
     plot_regimes([new, old], tmp_path)
     assert (tmp_path / "regimes.png").stat().st_size > 10_000

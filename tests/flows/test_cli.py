@@ -6,15 +6,33 @@ from flows.cli import main
 from store.store import RolloutStore
 
 TINY = [
-    "task.n_people=24", "task.n_orgs=8", "task.n_cities=8", "task.n_countries=3",
-    "task.n_train=40", "task.n_dev=8", "task.n_test=8",
-    "model.vocab_size=600", "model.hidden_size=64", "model.intermediate_size=128",
-    "model.num_layers=2", "model.num_heads=2", "model.head_dim=32",
-    "warmstart.max_steps=4", "warmstart.eval_every=2", "warmstart.eval_questions=8",
-    "warmstart.batch_size=4", "warmstart.eval_samples=1",
-    "agent.max_tokens_per_turn=12", "trace.budget=8", "trace.pool_size=6", "trace.group_size=2",
-    "train.iterations=2", "train.eval_every=1", "train.eval_questions=4", "train.eval_samples=2",
-]  # fmt: skip
+    "task.n_people=24",
+    "task.n_orgs=8",
+    "task.n_cities=8",
+    "task.n_countries=3",
+    "task.n_train=40",
+    "task.n_dev=8",
+    "task.n_test=8",
+    "model.vocab_size=600",
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.head_dim=32",
+    "warmstart.max_steps=4",
+    "warmstart.eval_every=2",
+    "warmstart.eval_questions=8",
+    "warmstart.batch_size=4",
+    "warmstart.eval_samples=1",
+    "agent.max_tokens_per_turn=12",
+    "trace.budget=8",
+    "trace.pool_size=6",
+    "trace.group_size=2",
+    "train.iterations=2",
+    "train.eval_every=1",
+    "train.eval_questions=4",
+    "train.eval_samples=2",
+]
 
 
 @pytest.fixture()
@@ -29,14 +47,22 @@ def _args(*extra):
 
 def test_run_builds_the_task_and_model_then_trains_and_logs_metrics(prefect_api, workdir, capsys):
     assert main(["run", *_args("run.name=smoke")]) == 0
-    for path in ["data/synthetic/train.jsonl", "data/synthetic/corpus.jsonl", "data/synthetic/bm25/build.json",
-                 "models/tiny-react/config.json", "models/tiny-react/tokenizer.json"]:  # fmt: skip
+    for path in [
+        "data/synthetic/train.jsonl",
+        "data/synthetic/corpus.jsonl",
+        "data/synthetic/bm25/build.json",
+        "models/tiny-react/config.json",
+        "models/tiny-react/tokenizer.json",
+    ]:
         assert (workdir / path).exists(), path
     rows = [json.loads(line) for line in (workdir / "runs/smoke/metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [-1, 0, 1]
     assert all(r["rollout/leaves"] == 8 for r in rows[1:])
-    assert all(k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
-               for r in rows for k in r)  # fmt: skip
+    assert all(
+        k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
+        for r in rows
+        for k in r
+    )
     for r in rows[1:]:  # siblings and later turns reuse their prefix's cached keys/values
         assert 0 < r["rollout/stage1_prefix_cache_hit_rate"] < 1
     assert "dev EM before -> after" in capsys.readouterr().out
@@ -64,10 +90,12 @@ def test_the_help_of_every_command_needs_neither_torch_nor_prefect():
     import subprocess
     import sys
 
-    probe = ("import sys\nfrom flows.cli import main\n"
-             "for argv in (['--help'], ['run', '--help'], ['bench', '--help']):\n"
-             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-             "print(sorted(m for m in ('torch', 'prefect', 'transformers') if m in sys.modules))")  # fmt: skip
+    probe = (
+        "import sys\nfrom flows.cli import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['bench', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'prefect', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
@@ -91,17 +119,38 @@ def test_a_bad_question_file_is_one_line_before_any_flow_starts(tmp_path, capsys
     good = tmp_path / "dev.jsonl"
     good.write_text('{"id": "1", "question": "Q?", "golden_answers": ["a"]}\n')
     (tmp_path / "corpus.jsonl").write_text('{"id": "1", "contents": "\\"A\\"\\ntext"}\n')
-    code = main(["run", "--set", "task.source=files", "--set", f"task.train_file={train}",
-                 "--set", f"task.dev_file={good}", "--set", f"task.corpus_file={tmp_path / 'corpus.jsonl'}",
-                 "--set", f"run.output_dir={tmp_path / 'runs'}"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            "--set",
+            "task.source=files",
+            "--set",
+            f"task.train_file={train}",
+            "--set",
+            f"task.dev_file={good}",
+            "--set",
+            f"task.corpus_file={tmp_path / 'corpus.jsonl'}",
+            "--set",
+            f"run.output_dir={tmp_path / 'runs'}",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "runs" / "rollouts.db").exists()  # nothing started
 
 
 def test_a_retrieval_server_that_is_down_is_one_line_before_any_flow_starts(workdir, capsys):
-    code = main(["run", "--set", "retriever.name=http", "--set", "retriever.url=http://127.0.0.1:9/retrieve",
-                 "--set", "retriever.timeout_s=2"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            "--set",
+            "retriever.name=http",
+            "--set",
+            "retriever.url=http://127.0.0.1:9/retrieve",
+            "--set",
+            "retriever.timeout_s=2",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "127.0.0.1:9/retrieve did not answer" in err, err
     assert not (workdir / "runs").exists() and not (workdir / "data").exists()
@@ -124,9 +173,11 @@ def test_dvc_plot_files_hold_no_blank_cells(tmp_path):
 
     from flows.cli import _export_metrics
 
-    history = [{"iteration": -1, "eval/em": 0.3, "time/evaluate": 1.0},
-               {"iteration": 0, "rollout/effective_ratio": 0.5, "predictor/root_auc": None},
-               {"iteration": 1, "rollout/effective_ratio": 0.7, "predictor/root_auc": 0.6, "eval/em": 0.4}]  # fmt: skip
+    history = [
+        {"iteration": -1, "eval/em": 0.3, "time/evaluate": 1.0},
+        {"iteration": 0, "rollout/effective_ratio": 0.5, "predictor/root_auc": None},
+        {"iteration": 1, "rollout/effective_ratio": 0.7, "predictor/root_auc": 0.6, "eval/em": 0.4},
+    ]
     _export_metrics(tmp_path, history)
     train = list(csv.DictReader((tmp_path / "train.csv").open()))
     dev = list(csv.DictReader((tmp_path / "dev.csv").open()))

@@ -82,11 +82,22 @@ def _run_done(db: Path, name: str) -> bool:
 def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(workspace, tmp_path):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    settings = write_settings(tmp_path / "settings.toml", workspace, tmp_path / "runs", run={"name": "deployed"},
-                              train={"iterations": 2}, orchestration={"deployment": "test-deploy"})  # fmt: skip
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           SETTINGS_FILE_ENV: str(settings), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1"}  # fmt: skip
+    settings = write_settings(
+        tmp_path / "settings.toml",
+        workspace,
+        tmp_path / "runs",
+        run={"name": "deployed"},
+        train={"iterations": 2},
+        orchestration={"deployment": "test-deploy"},
+    )
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        SETTINGS_FILE_ENV: str(settings),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
     log = (tmp_path / "server.log").open("w")
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -97,13 +108,23 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
         # the store URL given on the command line must reach the runs, but never Prefect's parameters
         db_url = f"store.url=sqlite:///{tmp_path / 'runs' / 'rollouts.db'}"
         # served settings: every run of the deployment trains 1 iteration (the file says 2)
-        serve = subprocess.Popen([str(BIN / "trace-rl"), "serve", "--set", db_url, "--set", "train.iterations=1"],
-                                 env=env, cwd=tmp_path,
-                                 stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        serve = subprocess.Popen(
+            [str(BIN / "trace-rl"), "serve", "--set", db_url, "--set", "train.iterations=1"],
+            env=env,
+            cwd=tmp_path,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def triggered() -> bool:
-            result = subprocess.run([str(BIN / "prefect"), "deployment", "run", "trace-training/test-deploy"],
-                                    env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+            result = subprocess.run(
+                [str(BIN / "prefect"), "deployment", "run", "trace-training/test-deploy"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             return result.returncode == 0
 
         _wait(triggered, 180, "the deployment to be registered", [server, serve])
@@ -111,14 +132,36 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
             lambda: _run_done(tmp_path / "runs" / "rollouts.db", "deployed"), 400, "the deployed run", [server, serve]
         )
         # a run's own parameters merge over the served settings: the served iteration count holds
-        started = subprocess.run([str(BIN / "prefect"), "deployment", "run", "trace-training/test-deploy",
-                                  "--param", "run_name=deployed-uniform", "--param", "allocator=uniform"],
-                                 env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        started = subprocess.run(
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "trace-training/test-deploy",
+                "--param",
+                "run_name=deployed-uniform",
+                "--param",
+                "allocator=uniform",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert started.returncode == 0, started.stdout + started.stderr
-        _wait(lambda: _run_done(tmp_path / "runs" / "rollouts.db", "deployed-uniform"), 400, "the second run",
-              [server, serve])  # fmt: skip
-        shown = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "trace-training/test-deploy"],
-                               env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        _wait(
+            lambda: _run_done(tmp_path / "runs" / "rollouts.db", "deployed-uniform"),
+            400,
+            "the second run",
+            [server, serve],
+        )
+        shown = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "inspect", "trace-training/test-deploy"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert shown.returncode == 0 and "parameters" in shown.stdout
         assert "store.url" not in shown.stdout and "rollouts.db" not in shown.stdout
     finally:
@@ -127,8 +170,12 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
         _stop(server)
     engine = create_engine(f"sqlite:///{tmp_path / 'runs' / 'rollouts.db'}")
     with engine.connect() as conn:
-        trees = conn.execute(text("SELECT COUNT(*) FROM trees t JOIN runs r ON t.run_id = r.id "
-                                  "WHERE r.name = 'deployed' AND t.iteration = 0")).scalar_one()  # fmt: skip
+        trees = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM trees t JOIN runs r ON t.run_id = r.id "
+                "WHERE r.name = 'deployed' AND t.iteration = 0"
+            )
+        ).scalar_one()
         second = conn.execute(text("SELECT settings FROM runs WHERE name = 'deployed-uniform'")).scalar_one()
     assert trees > 0
     second = json.loads(second) if isinstance(second, str) else second

@@ -20,8 +20,13 @@ METRICS = ["metrics/warmstart.json", "metrics/train.json", "metrics/train.csv", 
 
 
 def _copy_repo(target: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in listed:
         source = ROOT / name
         if source.is_file() and not name.startswith(("metrics/", "dvc.lock")):
@@ -31,8 +36,7 @@ def _copy_repo(target: Path) -> None:
 
 
 def _repro(repo: Path, env: dict[str, str]) -> list[str]:
-    result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=900)  # fmt: skip
+    result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return re.findall(r"Running stage '([\w-]+)'", result.stdout)
 
@@ -45,11 +49,18 @@ def test_dvc_repro_is_complete_incremental_and_reproducible(prefect_api, tmp_pat
     # the tiny setup, with data and model inside the repository where dvc.yaml expects them
     inside = {"task": {"data_dir": "data/synthetic"}, "model": {"models_dir": "models"}}
     write_settings(repo / "settings.toml", repo, repo / "runs", **inside)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_API_URL": prefect_api,
-           "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_API_URL": prefect_api,
+        "DVC_NO_ANALYTICS": "1",
+    }
     env.pop("TRACE_SETTINGS_FILE", None)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):  # fmt: skip
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"],
+    ):
         subprocess.run(command, cwd=repo, check=True, env=env)
 
     assert _repro(repo, env) == ["prepare", "warmstart", "train", "evaluate", "report"]

@@ -144,10 +144,16 @@ def test_a_variant_of_every_kind_registered_by_name_carries_a_training_run(
     from flows.training import trace_training
 
     settings = write_settings(
-        tmp_path / "s.toml", workspace, tmp_path / "runs", run={"name": "plugins"},
-        trace={"allocator": "pairs", "advantage": "sign"}, predictor={"name": "running_mean"},
-        backend={"name": "counting"}, retriever={"name": "titles"}, train={"iterations": 1},
-    )  # fmt: skip
+        tmp_path / "s.toml",
+        workspace,
+        tmp_path / "runs",
+        run={"name": "plugins"},
+        trace={"allocator": "pairs", "advantage": "sign"},
+        predictor={"name": "running_mean"},
+        backend={"name": "counting"},
+        retriever={"name": "titles"},
+        train={"iterations": 1},
+    )
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
     history = trace_training([])
     assert [h["iteration"] for h in history] == [-1, 0]

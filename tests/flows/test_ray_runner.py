@@ -64,8 +64,26 @@ def _trees(db: Path, run: str, iteration: int) -> list[list[tuple]]:
     store = RolloutStore(f"sqlite:///{db}")
     trees = store.load_trees(store.run_id(run), iteration)
     store.close()
-    return [[(n.node_id, n.parent_id, n.depth, n.model_ids, n.observation_ids, n.action, n.argument, n.reward,
-              n.terminal, n.origin, n.target, n.model_logprobs) for n in t] for t in trees]  # fmt: skip
+    return [
+        [
+            (
+                n.node_id,
+                n.parent_id,
+                n.depth,
+                n.model_ids,
+                n.observation_ids,
+                n.action,
+                n.argument,
+                n.reward,
+                n.terminal,
+                n.origin,
+                n.target,
+                n.model_logprobs,
+            )
+            for n in t
+        ]
+        for t in trees
+    ]
 
 
 def _grow_shard_runs() -> list:
@@ -81,8 +99,13 @@ def test_rollout_shards_on_ray_grow_the_trees_the_local_runner_grows(
 ):
     from flows.training import trace_training
 
-    settings = write_settings(tmp_path / "s.toml", workspace, tmp_path / "runs", train={"iterations": 1},
-                              orchestration={"retries": 1, "rollout_shards": 2})  # fmt: skip
+    settings = write_settings(
+        tmp_path / "s.toml",
+        workspace,
+        tmp_path / "runs",
+        train={"iterations": 1},
+        orchestration={"retries": 1, "rollout_shards": 2},
+    )
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
     start = time.perf_counter()
     trace_training(["run.name=local", "orchestration.task_runner=local"])

@@ -18,8 +18,13 @@ def test_editing_a_middle_document_of_a_corpus_file_rebuilds_the_index(tmp_path)
     docs = [{"id": str(i), "contents": f"Title {i}\nfiller text number {i}"} for i in range(5)]
     corpus = tmp_path / "my_corpus.jsonl"  # not named corpus.*: the old fingerprint never looked at it
     _write(corpus, docs)
-    overrides = ["task.source=files", f"task.data_dir={tmp_path / 'data'}", f"task.train_file={tmp_path / 'q.jsonl'}",
-                 f"task.dev_file={tmp_path / 'q.jsonl'}", f"task.corpus_file={corpus}"]  # fmt: skip
+    overrides = [
+        "task.source=files",
+        f"task.data_dir={tmp_path / 'data'}",
+        f"task.train_file={tmp_path / 'q.jsonl'}",
+        f"task.dev_file={tmp_path / 'q.jsonl'}",
+        f"task.corpus_file={corpus}",
+    ]
     s = load_settings(overrides)
     first = make_retriever(s, prepare_task(s, lambda _: None))
     assert first.search(["zanzibarite"], 1)[0] == []

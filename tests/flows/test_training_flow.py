@@ -35,8 +35,13 @@ def _snapshot(db: Path, run: str) -> dict:
     run_id = store.run_id(run)
     trees = {}
     for it in range(-1, 3):
-        trees[it] = [[(n.node_id, n.parent_id, n.model_ids, n.observation_ids, n.reward, n.target, n.predicted,
-                       n.origin) for n in t] for t in store.load_trees(run_id, it)]  # fmt: skip
+        trees[it] = [
+            [
+                (n.node_id, n.parent_id, n.model_ids, n.observation_ids, n.reward, n.target, n.predicted, n.origin)
+                for n in t
+            ]
+            for t in store.load_trees(run_id, it)
+        ]
     engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
         counts = {
@@ -44,9 +49,12 @@ def _snapshot(db: Path, run: str) -> dict:
             for table in ("trees", "allocations", "stages", "predictor_fits", "policy_updates", "iterations")
         }
         allocations = conn.execute(
-            text("SELECT iteration, stage, pool_index, node_index, count FROM allocations WHERE run_id = :r "
-                 "ORDER BY iteration, stage, pool_index, node_index"), {"r": run_id}
-        ).all()  # fmt: skip
+            text(
+                "SELECT iteration, stage, pool_index, node_index, count FROM allocations WHERE run_id = :r "
+                "ORDER BY iteration, stage, pool_index, node_index"
+            ),
+            {"r": run_id},
+        ).all()
     _, record = store.checkpoints(run_id, "policy")[-1]
     weights = torch.load(record.location, weights_only=False)["weights"]
     _, record = store.checkpoints(run_id, "predictor")[-1]
@@ -72,8 +80,11 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
     history = _run_flow(monkeypatch, settings)
     assert [h["iteration"] for h in history] == [-1, 0, 1]
     assert all("eval/em" in h for h in history)
-    assert all(k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
-               for h in history for k in h)  # fmt: skip
+    assert all(
+        k.split("/")[0] in {"iteration", "rollout", "alloc", "predictor", "policy", "eval", "time"}
+        for h in history
+        for k in h
+    )
     store = RolloutStore(f"sqlite:///{tmp_path / 'runs/rollouts.db'}")
     run = store.run_id("short")
     for it in (0, 1):
@@ -83,8 +94,9 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
         metrics = store.stage_metrics(run, it)
         assert {f"predictor/{kind}_{m}" for kind in ("root", "anchor") for m in ("auc", "brier", "ece")} <= set(metrics)
         # what Stage 1 bought: the bare groups that came out mixed, counted from the stored trees
-        mixed = sum(len({leaf.reward for leaf in t.leaves() if leaf.origin == "stage1"}) == 2
-                    for t in store.load_trees(run, it))  # fmt: skip
+        mixed = sum(
+            len({leaf.reward for leaf in t.leaves() if leaf.origin == "stage1"}) == 2 for t in store.load_trees(run, it)
+        )
         assert metrics["rollout/stage1_mixed_groups"] == mixed <= metrics["alloc/stage1_prompts"]
     iteration, record = store.checkpoints(run, "policy")[-1]
     trained = torch.load(record.location, weights_only=False)["weights"]
@@ -112,8 +124,14 @@ def test_one_injected_failure_per_stage_kind_leaves_the_store_and_weights_of_a_c
     clean = write_settings(tmp_path / "clean.toml", workspace, runs, run={"name": "clean"}, predictor=mixing)
     _run_flow(monkeypatch, clean)
     faults = [f"{stage}@{i % 2}" for i, stage in enumerate(STAGES)]
-    faulty = write_settings(tmp_path / "faulty.toml", workspace, runs, run={"name": "faulty"}, predictor=mixing,
-                            orchestration={"retries": 1, "fail_once": faults})  # fmt: skip
+    faulty = write_settings(
+        tmp_path / "faulty.toml",
+        workspace,
+        runs,
+        run={"name": "faulty"},
+        predictor=mixing,
+        orchestration={"retries": 1, "fail_once": faults},
+    )
     _run_flow(monkeypatch, faulty)
     clean_run, faulty_run = _snapshot(runs / "rollouts.db", "clean"), _snapshot(runs / "rollouts.db", "faulty")
     assert clean_run["groups"] and len(clean_run["groups"]) == 2
@@ -128,9 +146,14 @@ def test_measuring_headroom_trains_exactly_what_a_run_without_it_trains_and_stor
     runs = tmp_path / "runs"
     plain = write_settings(tmp_path / "plain.toml", workspace, runs, run={"name": "plain"})
     _run_flow(monkeypatch, plain)
-    measured = write_settings(tmp_path / "measured.toml", workspace, runs, run={"name": "measured"},
-                              headroom={"every": 1, "samples": 16},
-                              orchestration={"retries": 1, "fail_once": ["measure_headroom@1"]})  # fmt: skip
+    measured = write_settings(
+        tmp_path / "measured.toml",
+        workspace,
+        runs,
+        run={"name": "measured"},
+        headroom={"every": 1, "samples": 16},
+        orchestration={"retries": 1, "fail_once": ["measure_headroom@1"]},
+    )
     history = _run_flow(monkeypatch, measured)
     a, b = _snapshot(runs / "rollouts.db", "plain"), _snapshot(runs / "rollouts.db", "measured")
     assert b["counts"]["stages"] == a["counts"]["stages"] + 2  # one measure_headroom per iteration, nothing else
@@ -146,16 +169,30 @@ def test_measuring_headroom_trains_exactly_what_a_run_without_it_trains_and_stor
     assert store.headroom(store.run_id("plain")) == {}
     store.close()
     for row in history[1:]:
-        assert {"headroom/oracle_mixed", "headroom/uniform_mixed", "headroom/allocator_mixed",
-                "headroom/pool_auc"} <= set(row)  # fmt: skip
+        assert {
+            "headroom/oracle_mixed",
+            "headroom/uniform_mixed",
+            "headroom/allocator_mixed",
+            "headroom/pool_auc",
+        } <= set(row)
         assert row["headroom/oracle_mixed"] >= 0 and row["headroom/budget"] == row["alloc/stage1_leaves"]
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(measured))
     capsys.readouterr()
     assert main(["headroom"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["iteration", "stage1_leaves", "oracle_mixed", "allocator_mixed", "rule_mixed",
-                                "uniform_mixed", "share_of_gain", "oracle_nonzero", "allocator_nonzero",
-                                "uniform_nonzero", "pool_success"]  # fmt: skip
+    assert lines[0].split() == [
+        "iteration",
+        "stage1_leaves",
+        "oracle_mixed",
+        "allocator_mixed",
+        "rule_mixed",
+        "uniform_mixed",
+        "share_of_gain",
+        "oracle_nonzero",
+        "allocator_nonzero",
+        "uniform_nonzero",
+        "pool_success",
+    ]
     assert [line.split()[0] for line in lines[2:]] == ["0", "1"]
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(plain))
     assert main(["headroom"]) == 1
@@ -171,10 +208,12 @@ def _wait_for_stage(db: Path, run: str, iteration: int, stage: str, proc: subpro
                 engine = create_engine(f"sqlite:///{db}")
                 with engine.connect() as conn:
                     found = conn.execute(
-                        text("SELECT COUNT(*) FROM stages s JOIN runs r ON s.run_id = r.id "
-                             "WHERE r.name = :n AND s.iteration = :i AND s.stage = :s"),
+                        text(
+                            "SELECT COUNT(*) FROM stages s JOIN runs r ON s.run_id = r.id "
+                            "WHERE r.name = :n AND s.iteration = :i AND s.stage = :s"
+                        ),
                         {"n": run, "i": iteration, "s": stage},
-                    ).scalar_one()  # fmt: skip
+                    ).scalar_one()
                 engine.dispose()
                 if found:
                     return
@@ -193,8 +232,9 @@ def test_a_run_killed_mid_iteration_resumes_and_ends_with_the_rows_of_an_uninter
     killed = write_settings(tmp_path / "killed.toml", workspace, runs, run={"name": "killed"})
     env = {**os.environ, SETTINGS_FILE_ENV: str(killed), "PREFECT_API_URL": prefect_api}
     command = [sys.executable, "-m", "flows.cli", "run"]
-    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         _wait_for_stage(runs / "rollouts.db", "killed", 1, "roll_out_roots", proc, timeout=300)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -220,8 +260,9 @@ def test_a_run_restarted_with_other_settings_is_refused(prefect_api, workspace, 
     again = _run_flow(monkeypatch, settings)
     assert [h["iteration"] for h in again] == [-1, 0] and again[1]["rollout/leaves"] == first[1]["rollout/leaves"]
     assert _snapshot(db, "r")["counts"] == stages
-    changed = write_settings(tmp_path / "s2.toml", workspace, runs, run={"name": "r"}, train={"iterations": 1},
-                             policy={"learning_rate": 0.5})  # fmt: skip
+    changed = write_settings(
+        tmp_path / "s2.toml", workspace, runs, run={"name": "r"}, train={"iterations": 1}, policy={"learning_rate": 0.5}
+    )
     with pytest.raises(Exception, match="already exists with other settings") as err:
         _run_flow(monkeypatch, changed)
     assert "policy.learning_rate: 0.0003 there, 0.5 now" in str(err.value)
@@ -232,14 +273,23 @@ def test_a_stage_that_keeps_failing_stops_the_run_without_a_trace_and_a_rerun_co
     prefect_api, workspace, tmp_path, monkeypatch
 ):
     runs = tmp_path / "runs"
-    failing = write_settings(tmp_path / "f.toml", workspace, runs, run={"name": "r"},
-                             orchestration={"retries": 0, "fail_once": ["back_up@0"]})  # fmt: skip
+    failing = write_settings(
+        tmp_path / "f.toml",
+        workspace,
+        runs,
+        run={"name": "r"},
+        orchestration={"retries": 0, "fail_once": ["back_up@0"]},
+    )
     with pytest.raises(Exception, match="injected failure of back_up@0"):
         _run_flow(monkeypatch, failing)
     store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
     run = store.run_id("r")
-    assert store.completed_stages(run, 0) == {"allocate_roots", "roll_out_roots", "allocate_prefixes",
-                                              "roll_out_prefixes"}  # fmt: skip
+    assert store.completed_stages(run, 0) == {
+        "allocate_roots",
+        "roll_out_roots",
+        "allocate_prefixes",
+        "roll_out_prefixes",
+    }
     assert all(n.target is None for t in store.load_trees(run, 0) for n in t)  # back_up wrote nothing
     assert _status(store, "r") == ("failed", None)  # recorded truthfully, and the lease is free
     store.close()
@@ -276,8 +326,10 @@ def test_a_second_process_on_a_running_run_is_refused_in_one_line_and_writes_not
     try:
         owner = f"{socket.gethostname()}:{holder.pid}:0123abcd"
         with store.engine.begin() as conn:
-            conn.execute(text("UPDATE runs SET lease_owner = :o, lease_expires_at = :e WHERE id = :r"),
-                         {"o": owner, "e": datetime.now(UTC) + timedelta(minutes=5), "r": run})  # fmt: skip
+            conn.execute(
+                text("UPDATE runs SET lease_owner = :o, lease_expires_at = :e WHERE id = :r"),
+                {"o": owner, "e": datetime.now(UTC) + timedelta(minutes=5), "r": run},
+            )
         assert main(["run"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and owner in err and "busy" in err
@@ -311,11 +363,23 @@ def test_a_run_started_from_another_starts_from_its_policy_and_a_predictor_taugh
     prefect_api, workspace, tmp_path, monkeypatch
 ):
     runs = tmp_path / "runs"
-    first = write_settings(tmp_path / "a.toml", workspace, runs, run={"name": "pre"}, train={"iterations": 1},
-                           trace={"allocator": "uniform"})  # fmt: skip
+    first = write_settings(
+        tmp_path / "a.toml",
+        workspace,
+        runs,
+        run={"name": "pre"},
+        train={"iterations": 1},
+        trace={"allocator": "uniform"},
+    )
     _run_flow(monkeypatch, first)
-    second = write_settings(tmp_path / "b.toml", workspace, runs, run={"name": "late", "init_from": "pre"},
-                            train={"iterations": 1}, predictor={"name": "online"})  # fmt: skip
+    second = write_settings(
+        tmp_path / "b.toml",
+        workspace,
+        runs,
+        run={"name": "late", "init_from": "pre"},
+        train={"iterations": 1},
+        predictor={"name": "online"},
+    )
     _run_flow(monkeypatch, second)
     store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
     pre, late = store.run_id("pre"), store.run_id("late")
@@ -328,7 +392,13 @@ def test_a_run_started_from_another_starts_from_its_policy_and_a_predictor_taugh
     roots = [t.root.predicted for t in store.load_trees(late, 0)]
     assert len(set(roots)) > 1
     store.close()
-    other = write_settings(tmp_path / "c.toml", workspace, runs, run={"name": "late2", "init_from": "pre"},
-                           train={"iterations": 1}, agent={"max_turns": 3})  # fmt: skip
+    other = write_settings(
+        tmp_path / "c.toml",
+        workspace,
+        runs,
+        run={"name": "late2", "init_from": "pre"},
+        train={"iterations": 1},
+        agent={"max_turns": 3},
+    )
     with pytest.raises(SettingsError, match="agent.max_turns is 4 there, 3 here"):
         _run_flow(monkeypatch, other)

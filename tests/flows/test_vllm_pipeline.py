@@ -47,8 +47,13 @@ def test_the_runtime_generates_on_vllm_and_follows_the_lora_policy(workspace, mo
     from trace_core.method.loss import PolicyConfig, wrap_policy
     from trace_core.method.rollout import rollout_batch
 
-    settings_file = write_settings(tmp_path / "settings.toml", workspace, tmp_path / "runs",
-                                   backend={"name": "vllm", "kv_cache_mb": 48}, policy={"weights": "lora"})  # fmt: skip
+    settings_file = write_settings(
+        tmp_path / "settings.toml",
+        workspace,
+        tmp_path / "runs",
+        backend={"name": "vllm", "kv_cache_mb": 48},
+        policy={"weights": "lora"},
+    )
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings_file))
     s = load_settings()
     rt = load_runtime(s, lambda _: None)

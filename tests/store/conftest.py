@@ -54,11 +54,21 @@ def store(db_url):
 
 def _turn(parent, model_ids, obs, terminal=False, reward=None, action="search", origin="stage1"):
     return RolloutNode(
-        node_id=-1, parent_id=parent, depth=-1, model_ids=tuple(model_ids),
-        model_logprobs=tuple(-0.5 for _ in model_ids), observation_ids=tuple(obs), text=f"turn {model_ids}",
-        observation="obs" if obs else "", action=action, argument="Varno" if terminal else "Oskar Lind",
-        finish_reason="stop", terminal=terminal, reward=reward, origin=origin,
-    )  # fmt: skip
+        node_id=-1,
+        parent_id=parent,
+        depth=-1,
+        model_ids=tuple(model_ids),
+        model_logprobs=tuple(-0.5 for _ in model_ids),
+        observation_ids=tuple(obs),
+        text=f"turn {model_ids}",
+        observation="obs" if obs else "",
+        action=action,
+        argument="Varno" if terminal else "Oskar Lind",
+        finish_reason="stop",
+        terminal=terminal,
+        reward=reward,
+        origin=origin,
+    )
 
 
 def make_tree(question_id: str, rewards: list[float], predicted: float = 0.4) -> RolloutTree:
@@ -71,8 +81,17 @@ def make_tree(question_id: str, rewards: list[float], predicted: float = 0.4) ->
     tree.set(replace(tree.root, predicted=predicted))
     first = tree.add(_turn(0, [10, 11, 12], [20, 21]))
     for i, r in enumerate(rewards):
-        tree.add(_turn(first.node_id, [30 + i, 31], [], terminal=True, reward=r, action="answer",
-                       origin="stage2" if i else "stage1"))  # fmt: skip
+        tree.add(
+            _turn(
+                first.node_id,
+                [30 + i, 31],
+                [],
+                terminal=True,
+                reward=r,
+                action="answer",
+                origin="stage2" if i else "stage1",
+            )
+        )
     tree.add(_turn(0, [40], [], terminal=True, reward=0.0, action="answer"))
     backup(tree)
     return tree

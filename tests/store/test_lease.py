@@ -23,8 +23,11 @@ def _run_row(store, run_id):
 
 def _set_lease(store, run_id, owner, seconds_from_now):
     with store.engine.begin() as conn:
-        conn.execute(update(Run).where(Run.id == run_id).values(
-            lease_owner=owner, lease_expires_at=utcnow() + timedelta(seconds=seconds_from_now)))  # fmt: skip
+        conn.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(lease_owner=owner, lease_expires_at=utcnow() + timedelta(seconds=seconds_from_now))
+        )
 
 
 def test_a_second_writer_is_refused_with_one_line_naming_the_holder(db_url):

@@ -62,8 +62,9 @@ def test_tables_export_to_csv(fixture_run, tmp_path):
 def test_users_sql_reads_and_the_views_serve_any_client(fixture_run):
     table = run_sql(fixture_run.url, "SELECT question_id, reward FROM leaf_paths ORDER BY leaf_id")
     assert [r[0] for r in table.rows].count("q1") == 3
-    anchors = run_sql(fixture_run.url, "SELECT successes, leaf_count, mixed FROM anchor_outcomes WHERE depth = 1 "
-                                       "ORDER BY node_id")  # fmt: skip
+    anchors = run_sql(
+        fixture_run.url, "SELECT successes, leaf_count, mixed FROM anchor_outcomes WHERE depth = 1 ORDER BY node_id"
+    )
     assert [tuple(r) for r in anchors.rows] == [(1, 2, 1), (0, 2, 0), (2, 2, 0)]
     ratios = run_sql(fixture_run.url, "SELECT effective_ratio, mean_reward FROM effective_ratio")
     assert ratios.rows and all(type(v) is float for row in ratios.rows for v in row)  # not Decimal on PostgreSQL
@@ -75,18 +76,28 @@ def test_the_headroom_pool_view_shows_each_measured_prompt_with_its_success_rate
 
     run = store.open_run("hr", {}, "h", "c")
     with store.stage(run, 3) as w:
-        w.headroom([make_tree("q1", [1.0]).record, make_tree("q2", [1.0]).record],
-                   [PoolSample(3, 5, 8, 0.25, 4), PoolSample(0, 0, 8, 0.5, 0)])  # fmt: skip
-    table = run_sql(store.url, "SELECT run, iteration, question_id, successes, success_rate, predicted, allocated "
-                               "FROM headroom_pool ORDER BY pool_index")  # fmt: skip
+        w.headroom(
+            [make_tree("q1", [1.0]).record, make_tree("q2", [1.0]).record],
+            [PoolSample(3, 5, 8, 0.25, 4), PoolSample(0, 0, 8, 0.5, 0)],
+        )
+    table = run_sql(
+        store.url,
+        "SELECT run, iteration, question_id, successes, success_rate, predicted, allocated "
+        "FROM headroom_pool ORDER BY pool_index",
+    )
     assert [tuple(r) for r in table.rows] == [("hr", 3, "q1", 8, 0.5, 0.25, 4), ("hr", 3, "q2", 0, 0.0, 0.5, 0)]
 
 
 @pytest.mark.parametrize(
     "statement",
-    ["DELETE FROM nodes", "UPDATE runs SET status = 'x'", "INSERT INTO runs (name) VALUES ('y')",
-     "CREATE TABLE evil (x INTEGER)", "DROP VIEW leaf_paths"],
-)  # fmt: skip
+    [
+        "DELETE FROM nodes",
+        "UPDATE runs SET status = 'x'",
+        "INSERT INTO runs (name) VALUES ('y')",
+        "CREATE TABLE evil (x INTEGER)",
+        "DROP VIEW leaf_paths",
+    ],
+)
 def test_a_writing_statement_through_sql_is_refused_and_changes_nothing(fixture_run, statement):
     with pytest.raises(ReadOnlyError, match="read-only"):
         run_sql(fixture_run.url, statement)

@@ -66,8 +66,9 @@ def test_every_hostile_statement_is_refused_in_one_line_and_changes_nothing(stor
         assert code == 1, statement
         assert len(err.splitlines()) == 1 and "read-only" in err, (statement, err)
     assert _state(store) == before
-    made = sorted(p.name for p in tmp_path.iterdir() if p.name not in {"rollouts.db", "rollouts.db-wal",
-                                                                         "rollouts.db-shm"})  # fmt: skip
+    made = sorted(
+        p.name for p in tmp_path.iterdir() if p.name not in {"rollouts.db", "rollouts.db-wal", "rollouts.db-shm"}
+    )
     assert made == []
 
 
@@ -105,8 +106,11 @@ def test_sqlite_connection_refuses_attach_and_creates_no_file(tmp_path):
 
 def test_a_query_with_percent_signs_and_joins_runs(store):
     _seed(store)
-    table = run_sql(store.url, "SELECT r.name, COUNT(*) AS trees FROM runs r JOIN trees t ON t.run_id = r.id "
-                               "WHERE r.name LIKE 'f%' GROUP BY r.name")  # fmt: skip
+    table = run_sql(
+        store.url,
+        "SELECT r.name, COUNT(*) AS trees FROM runs r JOIN trees t ON t.run_id = r.id "
+        "WHERE r.name LIKE 'f%' GROUP BY r.name",
+    )
     assert table.columns == ("name", "trees") and table.rows == (("fx", 2),)
 
 
@@ -139,9 +143,13 @@ def test_ctrl_c_interrupts_a_runaway_sqlite_query(tmp_path):
 
 @pytest.mark.parametrize(
     "statement",
-    ["SELECT 1", "SELECT * FROM runs UNION SELECT * FROM runs", "WITH a AS (SELECT 1 AS x) SELECT x FROM a",
-     "SELECT name FROM runs WHERE status = 'done' ORDER BY name LIMIT 3"],
-)  # fmt: skip
+    [
+        "SELECT 1",
+        "SELECT * FROM runs UNION SELECT * FROM runs",
+        "WITH a AS (SELECT 1 AS x) SELECT x FROM a",
+        "SELECT name FROM runs WHERE status = 'done' ORDER BY name LIMIT 3",
+    ],
+)
 def test_single_queries_pass_the_parser(statement):
     check_single_query(statement, "sqlite")
     check_single_query(statement, "postgres")

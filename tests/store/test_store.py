@@ -29,10 +29,31 @@ def test_trees_round_trip_as_trace_core_trees(store):
     for a, b in zip(trees, loaded):
         assert b.record == a.record
         for x, y in zip(a.nodes, b.nodes):
-            assert (y.node_id, y.parent_id, y.depth, y.model_ids, y.observation_ids, y.reward, y.target,
-                    y.leaf_count, y.predicted, y.origin, y.terminal) == (
-                    x.node_id, x.parent_id, x.depth, x.model_ids, x.observation_ids, x.reward, x.target,
-                    x.leaf_count, x.predicted, x.origin, x.terminal)  # fmt: skip
+            assert (
+                y.node_id,
+                y.parent_id,
+                y.depth,
+                y.model_ids,
+                y.observation_ids,
+                y.reward,
+                y.target,
+                y.leaf_count,
+                y.predicted,
+                y.origin,
+                y.terminal,
+            ) == (
+                x.node_id,
+                x.parent_id,
+                x.depth,
+                x.model_ids,
+                x.observation_ids,
+                x.reward,
+                x.target,
+                x.leaf_count,
+                x.predicted,
+                x.origin,
+                x.terminal,
+            )
             assert y.model_logprobs == pytest.approx(x.model_logprobs)
     assert store.completed_stages(run, 0) == {"roll_out_roots"}
 

@@ -55,9 +55,11 @@ def test_text_after_the_answer_ends_the_episode_with_reward_zero(env, small_task
 def test_a_correct_answer_earns_reward_one_and_a_wrong_one_zero(env, small_task):
     record = small_task.splits["train"][0]
     right, wrong = env.step(
-        [record, record], [f"<answer> {record.golden_answers[0]} </answer>", "<answer> nobody </answer>"],
-        [2, 2], ["stop", "stop"],
-    )  # fmt: skip
+        [record, record],
+        [f"<answer> {record.golden_answers[0]} </answer>", "<answer> nobody </answer>"],
+        [2, 2],
+        ["stop", "stop"],
+    )
     assert (right.terminal, right.reward) == (True, 1.0)
     assert (wrong.terminal, wrong.reward) == (True, 0.0)
 

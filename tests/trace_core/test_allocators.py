@@ -27,9 +27,14 @@ def _stage2(n_trees, rng, anchors_per_tree=2, unused=8):
 @pytest.mark.parametrize("seed", range(6))
 def test_every_allocator_spends_exactly_the_budget_never_more(name, seed):
     rng = np.random.default_rng(seed)
-    config = AllocatorConfig(budget=int(rng.integers(8, 80)), stage1_share=float(rng.choice([0.25, 0.5, 0.75])),
-                             group_size=int(rng.integers(2, 5)), max_per_prompt=8, max_per_anchor=3,
-                             explore_share=float(rng.choice([0.0, 0.25])))  # fmt: skip
+    config = AllocatorConfig(
+        budget=int(rng.integers(8, 80)),
+        stage1_share=float(rng.choice([0.25, 0.5, 0.75])),
+        group_size=int(rng.integers(2, 5)),
+        max_per_prompt=8,
+        max_per_anchor=3,
+        explore_share=float(rng.choice([0.0, 0.25])),
+    )
     allocator = make_allocator(name)
     pool = rng.random(64).tolist()
     plan1 = allocator.roots(pool, config, rng)

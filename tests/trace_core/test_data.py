@@ -47,10 +47,14 @@ def test_a_bad_corpus_row_names_the_file_and_line(tmp_path):
 
 
 def test_parquet_files_in_the_search_r1_format_are_read(tmp_path):
-    table = pa.table({
-        "id": ["q1", "q2"], "question": ["Who?", "Where?"],
-        "golden_answers": [["Ann", "Anne"], ["Rome"]], "data_source": ["bamboogle", "bamboogle"],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "id": ["q1", "q2"],
+            "question": ["Who?", "Where?"],
+            "golden_answers": [["Ann", "Anne"], ["Rome"]],
+            "data_source": ["bamboogle", "bamboogle"],
+        }
+    )
     pq.write_table(table, tmp_path / "test.parquet")
     records = load_questions(tmp_path / "test.parquet")
     assert [r.golden_answers for r in records] == [("Ann", "Anne"), ("Rome",)]

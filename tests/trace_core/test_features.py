@@ -19,8 +19,9 @@ def test_the_text_encoder_gives_unit_vectors_and_similar_texts_are_closer(encode
 
 
 def _turn(parent, action, argument, observation, text="t"):
-    return RolloutNode(-1, parent, -1, (1,), (0.0,), (2,), text, observation, action, argument, "stop", False, None,
-                       "stage1")  # fmt: skip
+    return RolloutNode(
+        -1, parent, -1, (1,), (0.0,), (2,), text, observation, action, argument, "stop", False, None, "stage1"
+    )
 
 
 def test_structural_features_read_depth_searches_and_whether_the_search_hit(env, small_task):

@@ -63,8 +63,7 @@ def test_cross_fitting_needs_halves_as_large_as_the_cap():
 
 
 def _pool(rates: list[float], half: int, predicted: list[float], allocated: list[int]) -> list[PoolSample]:
-    return [PoolSample(round(r * half), round(r * half), half, v, m)
-            for r, v, m in zip(rates, predicted, allocated)]  # fmt: skip
+    return [PoolSample(round(r * half), round(r * half), half, v, m) for r, v, m in zip(rates, predicted, allocated)]
 
 
 def test_on_a_pool_of_sure_and_coin_flip_prompts_the_oracle_beats_uniform_and_a_perfect_predictor_gets_all_of_it():
@@ -125,8 +124,11 @@ def test_the_cross_fitted_oracle_gets_most_of_the_true_oracles_gain_on_a_known_p
         v = rng.beta(1.0, 1.0, size=64)
         first, second = rng.binomial(8, v).tolist(), rng.binomial(8, v).tolist()
         _, plan = cross_fitted_oracle(first, second, 8, 32, 8)
-        for name, counts in (("oracle", plan), ("true", allocate_roots(v.tolist(), 32, 8)),
-                             ("uniform", uniform_counts(64, 32, 4))):  # fmt: skip
+        for name, counts in (
+            ("oracle", plan),
+            ("true", allocate_roots(v.tolist(), 32, 8)),
+            ("uniform", uniform_counts(64, 32, 4)),
+        ):
             got[name] += sum(root_value(float(x), m) for x, m in zip(v, counts))
     assert got["oracle"] > 0.85 * got["true"] and got["oracle"] > 1.4 * got["uniform"]
 
@@ -135,9 +137,22 @@ def _turn(parent: int, terminal: bool = False, reward: float | None = None):
     from trace_core.method.tree import RolloutNode
 
     action = "answer" if terminal else "search"
-    return RolloutNode(node_id=-1, parent_id=parent, depth=-1, model_ids=(1,), model_logprobs=(-0.1,),
-                       observation_ids=(), text="t", observation="", action=action, argument="x",
-                       finish_reason="stop", terminal=terminal, reward=reward, origin="stage1")  # fmt: skip
+    return RolloutNode(
+        node_id=-1,
+        parent_id=parent,
+        depth=-1,
+        model_ids=(1,),
+        model_logprobs=(-0.1,),
+        observation_ids=(),
+        text="t",
+        observation="",
+        action=action,
+        argument="x",
+        finish_reason="stop",
+        terminal=terminal,
+        reward=reward,
+        origin="stage1",
+    )
 
 
 def test_rollout_rewards_come_in_sampling_order_not_in_the_order_rollouts_ended():

@@ -29,9 +29,11 @@ def test_logprobs_of_padded_cached_batches_equal_a_plain_forward_pass(model, tok
     prompts = [env.prompt_ids(r) for r in small_task.splits["train"][:3]]
     first = backend.generate([GenerationRequest(p, 2) for p in prompts], SamplingParams(1.0, 1.0, 6))
     # second round: prefixes of different lengths, partly cached, plus one uncached prompt
-    follow = [GenerationRequest(prompts[0] + first[0][0].token_ids + (5, 6, 7), 3),
-              GenerationRequest(prompts[1] + first[1][1].token_ids, 1),
-              GenerationRequest(prompts[2], 2)]  # fmt: skip
+    follow = [
+        GenerationRequest(prompts[0] + first[0][0].token_ids + (5, 6, 7), 3),
+        GenerationRequest(prompts[1] + first[1][1].token_ids, 1),
+        GenerationRequest(prompts[2], 2),
+    ]
     second = backend.generate(follow, SamplingParams(1.0, 1.0, 6))
     assert backend.stats.reused_tokens > 0
     for req, completions in zip(follow, second):
@@ -81,8 +83,10 @@ def test_a_turn_stops_at_the_first_stop_string_and_keeps_it(model, tokenizer, en
 
 def test_the_same_seed_samples_the_same_continuations(model, tokenizer, env, small_task):
     prefix = env.prompt_ids(small_task.splits["train"][0])
-    runs = [TransformersBackend(model, tokenizer, seed=7).generate([GenerationRequest(prefix, 3)], SamplingParams())
-            for _ in range(2)]  # fmt: skip
+    runs = [
+        TransformersBackend(model, tokenizer, seed=7).generate([GenerationRequest(prefix, 3)], SamplingParams())
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
 
 

@@ -38,8 +38,9 @@ def test_kl_penalty_is_zero_when_the_policy_equals_the_reference_and_positive_ot
 def batch(model, tokenizer, env, small_task):
     """Real rollouts of the tiny policy, with rewards assigned by a fixed rule so groups are mixed."""
     model = model.float()
-    trees = rollout_batch(small_task.splits["train"][:6], 4, TransformersBackend(model, tokenizer), env,
-                          env.config.sampling())  # fmt: skip
+    trees = rollout_batch(
+        small_task.splits["train"][:6], 4, TransformersBackend(model, tokenizer), env, env.config.sampling()
+    )
     for tree in trees:
         for i, leaf in enumerate(tree.leaves()):
             tree.set(replace(leaf, reward=float(i % 2 == 0)))
@@ -63,8 +64,10 @@ def test_observation_and_prompt_tokens_get_no_loss_and_zero_gradient(batch, toke
     ids = pad_right([r.input_ids for r in rows], 0)
     attention = pad_right([[1] * len(r.input_ids) for r in rows], 0)
     logp = token_logprobs(model, ids, attention).detach().requires_grad_(True)
-    mask, adv, old = (pad_right([getattr(r, f)[1:] for r in rows], 0.0, torch.float32)
-                      for f in ("loss_mask", "advantages", "old_logprobs"))  # fmt: skip
+    mask, adv, old = (
+        pad_right([getattr(r, f)[1:] for r in rows], 0.0, torch.float32)
+        for f in ("loss_mask", "advantages", "old_logprobs")
+    )
     loss, _, _ = surrogate_loss(logp, old, adv, mask, 0.2)
     loss.backward()
     assert torch.all(logp.grad[mask == 0] == 0)

@@ -10,8 +10,11 @@ def test_before_its_first_fit_the_predictor_says_the_prior():
 
 
 def _slow_auc(score, pos, neg):
-    num = sum(wp * wn * (1.0 if si > sj else 0.5 if si == sj else 0.0)
-              for si, wp in zip(score, pos) for sj, wn in zip(score, neg))  # fmt: skip
+    num = sum(
+        wp * wn * (1.0 if si > sj else 0.5 if si == sj else 0.0)
+        for si, wp in zip(score, pos)
+        for sj, wn in zip(score, neg)
+    )
     return num / (sum(pos) * sum(neg))
 
 

@@ -65,10 +65,12 @@ class _FakeRetrievalServer(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.path == "/retrieve" and body["return_scores"] is True
         result = [
-            [{"document": {"id": f"{q}-{i}", "contents": f'"{q} {i}"\nabout {q}'}, "score": 1.0 / (i + 1)}
-             for i in range(body["topk"])]
+            [
+                {"document": {"id": f"{q}-{i}", "contents": f'"{q} {i}"\nabout {q}'}, "score": 1.0 / (i + 1)}
+                for i in range(body["topk"])
+            ]
             for q in body["queries"]
-        ]  # fmt: skip
+        ]
         payload = json.dumps({"result": result}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -14,8 +14,9 @@ from trace_core.method.rollout import (
 
 
 def test_a_rollout_batch_grows_n_terminal_leaves_per_prompt_within_the_turn_limit(model, tokenizer, env, small_task):
-    trees = rollout_batch(small_task.splits["train"][:3], 3, TransformersBackend(model, tokenizer), env,
-                          env.config.sampling())  # fmt: skip
+    trees = rollout_batch(
+        small_task.splits["train"][:3], 3, TransformersBackend(model, tokenizer), env, env.config.sampling()
+    )
     for tree in trees:
         leaves = tree.leaves()
         assert len(leaves) == 3 and len(tree.children(0)) == 3
@@ -54,8 +55,15 @@ def test_a_terminal_node_cannot_be_continued(model, tokenizer, env, small_task):
 
 
 def test_shards_partition_the_trees_keep_each_trees_expansions_in_order_and_balance_leaves():
-    expansions = [Expansion(3, 0, 5), Expansion(0, 0, 1), Expansion(3, 2, 2), Expansion(1, 0, 4), Expansion(5, 0, 3),
-                  Expansion(0, 4, 2), Expansion(6, 0, 0)]  # fmt: skip
+    expansions = [
+        Expansion(3, 0, 5),
+        Expansion(0, 0, 1),
+        Expansion(3, 2, 2),
+        Expansion(1, 0, 4),
+        Expansion(5, 0, 3),
+        Expansion(0, 4, 2),
+        Expansion(6, 0, 0),
+    ]
     shards = split_shards(expansions, 3)
     assert [s.index for s in shards] == [0, 1, 2]
     owned = [t for s in shards for t in s.trees]

@@ -25,8 +25,11 @@ def test_allocation_time_predictions_are_scored_on_the_bare_rollouts_only():
     backup(tree)
     predicted, target, weight = allocation_outcomes([tree])
     # root: stage-1 leaves 0 and 1 -> 0.5 over 2; a: its bare leaf failed -> 0; b: succeeded -> 1
-    assert sorted(zip(predicted.tolist(), target.tolist(), weight.tolist())) == [(0.2, 1.0, 1.0), (0.6, 0.5, 2.0),
-                                                                                (0.9, 0.0, 1.0)]  # fmt: skip
+    assert sorted(zip(predicted.tolist(), target.tolist(), weight.tolist())) == [
+        (0.2, 1.0, 1.0),
+        (0.6, 0.5, 2.0),
+        (0.9, 0.0, 1.0),
+    ]
     assert np.isclose(tree.nodes[a.node_id].target, 0.75)  # the final target would have rewarded the selection
     # roots (Stage 1's v) and anchors (Stage 2's p) are scored apart
     root_p, root_t, root_w = allocation_outcomes([tree], "root")

@@ -12,10 +12,21 @@ def _turn(parent, model_ids=(1,), obs=(2,), terminal=False, reward=None, origin=
 
 def _stage1_turn(parent, model_ids, obs, terminal, reward):
     return RolloutNode(
-        node_id=-1, parent_id=parent, depth=-1, model_ids=tuple(model_ids), model_logprobs=(0.0,) * len(model_ids),
-        observation_ids=tuple(obs), text="", observation="", action="search", argument="",
-        finish_reason="stop", terminal=terminal, reward=reward, origin="stage1",
-    )  # fmt: skip
+        node_id=-1,
+        parent_id=parent,
+        depth=-1,
+        model_ids=tuple(model_ids),
+        model_logprobs=(0.0,) * len(model_ids),
+        observation_ids=tuple(obs),
+        text="",
+        observation="",
+        action="search",
+        argument="",
+        finish_reason="stop",
+        terminal=terminal,
+        reward=reward,
+        origin="stage1",
+    )
 
 
 def _hand_tree():

@@ -34,8 +34,9 @@ def vllm_setup(tmp_path_factory, tokenizer, tiny_spec):
     tokenizer.save_pretrained(model_dir)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # an in-process engine: fast start, no fork
-        backend = VLLMBackend(model_dir, tokenizer, seed=0, kv_cache_bytes=64 * 2**20, max_model_len=512,
-                              dtype="float32")  # fmt: skip
+        backend = VLLMBackend(
+            model_dir, tokenizer, seed=0, kv_cache_bytes=64 * 2**20, max_model_len=512, dtype="float32"
+        )
     return backend, model.float().eval()
 
 

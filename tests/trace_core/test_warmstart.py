@@ -9,8 +9,9 @@ def test_the_expert_solves_every_question_it_can_within_the_turn_limit(env, smal
     plans = [expert_turns(r) for r in records]
     for depth in range(1, max(len(p) for p in plans) + 1):
         live = [i for i, p in enumerate(plans) if len(p) >= depth]
-        steps = env.step([records[i] for i in live], [plans[i][depth - 1] for i in live], [depth] * len(live),
-                         ["stop"] * len(live))  # fmt: skip
+        steps = env.step(
+            [records[i] for i in live], [plans[i][depth - 1] for i in live], [depth] * len(live), ["stop"] * len(live)
+        )
         for i, step in zip(live, steps):
             final = depth == len(plans[i])
             assert step.terminal == final

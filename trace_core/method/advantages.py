@@ -77,8 +77,9 @@ def grpo_advantages(trees: Sequence[RolloutTree]) -> list[PathAdvantage]:
         for leaf in tree.leaves():
             path = tree.path(leaf.node_id)[1:]
             a = ((leaf.reward or 0.0) - mean) / (std + EPS)
-            out.append(PathAdvantage(t, leaf.node_id, tuple(n.node_id for n in path), (a,) * len(path),
-                                     (True,) * len(path)))  # fmt: skip
+            out.append(
+                PathAdvantage(t, leaf.node_id, tuple(n.node_id for n in path), (a,) * len(path), (True,) * len(path))
+            )
     return out
 
 

@@ -95,9 +95,13 @@ def wrap_policy(model: PreTrainedModel, config: PolicyConfig) -> PreTrainedModel
     if not targets:
         raise ValueError(f"none of the LoRA target modules {config.lora_targets} exist in {type(model).__name__}")
     lora = LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets, lora_dropout=0.0, bias="none",
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
         task_type="CAUSAL_LM",
-    )  # fmt: skip
+    )
     torch.manual_seed(config.seed)
     return get_peft_model(model, lora)  # type: ignore[return-value]
 
@@ -178,14 +182,17 @@ def policy_update(
         ids = pad_right([r.input_ids for r in batch], pad_id).to(device)
         attention = pad_right([[1] * len(r.input_ids) for r in batch], 0).to(device)
         # position t of these tensors describes token t + 1, the one token_logprobs scores
-        mask, adv, old = (pad_right([getattr(r, f)[1:] for r in batch], 0.0, torch.float32).to(device)
-                          for f in ("loss_mask", "advantages", "old_logprobs"))  # fmt: skip
+        mask, adv, old = (
+            pad_right([getattr(r, f)[1:] for r in batch], 0.0, torch.float32).to(device)
+            for f in ("loss_mask", "advantages", "old_logprobs")
+        )
         ref = None
         if config.kl_coef > 0:
             ref = _reference_logprobs(model, ids, attention, reference)
         logp = token_logprobs(model, ids, attention)
-        loss, kl, clip = surrogate_loss(logp, old.to(logp.dtype), adv.to(logp.dtype), mask.to(logp.dtype),
-                                        config.clip_eps, ref, config.kl_coef)  # fmt: skip
+        loss, kl, clip = surrogate_loss(
+            logp, old.to(logp.dtype), adv.to(logp.dtype), mask.to(logp.dtype), config.clip_eps, ref, config.kl_coef
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -197,10 +204,15 @@ def policy_update(
         tokens += int(mask.sum().item())
     model.eval()
     return UpdateStats(
-        loss=float(np.mean(losses)), kl=float(np.mean(kls)), clip_fraction=float(np.mean(clips)),
-        grad_norm=float(np.mean(norms)), learning_rate=float(optimizer.param_groups[0]["lr"]), tokens=tokens,
-        sequences=len(rows), steps=len(losses),
-    )  # fmt: skip
+        loss=float(np.mean(losses)),
+        kl=float(np.mean(kls)),
+        clip_fraction=float(np.mean(clips)),
+        grad_norm=float(np.mean(norms)),
+        learning_rate=float(optimizer.param_groups[0]["lr"]),
+        tokens=tokens,
+        sequences=len(rows),
+        steps=len(losses),
+    )
 
 
 def _reference_logprobs(

@@ -163,8 +163,14 @@ class MixednessModel:
         return np.asarray(1 / (1 + np.exp(-logits))) * (1.0 if ceiling is None else ceiling)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dim": self.dim, "theta": self.theta, "mean": self.mean, "scale": self.scale,
-                "chosen": self.chosen, "history": list(self.history)}  # fmt: skip
+        return {
+            "dim": self.dim,
+            "theta": self.theta,
+            "mean": self.mean,
+            "scale": self.scale,
+            "chosen": self.chosen,
+            "history": list(self.history),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["dim"] != self.dim:

@@ -204,8 +204,9 @@ class OnlinePredictor(MixednessHead):
         predicted = self.predict(x)
         fit_quality = quality(predicted, t, w)
         z = self._raw(x)
-        return FitReport(log_loss(z, t, w * decay**age), len(x), len(self.history), self.online.lbfgs_steps,
-                         fit_quality, None)  # fmt: skip
+        return FitReport(
+            log_loss(z, t, w * decay**age), len(x), len(self.history), self.online.lbfgs_steps, fit_quality, None
+        )
 
     def _refit_pairs(
         self, xs: np.ndarray, t: np.ndarray, w: np.ndarray, age: np.ndarray, decay: float, l2: float
@@ -233,9 +234,17 @@ class OnlinePredictor(MixednessHead):
         return (np.concatenate([xs, np.zeros((1, xs.shape[1]))]), np.append(t, self.config.prior), np.append(w, n0))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dim": self.dim, "theta": self.theta, "mean": self.mean, "scale": self.scale,
-                "platt": self.platt, "chosen": self.chosen, "history": list(self.history),
-                "pairs": list(self.pairs), "mixedness": self._mixedness_state()}  # fmt: skip
+        return {
+            "dim": self.dim,
+            "theta": self.theta,
+            "mean": self.mean,
+            "scale": self.scale,
+            "platt": self.platt,
+            "chosen": self.chosen,
+            "history": list(self.history),
+            "pairs": list(self.pairs),
+            "mixedness": self._mixedness_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["dim"] != self.dim:

@@ -274,8 +274,14 @@ class SuccessPredictor(MixednessHead):
         self._fit_mixedness()
         predicted = self.predict(x)
         heldout = quality(predicted[held], t[held], w[held]) if held.any() else None
-        return FitReport(fit_loss, len(x), len(self.window), best_step,
-                         quality(predicted[fit_rows], t[fit_rows], w[fit_rows]), heldout)  # fmt: skip
+        return FitReport(
+            fit_loss,
+            len(x),
+            len(self.window),
+            best_step,
+            quality(predicted[fit_rows], t[fit_rows], w[fit_rows]),
+            heldout,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -92,10 +92,21 @@ class RolloutTree(Generic[R]):
     def __init__(self, record: R, prompt_ids: tuple[int, ...], prompt_text: str = "") -> None:
         self.record = record
         root = RolloutNode(
-            node_id=0, parent_id=None, depth=0, model_ids=(), model_logprobs=(),
-            observation_ids=prompt_ids, text="", observation=prompt_text, action="prompt",
-            argument="", finish_reason="", terminal=False, reward=None, origin="root",
-        )  # fmt: skip
+            node_id=0,
+            parent_id=None,
+            depth=0,
+            model_ids=(),
+            model_logprobs=(),
+            observation_ids=prompt_ids,
+            text="",
+            observation=prompt_text,
+            action="prompt",
+            argument="",
+            finish_reason="",
+            terminal=False,
+            reward=None,
+            origin="root",
+        )
         self.nodes: list[RolloutNode] = [root]
         self._children: dict[int, list[int]] = {0: []}
 

@@ -38,9 +38,15 @@ from transformers import (
 )
 
 PROTOCOL_TAGS = [
-    "<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>",
-    "<information>", "</information>",
-]  # fmt: skip
+    "<think>",
+    "</think>",
+    "<search>",
+    "</search>",
+    "<answer>",
+    "</answer>",
+    "<information>",
+    "</information>",
+]
 EOS = "<|endoftext|>"
 
 

@@ -152,6 +152,9 @@ class SearchAgentFeaturizer:
         )
         blocks = [questions, turns, structure]
         if self.word_buckets:
-            blocks.append(np.stack([question_words(trees[t].record.question, self.word_buckets) for t, _ in nodes])
-                          if nodes else np.zeros((0, self.word_buckets)))  # fmt: skip
+            blocks.append(
+                np.stack([question_words(trees[t].record.question, self.word_buckets) for t, _ in nodes])
+                if nodes
+                else np.zeros((0, self.word_buckets))
+            )
         return np.concatenate(blocks, axis=1)
