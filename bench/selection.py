@@ -1,7 +1,7 @@
 """Does TRACE's own selection starve its predictor, and does an exploration share repair it?
 
     .venv/bin/python bench/selection.py --db <bench out>/runs/rollouts.db --run bench-small-groups-uniform-s0 \
-        [--run ...] [--out bench/results/selection/replay.json]
+        [--run ...] [--seeds 5] [--out bench/results/selection/replay.json]
 
 Benchmark v2 found the `online` predictor of a `trace` run the weaker one: TRACE's Stage-1 rule fed
 the predictor of a `uniform` run reached about half of the oracle's gain over uniform groups, fed
@@ -29,8 +29,10 @@ estimates from each prompt's 4 rollouts, which the rule did not see); (2) the me
 oracle ledger, every `headroom.every` iterations, 16 measurement rollouts per prompt): the
 expected mixed groups of TRACE's rule on v at a Stage-1 budget of 32 leaves (a `trace` run's),
 against uniform groups of 4 and the cross-fitted oracle, pooled as a share of the oracle's gain.
-Rollouts are never invented: a strategy can only keep rollouts the `uniform` run sampled, so a
-prompt gets at most 4.
+The random strategies are replayed under `--seeds` random streams (0, 1, ...) and reported as means
+(their draws move the figures a lot: one run of 20 iterations is a small sample). Rollouts are
+never invented: a strategy can only keep rollouts the `uniform` run sampled, so a prompt gets at
+most 4.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from trace_core.method.tree import RolloutTree, backup  # noqa: E402
 from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
 
 STRATEGIES = ("all", "selected", "selected+explore", "random")
+RANDOM = {"selected+explore", "random"}  # replayed once per seed; the others draw nothing
 STAGE1_BUDGET = 32  # a `trace` run's Stage-1 leaves (64 * stage1_share 0.5), for the pool ledger
 CAP = 4  # the rollouts a `uniform` run holds per prompt
 
@@ -99,7 +102,9 @@ def choose(strategy: str, v: np.ndarray, budget: int, explore: int, rng: np.rand
     raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
 
 
-def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, explore: int, seed: int) -> dict[str, Any]:
+def replay(
+    store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, explore: int, seeds: int
+) -> dict[str, Any]:
     run_id = store.run_id(run)
     trace = store.run_settings(run_id)["trace"]
     if trace["allocator"] != "uniform":
@@ -116,7 +121,7 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, exp
         fresh = [RolloutTree(r, ()) for r in records]
         pools[it] = featurizer.features(fresh, [(i, 0) for i in range(len(fresh))])
     out: dict[str, Any] = {}
-    for strategy in STRATEGIES:
+    for strategy, seed in [(s, k) for s in STRATEGIES for k in range(seeds if s in RANDOM else 1)]:
         rng = np.random.default_rng(seed)
         predictor = OnlinePredictor(featurizer.dim, PredictorConfig(), OnlineConfig())
         groups, pooled, leaves = [], [], []
@@ -158,17 +163,27 @@ def replay(store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, exp
                 predictor.add(it, x, t, w, [subset[i].record.id for i, _ in nodes])
                 predictor.fit()
         gain = sum(r["oracle"] - r["uniform"] for r in pooled)
-        out[strategy] = {
-            "leaves_per_iteration": float(np.mean(leaves)),
-            "group_auc": float(np.nanmean([g["auc"] for g in groups])),
-            "group_brier": float(np.nanmean([g["brier"] for g in groups])),
-            "group_ece": float(np.nanmean([g["ece"] for g in groups])),
-            "group_rule_gain": float(np.mean([g["rule"] - g["uniform"] for g in groups])),
-            "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in pooled) / gain if gain else None,
-            "groups": groups,
-            "pools": pooled,
-        }
-    return out
+        out.setdefault(strategy, []).append(
+            {
+                "seed": seed,
+                "leaves_per_iteration": float(np.mean(leaves)),
+                "group_auc": float(np.nanmean([g["auc"] for g in groups])),
+                "group_brier": float(np.nanmean([g["brier"] for g in groups])),
+                "group_ece": float(np.nanmean([g["ece"] for g in groups])),
+                "group_rule_gain": float(np.mean([g["rule"] - g["uniform"] for g in groups])),
+                "share_of_oracle_gain": sum(r["rule"] - r["uniform"] for r in pooled) / gain if gain else None,
+                "groups": groups,
+                "pools": pooled,
+            }
+        )
+    return {name: summarise(runs) for name, runs in out.items()}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of each figure over a strategy's seeds, and the seeds' own results."""
+    keys = ["leaves_per_iteration", "group_auc", "group_brier", "group_ece", "group_rule_gain", "share_of_oracle_gain"]
+    mean = {k: float(np.mean([r[k] for r in runs if r[k] is not None])) for k in keys}
+    return {**mean, "per_seed": {k: [r[k] for r in runs] for k in keys}, "seeds": runs}
 
 
 def main() -> None:
@@ -176,13 +191,13 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--run", action="append", required=True, help="a `uniform` run (repeatable)")
     parser.add_argument("--explore", type=int, default=4, help="leaves of `selected+explore` spent at random")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=5, help="random draws of the random strategies")
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--out", default="bench/results/selection/replay.json")
     args = parser.parse_args()
     store = RolloutStore(f"sqlite:///{args.db}", create=False, read_only=True)
     featurizer = SearchAgentFeaturizer(TextEncoder(), args.max_turns)
-    results = {run: replay(store, run, featurizer, args.explore, args.seed) for run in args.run}
+    results = {run: replay(store, run, featurizer, args.explore, args.seeds) for run in args.run}
     store.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

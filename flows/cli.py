@@ -194,7 +194,8 @@ def _cell(value: object) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from flows.bench import markdown_table, run_bench, variant_overrides
+    from flows.bench import run_bench, variant_overrides
+    from flows.bench_summary import markdown_table
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     for variant in variants or []:

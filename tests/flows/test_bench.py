@@ -49,7 +49,7 @@ def test_the_late_regime_starts_every_variant_of_a_seed_from_the_same_pre_run():
 
 
 def test_paired_differences_against_uniform_match_each_seeds_difference():
-    from flows.bench import paired_vs_uniform
+    from flows.bench_summary import paired_vs_uniform
 
     def row(allocator, seed, test_em, ratios):
         return {
@@ -90,7 +90,7 @@ def test_benchmark_v2_runs_both_regimes_seed_by_seed():
 
 
 def test_the_oracle_share_pools_gains_over_measured_iterations_and_seeds():
-    from flows.bench import pooled_share
+    from flows.bench_summary import pooled_share
 
     nan = float("nan")
     runs = [
@@ -133,7 +133,7 @@ def test_bench_settings_are_checked_before_anything_trains(tmp_path, capsys):
 
 
 def test_the_regime_plot_draws_old_and_new_runs(tmp_path):
-    from flows.bench import plot_regimes
+    from flows.bench_summary import plot_regimes
 
     nan = float("nan")
     new = {

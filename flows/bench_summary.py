@@ -1,0 +1,301 @@
+"""The benchmark's figures from its finished runs (`runs.jsonl`): summary statistics, TRACE's share
+of the oracle's gain, the paired comparison with `uniform`, the markdown table and the plots.
+`flows/bench.py` runs the benchmark; this module only reads what it recorded.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+ABLATION = {
+    "uniform/uniform": "random_branch",
+    "active roots only": "active_roots",
+    "active prefixes only": "active_prefixes",
+    "active/active": "trace",
+}
+
+
+def pooled_share(runs: list[dict[str, Any]], key: str = "headroom_allocator") -> float:
+    """The share of the oracle's Stage-1 gain over uniform that `key` reached, pooled over every
+    measured iteration of `runs`: sum(key - uniform) / sum(oracle - uniform). NaN if nothing was
+    measured or the oracle gained nothing."""
+    gain = reached = 0.0
+    for r in runs:
+        for o, u, a in zip(r.get("headroom_oracle", []), r.get("headroom_uniform", []), r.get(key, []), strict=True):
+            if not any(np.isnan([o, u, a])):
+                gain += o - u
+                reached += a - u
+    return reached / gain if gain > 1e-9 else float("nan")
+
+
+def _late_mean(runs: list[dict[str, Any]], key: str, start: int = 5) -> float:
+    """Mean over runs of the mean of `key` from iteration `start` on (NaN entries skipped)."""
+    values = [v for r in runs for v in r.get(key, [])[start:] if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, seconds: float) -> dict[str, Any]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in done:
+        groups.setdefault((r["regime"], r["allocator"]), []).append(r)
+    table: dict[str, dict[str, Any]] = {}
+    for (regime, allocator), runs in sorted(groups.items()):
+        table.setdefault(regime, {})[allocator] = {
+            "seeds": len(runs),
+            "effective_ratio": _stats([float(np.mean(r["effective_ratio"])) for r in runs]),
+            "nonzero_advantage_share": _stats([float(np.mean(r["nonzero_advantage_share"])) for r in runs]),
+            "mean_training_reward": _stats([float(np.mean(r["mean_reward"])) for r in runs]),
+            "dev_em": _stats([r["dev_em"] for r in runs]),
+            "dev_f1": _stats([r["dev_f1"] for r in runs]),
+            "test_em": _stats([r["test_em"] for r in runs]),
+            "test_f1": _stats([r["test_f1"] for r in runs]),
+            "dev_em_before": _stats([r["dev_em_before"] for r in runs]),
+            "generated_tokens": _stats([r["generated_tokens"] for r in runs]),
+            "leaves": _stats([r["leaves"] for r in runs]),
+            "train_seconds": _stats([r["train_seconds"] for r in runs]),
+            # the oracle ledger, pooled over measured iterations and seeds; the predictor from iteration 5 on
+            "oracle_share": pooled_share(runs),
+            "rule_oracle_share": pooled_share(runs, "headroom_rule"),
+            "root_auc_from_5": _late_mean(runs, "root_auc"),
+            "root_ece_from_5": _late_mean(runs, "root_ece"),
+            "pool_auc_from_5": _late_mean(runs, "pool_auc"),
+            "pool_ece_from_5": _late_mean(runs, "pool_ece"),
+        }
+    ablation = {label: table.get("small-groups", {}).get(name) for label, name in ABLATION.items()}
+    return {
+        "size": size,
+        "seconds": seconds,
+        "allocators": table,
+        "ablation": ablation,
+        "oracle": oracle,
+        "paired_vs_uniform": paired_vs_uniform(done),
+    }
+
+
+PAIRED = ("effective_ratio", "nonzero_advantage_share", "dev_em", "test_em")
+
+
+def paired_vs_uniform(done: list[dict[str, Any]], draws: int = 10_000) -> dict[str, dict[str, Any]]:
+    """Per regime and variant: the per-seed difference variant - uniform (same seed, same start),
+    its mean and a percentile bootstrap 95% interval over seeds (with 3 seeds the interval is crude:
+    it can only be as wide as the seeds disagree)."""
+    by_key = {(r["regime"], r["allocator"], r["seed"]): r for r in done}
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, Any]] = {}
+    for regime, variant in sorted({(r["regime"], r["allocator"]) for r in done if r["allocator"] != "uniform"}):
+        seeds = sorted(s for (g, v, s) in by_key if g == regime and v == variant and (g, "uniform", s) in by_key)
+        if not seeds:
+            continue
+        entry: dict[str, Any] = {"seeds": seeds}
+        for key in PAIRED:
+            diffs = np.array(
+                [_final(by_key[(regime, variant, s)], key) - _final(by_key[(regime, "uniform", s)], key) for s in seeds]
+            )
+            boot = diffs[rng.integers(0, len(diffs), size=(draws, len(diffs)))].mean(axis=1)
+            entry[key] = {
+                "per_seed": diffs.round(4).tolist(),
+                "mean": float(diffs.mean()),
+                "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            }
+        out[f"{regime}/{variant}"] = entry
+    return out
+
+
+def _final(run: dict[str, Any], key: str) -> float:
+    """A run's figure: accuracy at the end, per-iteration rates averaged over the run."""
+    value = run[key]
+    return float(np.mean(value)) if isinstance(value, list) else float(value)
+
+
+def _ratio(value: float, base: float) -> float:
+    """value / base; NaN where the base is 0 (uniform mixed no group: no ratio to speak of)."""
+    return value / base if base > 0 else float("nan")
+
+
+def _cell(stats: dict[str, float] | None, digits: int = 3) -> str:
+    if not stats:
+        return "-"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    lines = []
+    for regime, rows in summary["allocators"].items():
+        lines += [
+            f"### Regime: {regime}",
+            "",
+            "| allocator | effective ratio (a) | non-zero advantage (b) | training reward | dev EM before | "
+            "dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
+                f"{_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
+                f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
+                f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
+                f"{_cell(r['train_seconds'], 0)} |"
+            )
+        lines += [
+            "",
+            "| allocator | (a) / uniform | (b) / uniform | oracle share (Stage 1) | predictor rule's share | "
+            "root AUC (it >= 5) | root ECE (it >= 5) | pool AUC (it >= 5) | pool ECE (it >= 5) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        base = rows.get("uniform")
+        for name, r in rows.items():
+            ratio_a, ratio_b = (
+                _ratio(r[k]["mean"], base[k]["mean"] if base else 0.0)
+                for k in ("effective_ratio", "nonzero_advantage_share")
+            )
+            figures = [ratio_a, ratio_b] + [
+                r.get(k, float("nan"))
+                for k in (
+                    "oracle_share",
+                    "rule_oracle_share",
+                    "root_auc_from_5",
+                    "root_ece_from_5",
+                    "pool_auc_from_5",
+                    "pool_ece_from_5",
+                )
+            ]
+            lines.append(f"| {name} | " + " | ".join("-" if np.isnan(c) else f"{c:.3f}" for c in figures) + " |")
+        lines.append("")
+    lines += ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
+    for label, r in summary["ablation"].items():
+        lines.append(f"| {label} | {_cell(r['effective_ratio']) if r else '-'} | {_cell(r['test_em']) if r else '-'} |")
+    if summary.get("paired_vs_uniform"):
+        lines += [
+            "",
+            "### Paired against uniform (same seed and start): mean difference [bootstrap 95% interval]",
+            "",
+            "| regime / variant | effective ratio (a) | non-zero advantage (b) | dev EM | test EM |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entry in summary["paired_vs_uniform"].items():
+            cells = [
+                f"{entry[k]['mean']:+.3f} [{entry[k]['ci95'][0]:+.3f}, {entry[k]['ci95'][1]:+.3f}]" for k in PAIRED
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    share = summary["oracle"]["share_of_oracle_per_iteration"]
+    lines += [
+        "",
+        f"Oracle study (known-probability task): TRACE's expected mixed groups as a share of the oracle's, "
+        f"per iteration: {', '.join(f'{s:.2f}' for s in share)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(done: list[dict[str, Any]], oracle: dict[str, Any], out: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    present = list(dict.fromkeys(r["allocator"] for r in done if r["regime"] == "small-groups"))
+    for allocator in [a for a in present if a not in ("active_roots", "active_prefixes")]:
+        runs = [r for r in done if r["allocator"] == allocator and r["regime"] == "small-groups"]
+        for ax, key in zip(axes[:2], ["effective_ratio", "nonzero_advantage_share"], strict=True):
+            ax.plot(np.mean([r[key] for r in runs], axis=0), label=allocator, marker=".")
+    axes[0].set_title("(a) effective ratio per iteration")
+    axes[1].set_title("(b) share of leaves with non-zero advantage")
+    for ax in axes[:2]:
+        ax.set_xlabel("iteration")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[2].plot(
+        range(len(oracle["share_of_oracle_per_iteration"])), oracle["share_of_oracle_per_iteration"], marker="o"
+    )
+    axes[2].axhline(0.9, color="#999999", linestyle="--", label="90% of the oracle")
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("TRACE / oracle expected mixed groups")
+    axes[2].set_xlabel("iteration (known-probability task)")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "effective_ratio.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    small = list(dict.fromkeys(r["allocator"] for r in done if r["regime"] == "small-groups"))
+    test_em = {a: [r["test_em"] for r in done if r["allocator"] == a and r["regime"] == "small-groups"] for a in small}
+    means = [float(np.mean(test_em[a])) for a in small]
+    stds = [float(np.std(test_em[a])) for a in small]
+    ax.bar(small, means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_ylabel("test EM (avg@n, T=1)")
+    ax.set_title("Final test accuracy at equal budget (mean ± std over seeds)")
+    plt.setp(ax.get_xticklabels(), rotation=20)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_regimes(done: list[dict[str, Any]], out: Path) -> None:
+    """`regimes.png`: one row per regime; per allocator (mean over seeds) the effective ratio (a) and
+    the non-zero-advantage share (b) per iteration, dev EM against cumulative generated tokens, and
+    the oracle ledger's expected mixed Stage-1 groups at the measured iterations (oracle dashed,
+    the allocator solid, uniform's plan on the same pool dotted)."""
+    regimes = list(dict.fromkeys(r["regime"] for r in done))
+    if not regimes:
+        return
+    fig, axes = plt.subplots(len(regimes), 4, figsize=(18, 3.8 * len(regimes)), squeeze=False)
+    for row, regime in zip(axes, regimes, strict=True):
+        allocators = list(dict.fromkeys(r["allocator"] for r in done if r["regime"] == regime))
+        for k, allocator in enumerate(allocators):
+            runs = [r for r in done if r["regime"] == regime and r["allocator"] == allocator]
+            color = f"C{k}"
+            for ax, key in zip(row[:2], ["effective_ratio", "nonzero_advantage_share"], strict=True):
+                ax.plot(np.mean([r[key] for r in runs], axis=0), label=allocator, marker=".", color=color)
+            curves = [r["dev_curve"] for r in runs if r.get("dev_curve")]
+            if curves:
+                points = np.mean(np.array(curves, dtype=float), axis=0)  # same evaluation points in every run
+                row[2].plot(points[:, 2], points[:, 3], marker="o", label=allocator, color=color)
+            series = {
+                key: np.nanmean([r[key] for r in runs if r.get(key)], axis=0)
+                for key in ("headroom_oracle", "headroom_allocator", "headroom_uniform")
+                if any(r.get(key) for r in runs)
+            }
+            if series:
+                measured = ~np.isnan(series["headroom_oracle"])
+                its = np.arange(len(measured))[measured]
+                row[3].plot(
+                    its,
+                    series["headroom_oracle"][measured],
+                    linestyle="--",
+                    color=color,
+                    label=f"oracle ({allocator}'s Stage-1 budget)",
+                )
+                row[3].plot(its, series["headroom_allocator"][measured], marker="o", color=color, label=allocator)
+                row[3].plot(
+                    its,
+                    series["headroom_uniform"][measured],
+                    linestyle=":",
+                    color=color,
+                    label=f"uniform on {allocator}'s pool",
+                )
+        titles = [
+            "(a) effective ratio",
+            "(b) non-zero advantage share",
+            "dev EM vs generated tokens",
+            "oracle ledger: expected mixed Stage-1 groups",
+        ]
+        for ax, title in zip(row, titles, strict=True):
+            ax.set_title(f"{regime}: {title}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in row[:2]:
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("iteration")
+        row[2].set_xlabel("cumulative generated tokens")
+        row[3].set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(out / "regimes.png", dpi=100)
+    plt.close(fig)
