@@ -322,7 +322,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """List, delete or rename the runs of the rollout database (and their folders under run.output_dir)."""
     import shutil
 
-    from flows.settings import RUN_NAME
+    from flows.sections import RUN_NAME
     from store import queries
     from store.store import RolloutStore
 

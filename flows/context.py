@@ -21,7 +21,8 @@ from transformers import PreTrainedModel
 
 from flows.checkpoints import read_verified, write_atomic
 from flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
-from flows.settings import STAGE_STREAMS, Settings, SettingsError
+from flows.sections import STAGE_STREAMS
+from flows.settings import Settings, SettingsError
 from flows.sharding import LocalShards, ShardRunner
 from store.db import render_url
 from store.store import CheckpointRecord, RolloutStore, StageWriter

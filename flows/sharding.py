@@ -41,7 +41,8 @@ from flows.pipeline import (
     prepare_task,
     settings_hash,
 )
-from flows.settings import Settings, StoreSection
+from flows.sections import StoreSection
+from flows.settings import Settings
 from trace_core.generation.backend import GenerationBackend
 from trace_core.method.loss import wrap_policy
 from trace_core.method.rollout import Expansion, Shard, grow, merge_shard, shard_seed, shard_trees, split_shards

@@ -28,7 +28,8 @@ from flows.context import (
     run_stage,
     stage_rng,
 )
-from flows.settings import STAGES, Settings
+from flows.sections import STAGES
+from flows.settings import Settings
 from store.store import CheckpointRecord, StageWriter
 from trace_core.method.advantages import ADVANTAGES, nonzero_share
 from trace_core.method.headroom import PoolSample, ledger, measure_pool

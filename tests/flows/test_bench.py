@@ -110,7 +110,7 @@ def test_the_oracle_share_pools_gains_over_measured_iterations_and_seeds():
 
 def test_a_recipe_variant_adds_its_settings_and_names_its_runs_as_folder_names():
     from flows.bench import variant_overrides, variant_slug
-    from flows.settings import RUN_NAME
+    from flows.sections import RUN_NAME
 
     variant = "trace+online@policy.learning_rate=0.0001;policy.kl_coef=0.1"
     assert variant_overrides(variant) == [

@@ -16,7 +16,8 @@ import pytest
 import torch
 from sqlalchemy import create_engine, text
 
-from flows.settings import SETTINGS_FILE_ENV, STAGES, SettingsError
+from flows.sections import STAGES
+from flows.settings import SETTINGS_FILE_ENV, SettingsError
 from store.store import RolloutStore
 from tests.flows.conftest import write_settings
 from trace_core.models.default_model import load_policy

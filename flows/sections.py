@@ -1,0 +1,439 @@
+"""The sections of the `Settings` (settings.py): one pydantic model per `[section]` of
+settings.toml, each field with its default and the description `trace-rl settings --defaults`
+prints. Validators that need only their own section live here; checks across sections live on
+`Settings`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+import trace_core.generation.hf_backend
+import trace_core.generation.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
+from trace_core.generation.backend import BACKENDS
+from trace_core.method.advantages import ADVANTAGES
+from trace_core.method.allocators import ALLOCATORS
+from trace_core.method.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')
+from trace_core.method.predictor import PREDICTORS
+from trace_core.search_agent.agent import DEFAULT_INSTRUCTION
+from trace_core.search_agent.retrieval import RETRIEVERS
+
+# the stages of one training iteration, in order (each is a retried Prefect task)
+STAGES = (
+    "allocate_roots",
+    "roll_out_roots",
+    "allocate_prefixes",
+    "roll_out_prefixes",
+    "back_up",
+    "measure_headroom",
+    "refit_predictor",
+    "update_policy",
+    "evaluate",
+    "checkpoint",
+)
+
+
+# each stage's random stream (with the run seed and the iteration): a number given once and never
+# reused, so adding a stage changes no other stage's stream, and no run's results
+STAGE_STREAMS = {
+    "allocate_roots": 0,
+    "roll_out_roots": 1,
+    "allocate_prefixes": 2,
+    "roll_out_prefixes": 3,
+    "back_up": 4,
+    "refit_predictor": 5,
+    "update_policy": 6,
+    "evaluate": 7,
+    "checkpoint": 8,
+    "measure_headroom": 9,
+}
+
+
+class Section(BaseModel):
+    # inf and nan are never meaningful settings (a learning rate of inf trains nothing but NaNs)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `true` as 1 for an int field; `train.iterations=true` is a mistake, not 1."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+# a run name becomes a folder under run.output_dir: one path component, never '.', '..' or absolute
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+class RunSection(Section):
+    name: str = Field(
+        "default",
+        min_length=1,
+        max_length=200,
+        description="Run name; results go to <output_dir>/<name>. Letters, digits, '-', '_' and '.', "
+        "starting with a letter or digit (no path separators).",
+    )
+    seed: int = Field(0, ge=0, description="Seed for every random generator of the run.")
+    output_dir: Path = Field(Path("runs"), description="Folder holding one sub-folder per run.")
+    init_from: str = Field(
+        "",
+        description="Start from another run of the same store: its latest policy checkpoint (weights and "
+        "optimizer), and a predictor that has learnt from its stored rollouts. Empty: the warm-started model.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a run name: use letters, digits, '-', '_' and '.', starting with a letter "
+                "or digit, without path separators (the name becomes a folder under run.output_dir)"
+            )
+        return name
+
+
+class TaskSection(Section):
+    source: Literal["synthetic", "files"] = Field(
+        "synthetic", description="'synthetic' generates the multi-hop task; 'files' reads the paths below."
+    )
+    data_dir: Path = Field(Path("data/synthetic"), description="Where the synthetic task is written.")
+    seed: int = Field(0, ge=0, description="Seed of the synthetic knowledge base and questions.")
+    n_people: int = Field(160, ge=4, description="People in the synthetic knowledge base.")
+    n_orgs: int = Field(40, ge=2, description="Organisations in the synthetic knowledge base.")
+    n_cities: int = Field(30, ge=4, description="Cities in the synthetic knowledge base.")
+    n_countries: int = Field(8, ge=2, description="Countries in the synthetic knowledge base.")
+    n_train: int = Field(1500, ge=1, description="Training questions (synthetic).")
+    n_dev: int = Field(200, ge=1, description="Development questions (synthetic).")
+    n_test: int = Field(200, ge=1, description="Test questions (synthetic).")
+    max_hops: int = Field(3, ge=1, le=3, description="Longest reasoning chain of a synthetic question (1 to 3).")
+    train_file: Path | None = Field(None, description="Question file (.jsonl/.parquet) when source='files'.")
+    dev_file: Path | None = Field(None, description="Dev question file when source='files'.")
+    test_file: Path | None = Field(None, description="Test question file when source='files'.")
+    corpus_file: Path | None = Field(None, description="Corpus file of {id, contents} rows when source='files'.")
+
+    @model_validator(mode="after")
+    def _files_given(self) -> TaskSection:
+        if self.source == "files":
+            missing = [k for k in ("train_file", "dev_file", "corpus_file") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"source='files' needs {', '.join('task.' + k for k in missing)}")
+        return self
+
+
+class RetrieverSection(Section):
+    name: str = Field("bm25", description="Search tool: 'bm25' (local index) or 'http' (retrieval server).")
+
+    @field_validator("name")
+    @classmethod
+    def _known_retriever(cls, name: str) -> str:
+        RETRIEVERS.get(name)
+        return name
+
+    topk: int = Field(2, ge=1, le=50, description="Passages returned per search.")
+    url: str = Field("http://127.0.0.1:8000/retrieve", description="Retrieval server endpoint for 'http'.")
+    timeout_s: float = Field(30.0, gt=0, description="Retrieval server timeout, seconds.")
+
+
+class AgentSection(Section):
+    max_turns: int = Field(4, ge=1, le=32, description="Policy turns per episode (tool calls + answer).")
+    max_tokens_per_turn: int = Field(48, ge=4, le=4096, description="Token limit of one turn.")
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of rollouts.")
+    instruction: str = Field(
+        DEFAULT_INSTRUCTION,
+        description="Instruction placed before the question in every prompt.",
+    )
+
+
+class ModelSection(Section):
+    preset: Literal["tiny", "smollm2", "path"] = Field(
+        "tiny",
+        description="'tiny' builds the default model; 'smollm2' converts SmolLM2-135M; 'path' loads `path`.",
+    )
+    path: str = Field("", description="A local Hugging Face causal-LM directory (preset='path'); empty: none.")
+    models_dir: Path = Field(Path("models"), description="Where built or converted models are kept.")
+    device: str = Field("cpu", description="Torch device for generation and training, e.g. 'cpu', 'cuda'.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    vocab_size: int = Field(2048, ge=300, description="Tiny model: BPE vocabulary size (upper bound).")
+    hidden_size: int = Field(128, ge=32, description="Tiny model: hidden width.")
+    intermediate_size: int = Field(384, ge=32, description="Tiny model: MLP width.")
+    num_layers: int = Field(4, ge=1, description="Tiny model: decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Tiny model: attention heads.")
+    head_dim: int = Field(32, ge=32, description="Tiny model: per-head dimension (vLLM needs >= 32).")
+    seed: int = Field(0, ge=0, description="Tiny model: seed of its initialisation and warm start.")
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, device: str) -> str:
+        import torch
+
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"{device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") from None
+        return device
+
+    @model_validator(mode="after")
+    def _path_given(self) -> ModelSection:
+        if self.preset == "path" and not self.path:
+            raise ValueError("preset='path' needs model.path")
+        if self.preset != "path" and self.path:
+            raise ValueError(
+                f"model.path is set but preset={self.preset!r} ignores it: set model.preset=path to load it"
+            )
+        return self
+
+
+class WarmStartSection(Section):
+    batch_size: int = Field(16, ge=1, description="Expert trajectories per step.")
+    learning_rate: float = Field(3e-3, gt=0, description="AdamW peak learning rate.")
+    max_steps: int = Field(3000, ge=1, description="Step limit.")
+    max_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Safety time limit, seconds (the success band, not the clock, should stop it: a limit "
+        "hit on a loaded machine makes the model depend on the load).",
+    )
+    eval_every: int = Field(40, ge=1, description="Steps between sampled success measurements.")
+    eval_questions: int = Field(48, ge=8, description="Held-aside training questions measured.")
+    eval_samples: int = Field(2, ge=1, description="Samples per measured question.")
+    success_low: float = Field(0.35, ge=0, le=1, description="Stop once sampled success reaches this.")
+    success_high: float = Field(0.55, ge=0, le=1, description="Upper end of the wanted success band.")
+
+    @model_validator(mode="after")
+    def _band(self) -> WarmStartSection:
+        if self.success_low >= self.success_high:
+            raise ValueError("warmstart.success_low must be below warmstart.success_high")
+        return self
+
+
+class BackendSection(Section):
+    name: str = Field("transformers", description="Generation backend registered by this name.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        BACKENDS.get(name)
+        return name
+
+    kv_cache_mb: int = Field(512, ge=0, description="Memory for cached prefix keys/values, MiB.")
+    max_batch_sequences: int = Field(256, ge=1, description="Sequences decoded side by side.")
+    share_prefix: bool = Field(True, description="Encode a prefix once for all its siblings.")
+
+
+class TraceSection(Section):
+    allocator: str = Field(
+        "trace", description="Allocator: trace, uniform, dynamic_sampling, prompt_only, random_branch."
+    )
+    budget: int = Field(64, ge=2, description="M: leaves (finished trajectories) sampled per iteration.")
+    pool_size: int = Field(64, ge=1, description="Candidate prompts offered to Stage 1 per iteration.")
+    stage1_share: float = Field(0.5, gt=0, le=1, description="Share of M for bare rollouts (two-stage allocators).")
+    group_size: int = Field(4, ge=2, description="G: rollouts per prompt of the uniform-style groups.")
+    max_per_prompt: int = Field(8, ge=2, description="Cap on bare rollouts for one prompt (m_i).")
+    max_per_anchor: int = Field(4, ge=1, description="Cap on continuations from one anchor (k_j).")
+    advantage: str = Field("grpo", description="Advantage estimator: grpo or tree.")
+    explore_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of a predicted Stage 1's leaves spent on pool prompts drawn at random, 2 rollouts each, "
+        "so the predictor also learns from prompts the rule would not choose (0: none; bench/results/selection).",
+    )
+
+    @field_validator("allocator")
+    @classmethod
+    def _known_allocator(cls, name: str) -> str:
+        ALLOCATORS.get(name)  # an unknown name raises, listing the valid ones
+        return name
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_advantage(cls, name: str) -> str:
+        ADVANTAGES.get(name)
+        return name
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> TraceSection:
+        if self.pool_size * self.max_per_prompt < self.budget:
+            raise ValueError(
+                f"pool_size * max_per_prompt = {self.pool_size * self.max_per_prompt} "
+                f"cannot absorb budget {self.budget}"
+            )
+        if self.group_size > self.max_per_prompt:
+            raise ValueError("group_size must not exceed max_per_prompt")
+        return self
+
+
+class PredictorSection(Section):
+    name: str = Field(
+        "online",
+        description="Success predictor registered by this name: 'online' (decayed whole-history logistic regression "
+        "with online recalibration; held out, root AUC 0.727 and ECE 0.160 against 0.680 and 0.232 for 'mlp', and "
+        "+0.02 dev EM in both bench regimes, bench/results/predictor*) or 'mlp' (an MLP refitted on the last "
+        "`window` iterations, the predictor before).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_predictor(cls, name: str) -> str:
+        PREDICTORS.get(name)
+        return name
+
+    prior: float = Field(0.5, gt=0, lt=1, description="Predicted success before the first fit (cold start).")
+    window: int = Field(
+        2,
+        ge=1,
+        description="Iterations of node targets kept for refitting. Short, because the policy moves fast: with 8 "
+        "the stale predictor steered TRACE to all-same prompts (effective ratio 0.09 at iteration 40, dev EM -2.9 "
+        "points); with 2 it stayed near 0.5 and dev EM rose 4.3 points.",
+    )
+    hidden: int = Field(32, ge=1, description="Width of the predictor's hidden layer.")
+    epochs: int = Field(150, ge=1, description="Full-batch fitting steps per refit.")
+    learning_rate: float = Field(1e-2, gt=0, description="Predictor AdamW learning rate.")
+    targets: Literal["subtree", "launched"] = Field(
+        "launched",
+        description="What a node's training target counts: 'launched' (only leaves of rollouts sampled from the "
+        "node or above it) or 'subtree' (every leaf below it, the paper's backup, which also counts Stage 2's "
+        "continuations from descendants, launched where an outcome disagreed with a prediction: biased). In "
+        "bench/results/targets-ab (warm seeds 0 and 1, late seed 0) 'launched' gave the higher effective ratio, "
+        "non-zero-advantage share and test EM in every pair (warm mean test EM 0.417 against 0.364).",
+    )
+    mixedness: bool = Field(
+        False,
+        description="Also learn, from the bare Stage-1 groups, the chance that two rollouts of a prompt disagree, "
+        "and value Stage 1 by V_mix(v, d, m), the chance m rollouts are mixed when the prompt's success has mean v "
+        "and that disagreement d (trace_core/method/mixedness.py), instead of the paper's V_root(v, m), which reads v "
+        "as "
+        "the prompt's true success rate. Seed 0 of both bench regimes (bench/results/mixedness): non-zero-advantage "
+        "share 0.617 against 0.592 (warm) and 0.690 against 0.653 (late), allocation-time root AUC +0.1, but test EM "
+        "0.367 against 0.407 and 0.435 against 0.453; off until more seeds decide.",
+    )
+
+
+class PolicySection(Section):
+    learning_rate: float = Field(3e-4, gt=0, description="Policy AdamW learning rate.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range epsilon.")
+    kl_coef: float = Field(0.0, ge=0, description="beta: weight of the k3 KL to the reference policy (needs LoRA).")
+    minibatches: int = Field(2, ge=1, description="Optimizer steps per iteration.")
+    weights: Literal["auto", "lora", "full"] = Field(
+        "auto",
+        description="What trains: a LoRA adapter, all weights, or auto (all weights of the ~1M-parameter tiny model, "
+        "where LoRA measured +5 dev EM points in 40 updates against +14 for full fine-tuning; LoRA otherwise).",
+    )
+    lora_rank: int = Field(16, ge=1, description="LoRA rank r.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+
+
+class OrchestrationSection(Section):
+    retries: int = Field(2, ge=0, le=10, description="Retries of a failed stage task before the run fails.")
+    retry_delay_s: float = Field(0.0, ge=0, description="Seconds between a stage's retries.")
+    deployment: str = Field("default", min_length=1, description="Deployment name for `trace-rl serve`.")
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=5,
+        le=3600,
+        description="Seconds a run's write lease lasts without a heartbeat (renewed every third of it): a second "
+        "process is refused while the lease holds; a crashed writer's lease expires after this long (at once when "
+        "it ran on this host).",
+    )
+    cron: str = Field("", description="Schedule of the deployment (cron syntax); empty: runs only on demand.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_syntax(cls, cron: str) -> str:
+        if cron:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            try:
+                CronSchedule(cron=cron)
+            except ValidationError:
+                raise ValueError(f"{cron!r} is not a cron schedule (e.g. '0 3 * * *': every day at 03:00)") from None
+        return cron
+
+    fail_once: list[str] = Field(
+        default_factory=list,
+        description="Fault injection: stages that fail once, as 'stage@iteration' (e.g. 'update_policy@1').",
+    )
+    task_runner: Literal["local", "ray"] = Field(
+        "local",
+        description="Where rollout shards grow: 'local' (one after another in this process) or 'ray' (one Prefect "
+        "task per shard on a Ray cluster; `pip install '.[ray]'`).",
+    )
+    rollout_shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Fixed shards (1 to 256) each rollout stage is split into, each with its own random stream; "
+        "changes what a run computes (not the runner: local and ray give the same trees).",
+    )
+    ray_address: str = Field(
+        "",
+        description="Ray cluster to join (task_runner='ray'), e.g. 'ray://head:10001' or 'auto'; empty: start a "
+        "local Ray bound to 127.0.0.1, dashboard off.",
+    )
+    ray_num_cpus: int = Field(
+        2, ge=1, le=1024, description="CPUs (1 to 1024) of the local Ray started when ray_address is empty."
+    )
+
+    @field_validator("fail_once")
+    @classmethod
+    def _known_stages(cls, items: list[str]) -> list[str]:
+        for item in items:
+            stage, sep, iteration = item.partition("@")
+            if not sep or stage not in STAGES or not iteration.lstrip("-").isdigit():
+                raise ValueError(f"{item!r} is not 'stage@iteration' with a stage among {', '.join(STAGES)}")
+        return items
+
+
+class HeadroomSection(Section):
+    every: int = Field(
+        0,
+        ge=0,
+        description="Measure the oracle ledger (`trace-rl headroom`) at iteration 0 and every this many iterations "
+        "after: each pool prompt is sampled `samples` times by the current policy, outside the training budget and "
+        "never trained on, to score the oracle's, uniform's and the run's Stage 1. 0: never (costs about "
+        "pool_size * samples rollouts per measurement).",
+    )
+    samples: int = Field(
+        16,
+        ge=4,
+        description="Measurement rollouts per pool prompt: even, and half of them at least trace.max_per_prompt "
+        "(the oracle is cross-fitted on the two halves).",
+    )
+
+    @field_validator("samples")
+    @classmethod
+    def _even(cls, samples: int) -> int:
+        if samples % 2:
+            raise ValueError(f"must be even (two halves for cross-fitting), got {samples}")
+        return samples
+
+
+class StoreSection(Section):
+    url: SecretStr = Field(
+        SecretStr(""),
+        description="Rollout database URL, e.g. postgresql://user:pass@host/db; empty: "
+        "sqlite:///<run.output_dir>/rollouts.db. Kept secret: never printed with its password.",
+    )
+
+
+class TrainSection(Section):
+    iterations: int = Field(40, ge=1, description="Training iterations.")
+    eval_every: int = Field(10, ge=1, description="Iterations between dev evaluations (and after the last).")
+    eval_questions: int = Field(100, ge=1, description="Dev questions per evaluation.")
+    eval_samples: int = Field(4, ge=1, description="Samples per dev question (accuracy is avg@samples, temperature 1).")
