@@ -25,7 +25,8 @@ from flows.sections import STAGE_STREAMS
 from flows.settings import Settings, SettingsError
 from flows.sharding import LocalShards, ShardRunner
 from store.db import render_url
-from store.store import CheckpointRecord, RolloutStore, StageWriter
+from store.store import RolloutStore
+from store.writer import CheckpointRecord, StageWriter
 from trace_core.method.allocators import AllocatorConfig, make_allocator
 from trace_core.method.loss import freeze_copy, make_optimizer, wrap_policy
 from trace_core.method.predictor import PredictorConfig, make_predictor

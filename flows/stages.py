@@ -30,7 +30,7 @@ from flows.context import (
 )
 from flows.sections import STAGES
 from flows.settings import Settings
-from store.store import CheckpointRecord, StageWriter
+from store.writer import CheckpointRecord, StageWriter
 from trace_core.method.advantages import ADVANTAGES, nonzero_share
 from trace_core.method.headroom import PoolSample, ledger, measure_pool
 from trace_core.method.loss import build_sequences, policy_update

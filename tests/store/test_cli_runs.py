@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from flows.cli import main
 from store.models import Run, utcnow
-from store.store import CheckpointRecord
+from store.writer import CheckpointRecord
 from tests.store.conftest import make_tree, save_trees
 
 
