@@ -16,8 +16,8 @@ then a refit), and each strategy chooses its subset with its own predictor's v:
 - `all`: every rollout (what a `uniform` run's predictor learns from; 64 leaves);
 - `selected`: TRACE's Stage-1 rule over the 16 prompts with a budget of 16 leaves (TRACE's ratio of
   one leaf per pool candidate), each chosen prompt keeping its first m <= 4 rollouts;
-- `selected+explore`: the same with `--explore` leaves (default 4) first spent on prompts drawn at
-  random, 2 rollouts each, the rule spending the rest on the others;
+- `selected+explore`: the same with `trace.explore_share` = `--explore-share` (default 0.25: 4 of the
+  16 leaves on prompts drawn at random, 2 rollouts each), the rule spending the rest on the others;
 - `random`: the same number of prompts and leaves as `selected`, on prompts drawn at random (the
   data volume of `selected` without its selection).
 
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from store.store import RolloutStore  # noqa: E402
 from trace_core.method.allocation import allocate_roots  # noqa: E402
-from trace_core.method.allocators import uniform_counts  # noqa: E402
+from trace_core.method.allocators import AllocatorConfig, make_allocator, uniform_counts  # noqa: E402
 from trace_core.method.headroom import ledger, unbiased_mixed  # noqa: E402
 from trace_core.method.online_predictor import OnlineConfig, OnlinePredictor  # noqa: E402
 from trace_core.method.predictor import PredictorConfig, quality  # noqa: E402
@@ -89,32 +89,27 @@ def keep_rollouts(tree: RolloutTree, m: int) -> RolloutTree:
     return out
 
 
-def choose(strategy: str, v: np.ndarray, budget: int, explore: int, rng: np.random.Generator) -> list[int]:
-    """Rollouts kept per prompt (0, or 2..CAP) under `strategy`, from the predictor's v."""
+def choose(strategy: str, v: np.ndarray, budget: int, explore_share: float, rng: np.random.Generator) -> list[int]:
+    """Rollouts kept per prompt (0, or 2..CAP) under `strategy`, from the predictor's v; `selected`
+    and `selected+explore` are the `trace` allocator's Stage 1 (with `explore_share` for the latter)."""
     n = len(v)
     if strategy == "all":
         return [CAP] * n
-    if strategy == "selected":
-        return list(allocate_roots(v.tolist(), budget, CAP))
-    counts = [0] * n
-    if strategy == "selected+explore":
-        picked = rng.choice(n, explore // 2, replace=False)
-        for i in picked:
-            counts[int(i)] = 2
-        rest = [i for i in range(n) if not counts[i]]
-        for i, m in zip(rest, allocate_roots([float(v[i]) for i in rest], budget - explore, CAP), strict=True):
-            counts[i] = m
-        return counts
+    share = explore_share if strategy == "selected+explore" else 0.0
+    config = AllocatorConfig(budget=2 * budget, stage1_share=0.5, max_per_prompt=CAP, explore_share=share)
+    plan = list(make_allocator("trace").roots(v.tolist(), config, rng).counts)
+    if strategy in ("selected", "selected+explore"):
+        return plan
     if strategy == "random":  # the multiset of group sizes `selected` would use, on random prompts
-        sizes = [m for m in allocate_roots(v.tolist(), budget, CAP) if m]
-        for i, m in zip(rng.permutation(n), sizes, strict=False):
+        counts = [0] * n
+        for i, m in zip(rng.permutation(n), [m for m in plan if m], strict=False):
             counts[int(i)] = m
         return counts
     raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
 
 
 def replay(
-    store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, explore: int, seeds: int
+    store: RolloutStore, run: str, featurizer: SearchAgentFeaturizer, explore_share: float, seeds: int
 ) -> dict[str, Any]:
     run_id = store.run_id(run)
     trace = store.run_settings(run_id)["trace"]
@@ -166,7 +161,7 @@ def replay(
                         "oracle": book.oracle.mixed,
                     }
                 )
-            kept = choose(strategy, v, len(trees[it]), explore, rng)
+            kept = choose(strategy, v, len(trees[it]), explore_share, rng)
             subset = [keep_rollouts(t, m) for t, m in zip(trees[it], kept, strict=True) if m]
             leaves.append(sum(kept))
             x, t, w, nodes = node_examples(subset, featurizer, "launched")
@@ -201,14 +196,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True)
     parser.add_argument("--run", action="append", required=True, help="a `uniform` run (repeatable)")
-    parser.add_argument("--explore", type=int, default=4, help="leaves of `selected+explore` spent at random")
+    parser.add_argument("--explore-share", type=float, default=0.25, help="`trace.explore_share` of `selected+explore`")
     parser.add_argument("--seeds", type=int, default=5, help="random draws of the random strategies")
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--out", default="bench/results/selection/replay.json")
     args = parser.parse_args()
     store = RolloutStore(f"sqlite:///{args.db}", create=False, read_only=True)
     featurizer = SearchAgentFeaturizer(TextEncoder(), args.max_turns)
-    results = {run: replay(store, run, featurizer, args.explore, args.seeds) for run in args.run}
+    results = {run: replay(store, run, featurizer, args.explore_share, args.seeds) for run in args.run}
     store.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
