@@ -97,9 +97,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_run(_settings(args), _log)
     if args.out:
-        _write_json(Path(args.out), result)
+        _write_json(Path(args.out), headline_figures(result))
         _log(f"written to {args.out}")
+    if args.detail:
+        _write_json(Path(args.detail), result)
+        _log(f"written to {args.detail}")
     return 0
+
+
+HEADLINE = ("em", "f1", "greedy_em", "greedy_f1")
+
+
+def headline_figures(result: dict) -> dict:
+    """The accuracy figures of an evaluation, per split: what `dvc metrics show` and `dvc exp show`
+    tabulate (one column each), without the counts and histograms of the detail file."""
+    return {
+        split: {k: v for k, v in figures.items() if k in HEADLINE}
+        for split, figures in result.items()
+        if isinstance(figures, dict)
+    }
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -474,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "warmstart":
             p.add_argument("--metrics", help="write the warm start's figures to this JSON file")
         if name == "evaluate":
-            p.add_argument("--out", help="write the figures to this JSON file")
+            p.add_argument("--out", help="write the accuracy figures (EM, F1; sampled and greedy) to this JSON file")
+            p.add_argument("--detail", help="write every figure (question counts, success histogram) to this JSON file")
         if name == "bench":
             p.add_argument("--quick", action="store_true", help="the CI size: tiny task, one seed, one iteration")
             p.add_argument("--out", default="bench/results", help="folder for runs.jsonl, summary.json and plots")

@@ -3,6 +3,7 @@ stages whose settings changed, and two clean reproductions give identical metric
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.cli import HEADLINE
 from tests.flows.conftest import write_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +67,9 @@ def test_dvc_repro_is_complete_incremental_and_reproducible(prefect_api, tmp_pat
 
     assert _repro(repo, env) == ["prepare", "warmstart", "train", "evaluate", "report"]
     first = {m: (repo / m).read_bytes() for m in METRICS}
+    evaluation = json.loads(first["metrics/eval.json"])
+    assert {split: sorted(f) for split, f in evaluation.items()} == {s: list(HEADLINE) for s in ("dev", "test")}
+    assert {"never", "mixed", "always"} <= set(json.loads((repo / "metrics/eval_detail.json").read_text())["dev"])
     assert (repo / "report" / "index.html").exists() and (repo / "report" / "accuracy.png").exists()
 
     assert _repro(repo, env) == []  # nothing changed, nothing runs
@@ -81,3 +86,51 @@ def test_dvc_repro_is_complete_incremental_and_reproducible(prefect_api, tmp_pat
     assert _repro(repo, env) == ["prepare", "warmstart", "train", "evaluate", "report"]
     for name, content in first.items():
         assert (repo / name).read_bytes() == content, f"{name} differs between two clean reproductions"
+
+
+def _readme_deps_regex() -> re.Pattern[str]:
+    found = re.search(r"^DEPS='(.+)'$", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert found, "README.md defines DEPS for `dvc exp show --drop`"
+    return re.compile(found.group(1))
+
+
+def test_readme_exp_show_drop_regex_removes_every_dependency_column_and_no_setting_or_metric():
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
+    pattern = _readme_deps_regex()
+    assert deps and all(pattern.search(dep) for dep in deps), sorted(d for d in deps if not pattern.search(d))
+    params = {
+        key
+        for stage in stages.values()
+        for entry in stage.get("params", [])
+        for keys in (entry.values() if isinstance(entry, dict) else [[entry]])
+        for key in keys
+    }
+    metrics = ["dev.em", "test.greedy_f1", "eval/em", "rollout/mean_effective_ratio", "chosen_step"]
+    assert not [name for name in [*params, *metrics] if pattern.search(name)]
+
+
+def test_evaluation_metrics_file_holds_the_accuracy_figures_and_the_detail_file_the_rest():
+    from flows.cli import headline_figures
+
+    result = {
+        "policy": "runs/x/policy",
+        "samples": 4,
+        "dev": {
+            "questions": 200,
+            "em": 0.5,
+            "f1": 0.55,
+            "never": 3,
+            "mixed": 5,
+            "always": 2,
+            "greedy_em": 0.6,
+            "greedy_f1": 0.6,
+        },
+        "test": {"questions": 200, "em": 0.4, "f1": 0.45, "never": 4, "mixed": 4, "always": 2},
+    }
+    assert headline_figures(result) == {
+        "dev": {"em": 0.5, "f1": 0.55, "greedy_em": 0.6, "greedy_f1": 0.6},
+        "test": {"em": 0.4, "f1": 0.45},
+    }
