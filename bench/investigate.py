@@ -22,17 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
-LEAVES = """
-SELECT r.name AS run, t.id AS tree, p.hops, n.origin, n.reward
-FROM nodes n JOIN trees t ON n.tree_id = t.id JOIN runs r ON t.run_id = r.id JOIN prompts p ON t.prompt_id = p.id
-WHERE n.terminal AND r.name LIKE 'bench-%'
-"""
-METRICS = """
-SELECT r.name AS run, i.iteration, i.metrics FROM iterations i JOIN runs r ON i.run_id = r.id
-WHERE r.name LIKE 'bench-%' AND i.iteration >= 0
-"""
+from store.queries import iteration_metrics, leaf_outcomes
 
 
 def _variant(run: str) -> str:
@@ -106,9 +98,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/investigation.json"))
     args = parser.parse_args()
     engine = create_engine(f"sqlite:///file:{args.db}?mode=ro&uri=true")
-    with engine.connect() as conn:
-        groups = group_outcomes(conn.execute(text(LEAVES)).all())
-        quality = predictor_quality(conn.execute(text(METRICS)).all())
+    groups = group_outcomes(leaf_outcomes(engine, "bench-"))
+    quality = predictor_quality(iteration_metrics(engine, "bench-"))
     result = {"command": f"python bench/investigate.py --db {args.db}"}
     for name in sorted(groups):
         result[name] = {"predictor": quality.get(name, {}), **groups[name]}

@@ -81,9 +81,7 @@ def replay(db: Path) -> dict[str, Any]:
     store = RolloutStore(f"sqlite:///{db}", create=False)
     rows: list[dict[str, Any]] = []
     try:
-        with store.engine.connect() as conn:
-            runs = [r[0] for r in conn.exec_driver_sql("SELECT name FROM runs ORDER BY id")]
-        for run in runs:
+        for run in [r.name for r in store.runs()]:
             run_id = store.run_id(run)
             trace = store.run_settings(run_id)["trace"]
             for iteration, pool in store.headroom(run_id).items():

@@ -16,7 +16,9 @@ import json
 import statistics
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
+
+from store.queries import stage_timings
 
 
 def main() -> None:
@@ -26,14 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/orchestration.json"))
     args = parser.parse_args()
     engine = create_engine(f"sqlite:///{args.db}")
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT s.iteration, s.stage, s.seconds, s.finished_at FROM stages s JOIN runs r ON s.run_id = r.id "
-                "WHERE r.name = :n AND s.iteration >= -1 ORDER BY s.finished_at"
-            ),
-            {"n": args.run},
-        ).all()
+    rows = stage_timings(engine, args.run)
     if not rows:
         raise SystemExit(f"no stages recorded for run {args.run!r} in {args.db}")
     by_iteration: dict[int, list] = {}

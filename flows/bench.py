@@ -156,13 +156,25 @@ def _one_run(
     from flows.report import evaluate_run
     from flows.training import trace_training
 
-    name = f"bench-{regime}-{variant_slug(allocator)}-s{seed}"
-    variant = variant_overrides(allocator)
-    overrides = [
+    overrides = _run_overrides(regime, allocator, seed, extra, size, out, base)
+    start = time.perf_counter()
+    history = trace_training(overrides)
+    train_seconds = time.perf_counter() - start
+    final = evaluate_run(load_settings(overrides), log, questions=size.eval_questions, greedy=False)
+    record: dict[str, Any] = {"regime": regime, "allocator": allocator, "seed": seed}
+    return record | _run_figures(history, final, train_seconds)
+
+
+def _run_overrides(
+    regime: str, allocator: str, seed: int, extra: list[str], size: BenchSize, out: Path, base: list[str]
+) -> list[str]:
+    """The settings overrides of one bench run: the shared base, the regime's, the variant's, then
+    the run's own name, seed, size and output folder."""
+    return [
         *base,
         *extra,
-        *variant,
-        f"run.name={name}",
+        *variant_overrides(allocator),
+        f"run.name=bench-{regime}-{variant_slug(allocator)}-s{seed}",
         f"run.seed={seed}",
         f"train.iterations={size.iterations}",
         f"train.eval_every={max(1, size.iterations // 2)}",
@@ -171,10 +183,10 @@ def _one_run(
         f"train.eval_questions={size.eval_questions}",
         f"headroom.every={size.headroom_every}",
     ]
-    start = time.perf_counter()
-    history = trace_training(overrides)
-    train_seconds = time.perf_counter() - start
-    final = evaluate_run(load_settings(overrides), log, questions=size.eval_questions, greedy=False)
+
+
+def _run_figures(history: list[dict[str, Any]], final: dict[str, Any], train_seconds: float) -> dict[str, Any]:
+    """What `runs.jsonl` keeps of a finished run, from its training history and final evaluation."""
     rows = [h for h in history if h["iteration"] >= 0]
 
     def series(key: str) -> list[float]:
@@ -184,9 +196,6 @@ def _one_run(
         return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
 
     return {
-        "regime": regime,
-        "allocator": allocator,
-        "seed": seed,
         "iterations": len(rows),
         "effective_ratio": series("rollout/effective_ratio"),
         "nonzero_advantage_share": series("rollout/nonzero_advantage_share"),

@@ -131,64 +131,14 @@ def _cell(stats: dict[str, float] | None, digits: int = 3) -> str:
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
+    """`table.md`: per regime the allocators' figures and their ratios to uniform, then the stage
+    ablation, the paired comparison with uniform (when there is one) and the oracle study."""
     lines = []
     for regime, rows in summary["allocators"].items():
-        lines += [
-            f"### Regime: {regime}",
-            "",
-            "| allocator | effective ratio (a) | non-zero advantage (b) | training reward | dev EM before | "
-            "dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, r in rows.items():
-            lines.append(
-                f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
-                f"{_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
-                f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
-                f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
-                f"{_cell(r['train_seconds'], 0)} |"
-            )
-        lines += [
-            "",
-            "| allocator | (a) / uniform | (b) / uniform | oracle share (Stage 1) | predictor rule's share | "
-            "root AUC (it >= 5) | root ECE (it >= 5) | pool AUC (it >= 5) | pool ECE (it >= 5) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        base = rows.get("uniform")
-        for name, r in rows.items():
-            ratio_a, ratio_b = (
-                _ratio(r[k]["mean"], base[k]["mean"] if base else 0.0)
-                for k in ("effective_ratio", "nonzero_advantage_share")
-            )
-            figures = [ratio_a, ratio_b] + [
-                r.get(k, float("nan"))
-                for k in (
-                    "oracle_share",
-                    "rule_oracle_share",
-                    "root_auc_from_5",
-                    "root_ece_from_5",
-                    "pool_auc_from_5",
-                    "pool_ece_from_5",
-                )
-            ]
-            lines.append(f"| {name} | " + " | ".join("-" if np.isnan(c) else f"{c:.3f}" for c in figures) + " |")
-        lines.append("")
-    lines += ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
-    for label, r in summary["ablation"].items():
-        lines.append(f"| {label} | {_cell(r['effective_ratio']) if r else '-'} | {_cell(r['test_em']) if r else '-'} |")
+        lines += _regime_lines(regime, rows)
+    lines += _ablation_lines(summary["ablation"])
     if summary.get("paired_vs_uniform"):
-        lines += [
-            "",
-            "### Paired against uniform (same seed and start): mean difference [bootstrap 95% interval]",
-            "",
-            "| regime / variant | effective ratio (a) | non-zero advantage (b) | dev EM | test EM |",
-            "|---|---|---|---|---|",
-        ]
-        for name, entry in summary["paired_vs_uniform"].items():
-            cells = [
-                f"{entry[k]['mean']:+.3f} [{entry[k]['ci95'][0]:+.3f}, {entry[k]['ci95'][1]:+.3f}]" for k in PAIRED
-            ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += _paired_lines(summary["paired_vs_uniform"])
     share = summary["oracle"]["share_of_oracle_per_iteration"]
     lines += [
         "",
@@ -197,6 +147,74 @@ def markdown_table(summary: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# a regime's second table: figures of the oracle ledger and of the predictor, after the ratios to uniform
+_LEDGER_COLUMNS = (
+    "oracle_share",
+    "rule_oracle_share",
+    "root_auc_from_5",
+    "root_ece_from_5",
+    "pool_auc_from_5",
+    "pool_ece_from_5",
+)
+
+
+def _regime_lines(regime: str, rows: dict[str, Any]) -> list[str]:
+    """One regime's two tables: the allocators' figures (mean ± std), then their ratios to uniform
+    with the oracle ledger and the predictor's quality."""
+    lines = [
+        f"### Regime: {regime}",
+        "",
+        "| allocator | effective ratio (a) | non-zero advantage (b) | training reward | dev EM before | "
+        "dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
+            f"{_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
+            f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
+            f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
+            f"{_cell(r['train_seconds'], 0)} |"
+        )
+    lines += [
+        "",
+        "| allocator | (a) / uniform | (b) / uniform | oracle share (Stage 1) | predictor rule's share | "
+        "root AUC (it >= 5) | root ECE (it >= 5) | pool AUC (it >= 5) | pool ECE (it >= 5) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = rows.get("uniform")
+    for name, r in rows.items():
+        figures = [
+            _ratio(r[k]["mean"], base[k]["mean"] if base else 0.0)
+            for k in ("effective_ratio", "nonzero_advantage_share")
+        ]
+        figures += [r.get(k, float("nan")) for k in _LEDGER_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join("-" if np.isnan(c) else f"{c:.3f}" for c in figures) + " |")
+    lines.append("")
+    return lines
+
+
+def _ablation_lines(ablation: dict[str, Any]) -> list[str]:
+    lines = ["### Stage ablation (small groups)", "", "| variant | effective ratio (a) | test EM |", "|---|---|---|"]
+    for label, r in ablation.items():
+        lines.append(f"| {label} | {_cell(r['effective_ratio']) if r else '-'} | {_cell(r['test_em']) if r else '-'} |")
+    return lines
+
+
+def _paired_lines(paired: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "### Paired against uniform (same seed and start): mean difference [bootstrap 95% interval]",
+        "",
+        "| regime / variant | effective ratio (a) | non-zero advantage (b) | dev EM | test EM |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in paired.items():
+        cells = [f"{entry[k]['mean']:+.3f} [{entry[k]['ci95'][0]:+.3f}, {entry[k]['ci95'][1]:+.3f}]" for k in PAIRED]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(done: list[dict[str, Any]], oracle: dict[str, Any], out: Path) -> None:
@@ -251,51 +269,60 @@ def plot_regimes(done: list[dict[str, Any]], out: Path) -> None:
         allocators = list(dict.fromkeys(r["allocator"] for r in done if r["regime"] == regime))
         for k, allocator in enumerate(allocators):
             runs = [r for r in done if r["regime"] == regime and r["allocator"] == allocator]
-            color = f"C{k}"
-            for ax, key in zip(row[:2], ["effective_ratio", "nonzero_advantage_share"], strict=True):
-                ax.plot(np.mean([r[key] for r in runs], axis=0), label=allocator, marker=".", color=color)
-            curves = [r["dev_curve"] for r in runs if r.get("dev_curve")]
-            if curves:
-                points = np.mean(np.array(curves, dtype=float), axis=0)  # same evaluation points in every run
-                row[2].plot(points[:, 2], points[:, 3], marker="o", label=allocator, color=color)
-            series = {
-                key: np.nanmean([r[key] for r in runs if r.get(key)], axis=0)
-                for key in ("headroom_oracle", "headroom_allocator", "headroom_uniform")
-                if any(r.get(key) for r in runs)
-            }
-            if series:
-                measured = ~np.isnan(series["headroom_oracle"])
-                its = np.arange(len(measured))[measured]
-                row[3].plot(
-                    its,
-                    series["headroom_oracle"][measured],
-                    linestyle="--",
-                    color=color,
-                    label=f"oracle ({allocator}'s Stage-1 budget)",
-                )
-                row[3].plot(its, series["headroom_allocator"][measured], marker="o", color=color, label=allocator)
-                row[3].plot(
-                    its,
-                    series["headroom_uniform"][measured],
-                    linestyle=":",
-                    color=color,
-                    label=f"uniform on {allocator}'s pool",
-                )
-        titles = [
-            "(a) effective ratio",
-            "(b) non-zero advantage share",
-            "dev EM vs generated tokens",
-            "oracle ledger: expected mixed Stage-1 groups",
-        ]
-        for ax, title in zip(row, titles, strict=True):
-            ax.set_title(f"{regime}: {title}", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        for ax in row[:2]:
-            ax.set_ylim(0, 1)
-            ax.set_xlabel("iteration")
-        row[2].set_xlabel("cumulative generated tokens")
-        row[3].set_xlabel("iteration")
+            _plot_allocator(row, runs, allocator, f"C{k}")
+        _style_regime_row(row, regime)
     fig.tight_layout()
     fig.savefig(out / "regimes.png", dpi=100)
     plt.close(fig)
+
+
+def _plot_allocator(row: Any, runs: list[dict[str, Any]], allocator: str, color: str) -> None:
+    """One allocator's curves (means over its runs) on the four panels of a regime's row."""
+    for ax, key in zip(row[:2], ["effective_ratio", "nonzero_advantage_share"], strict=True):
+        ax.plot(np.mean([r[key] for r in runs], axis=0), label=allocator, marker=".", color=color)
+    curves = [r["dev_curve"] for r in runs if r.get("dev_curve")]
+    if curves:
+        points = np.mean(np.array(curves, dtype=float), axis=0)  # same evaluation points in every run
+        row[2].plot(points[:, 2], points[:, 3], marker="o", label=allocator, color=color)
+    series = {
+        key: np.nanmean([r[key] for r in runs if r.get(key)], axis=0)
+        for key in ("headroom_oracle", "headroom_allocator", "headroom_uniform")
+        if any(r.get(key) for r in runs)
+    }
+    if series:
+        _plot_ledger(row[3], series, allocator, color)
+
+
+def _plot_ledger(ax: Any, series: dict[str, Any], allocator: str, color: str) -> None:
+    """The oracle ledger at the measured iterations: oracle dashed, the allocator solid, uniform dotted."""
+    measured = ~np.isnan(series["headroom_oracle"])
+    its = np.arange(len(measured))[measured]
+    ax.plot(
+        its,
+        series["headroom_oracle"][measured],
+        linestyle="--",
+        color=color,
+        label=f"oracle ({allocator}'s Stage-1 budget)",
+    )
+    ax.plot(its, series["headroom_allocator"][measured], marker="o", color=color, label=allocator)
+    ax.plot(
+        its, series["headroom_uniform"][measured], linestyle=":", color=color, label=f"uniform on {allocator}'s pool"
+    )
+
+
+def _style_regime_row(row: Any, regime: str) -> None:
+    titles = [
+        "(a) effective ratio",
+        "(b) non-zero advantage share",
+        "dev EM vs generated tokens",
+        "oracle ledger: expected mixed Stage-1 groups",
+    ]
+    for ax, title in zip(row, titles, strict=True):
+        ax.set_title(f"{regime}: {title}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in row[:2]:
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("iteration")
+    row[2].set_xlabel("cumulative generated tokens")
+    row[3].set_xlabel("iteration")

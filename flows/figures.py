@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from store.store import RolloutStore
+from trace_core.method.allocators import PrefixPlan
 from trace_core.method.tree import stage1_outcomes
 from trace_core.search_agent.data import QARecord
 
@@ -64,56 +65,67 @@ def plot_allocation(store: RolloutStore, run_id: int, iteration: int, path: Path
     pool, predicted, plan = store.load_root_plan(run_id, iteration)
     if not pool:
         return False
-    trees = store.load_trees(run_id, iteration)
-    outcome = stage1_outcomes(trees)
+    outcome = stage1_outcomes(store.load_trees(run_id, iteration))
     success = [outcome.get((i, 0), (np.nan, 0))[0] for i in range(len(pool))]
     prefixes = store.load_prefix_plan(run_id, iteration)
     rng = np.random.default_rng(0)  # jitter only, so equal counts do not hide each other
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    m = np.asarray(plan.counts, dtype=float)
-    chosen = m > 0
-    left.scatter(
-        np.asarray(predicted)[~chosen],
-        m[~chosen] + rng.uniform(-0.1, 0.1, (~chosen).sum()),
-        s=14,
-        color="#cccccc",
-        label="not sampled",
-    )
-    shown = left.scatter(
-        np.asarray(predicted)[chosen],
-        m[chosen] + rng.uniform(-0.1, 0.1, chosen.sum()),
-        s=28,
-        c=np.asarray(success)[chosen],
-        cmap="RdYlGn",
-        vmin=0,
-        vmax=1,
-        edgecolors="black",
-    )
-    left.yaxis.set_major_locator(MaxNLocator(integer=True))
-    right.yaxis.set_major_locator(MaxNLocator(integer=True))
-    left.set_xlabel("predicted success v")
-    left.set_ylabel("bare rollouts m_i")
-    left.set_xlim(0, 1)
+    _stage1_panel(fig, left, np.asarray(predicted), np.asarray(plan.counts, dtype=float), np.asarray(success), rng)
     left.set_title(f"Stage 1, iteration {iteration}")
-    left.legend(fontsize=8, loc="upper left")
-    fig.colorbar(shown, ax=left, label="success of its bare rollouts")
-    if prefixes.anchors:
-        p = np.array([a.p for a in prefixes.anchors])
-        r = np.array([a.r for a in prefixes.anchors])
-        k = np.asarray(prefixes.counts, dtype=float) + rng.uniform(-0.1, 0.1, len(p))
-        for value, colour, name in ((1.0, "#2ca02c", "rollout succeeded (r = 1)"), (0.0, "#d62728", "failed (r = 0)")):
-            right.scatter(p[r == value], k[r == value], s=20, color=colour, label=name, alpha=0.8)
-        right.legend(fontsize=8, loc="upper center")
-    else:
-        right.text(0.5, 0.5, "no Stage 2 in this iteration", ha="center", transform=right.transAxes)
-    right.set_xlabel("predicted success p of the anchor prefix")
-    right.set_ylabel("continuations k_j")
-    right.set_xlim(0, 1)
+    _stage2_panel(right, prefixes, rng)
     right.set_title(f"Stage 2, iteration {iteration}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _jitter(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.uniform(-0.1, 0.1, n)
+
+
+def _stage1_panel(
+    fig: Any, ax: Any, predicted: np.ndarray, m: np.ndarray, success: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Bare rollouts m_i against predicted success v: unsampled prompts grey, sampled ones coloured
+    by the success of their bare rollouts."""
+    chosen = m > 0
+    ax.scatter(
+        predicted[~chosen], m[~chosen] + _jitter(rng, (~chosen).sum()), s=14, color="#cccccc", label="not sampled"
+    )
+    shown = ax.scatter(
+        predicted[chosen],
+        m[chosen] + _jitter(rng, chosen.sum()),
+        s=28,
+        c=success[chosen],
+        cmap="RdYlGn",
+        vmin=0,
+        vmax=1,
+        edgecolors="black",
+    )
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("predicted success v")
+    ax.set_ylabel("bare rollouts m_i")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.colorbar(shown, ax=ax, label="success of its bare rollouts")
+
+
+def _stage2_panel(ax: Any, prefixes: PrefixPlan, rng: np.random.Generator) -> None:
+    """Continuations k_j against each anchor's predicted p, split by its rollout's reward r."""
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if prefixes.anchors:
+        p = np.array([a.p for a in prefixes.anchors])
+        r = np.array([a.r for a in prefixes.anchors])
+        k = np.asarray(prefixes.counts, dtype=float) + _jitter(rng, len(p))
+        for value, colour, name in ((1.0, "#2ca02c", "rollout succeeded (r = 1)"), (0.0, "#d62728", "failed (r = 0)")):
+            ax.scatter(p[r == value], k[r == value], s=20, color=colour, label=name, alpha=0.8)
+        ax.legend(fontsize=8, loc="upper center")
+    else:
+        ax.text(0.5, 0.5, "no Stage 2 in this iteration", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("predicted success p of the anchor prefix")
+    ax.set_ylabel("continuations k_j")
+    ax.set_xlim(0, 1)
 
 
 def question_kind(record: QARecord) -> str:

@@ -283,17 +283,38 @@ def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None
     rows = queries.iteration_table(engine, s.run.name)
     if not rows:
         raise FileNotFoundError(f"no iterations of run {s.run.name!r} in the rollout database")
+    figures = _draw_metric_figures(engine, s.run.name, rows, out_dir)
+    figures += _draw_plan_figures(s, rows, out_dir)
+    if compare:
+        series = {_label(engine, run): queries.iteration_table(engine, run) for run in [s.run.name, *compare]}
+        plot_comparison(series, out_dir / "comparison.png")
+        figures.insert(0, "comparison.png")
+    trained = queries.run_snapshot(engine, s.run.name)  # the run as it was trained, not today's settings
+    (out_dir / "index.html").write_text(_index_page(s.run.name, trained, rows, figures))
+    engine.dispose()
+    log(f"report written to {out_dir / 'index.html'}")
+    return out_dir / "index.html"
+
+
+def _draw_metric_figures(engine: Engine, run: str, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    """The figures drawn from the run's metrics, calibration and one tree; the names of those drawn."""
     plot_progress(rows, out_dir / "accuracy.png")
     plot_effective_ratio(rows, out_dir / "effective_ratio.png")
-    plot_calibration(queries.calibration(engine, s.run.name), out_dir / "calibration.png")
+    plot_calibration(queries.calibration(engine, run), out_dir / "calibration.png")
     plot_predictor_quality(rows, out_dir / "predictor.png")
     figures = ["accuracy.png", "effective_ratio.png", "calibration.png", "predictor.png"]
     if plot_headroom(rows, out_dir / "headroom.png"):
         figures.append("headroom.png")
-    tree_id = queries.pick_tree(engine, s.run.name)
+    tree_id = queries.pick_tree(engine, run)
     if tree_id is not None:
         plot_tree(engine, tree_id, out_dir / "tree.png")
         figures.append("tree.png")
+    return figures
+
+
+def _draw_plan_figures(s: Settings, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    """The last iteration's allocation and the success per question kind, where the store has them."""
+    figures = []
     store = RolloutStore(s.store_url(), create=False, read_only=True)
     try:
         run_id = store.run_id(s.run.name)
@@ -304,31 +325,27 @@ def write_report(s: Settings, out_dir: Path, log: Log, compare: list[str] | None
             figures.append("kinds.png")
     finally:
         store.close()
-    if compare:
-        series = {_label(engine, run): queries.iteration_table(engine, run) for run in [s.run.name, *compare]}
-        plot_comparison(series, out_dir / "comparison.png")
-        figures.insert(0, "comparison.png")
-    trained = queries.run_snapshot(engine, s.run.name)  # the run as it was trained, not today's settings
+    return figures
+
+
+def _index_page(run: str, trained: dict[str, Any], rows: list[dict[str, Any]], figures: list[str]) -> str:
+    """`index.html`: the run's stored allocator, predictor and budget, its last iteration's figures
+    and the plots."""
     trace, predictor = trained.get("trace", {}), trained.get("predictor", {})
-    last = rows[-1]
-    summary = {k: v for k, v in last.items() if k.startswith(("eval/", "rollout/", "predictor/", "headroom/"))}
+    summary = {k: v for k, v in rows[-1].items() if k.startswith(("eval/", "rollout/", "predictor/", "headroom/"))}
     table = "".join(
         f"<tr><td><code>{html.escape(k)}</code></td><td>{v:.4g}</td></tr>"
         for k, v in sorted(summary.items())
         if isinstance(v, (int, float))
     )
     images = "".join(f'<figure><img src="{f}" alt="{f}"><figcaption>{f}</figcaption></figure>' for f in figures)
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>trace-rl run {html.escape(s.run.name)}</title>"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>trace-rl run {html.escape(run)}</title>"
         "<style>body{font-family:sans-serif;max-width:900px;margin:auto}img{max-width:100%}"
         "td{padding:2px 12px}</style></head><body>"
-        f"<h1>trace-rl run <code>{html.escape(s.run.name)}</code></h1>"
+        f"<h1>trace-rl run <code>{html.escape(run)}</code></h1>"
         f"<p>allocator <b>{html.escape(str(trace.get('allocator')))}</b>, predictor "
         f"<b>{html.escape(str(predictor.get('name')))}</b>, {trace.get('budget')} leaves per iteration, "
         f"{len(rows) - 1} iterations (as stored with the run).</p><h2>Last iteration</h2><table>{table}</table>"
         f"<h2>Figures</h2>{images}</body></html>"
     )
-    (out_dir / "index.html").write_text(page)
-    engine.dispose()
-    log(f"report written to {out_dir / 'index.html'}")
-    return out_dir / "index.html"

@@ -29,20 +29,16 @@ from pydantic_settings import (
 import trace_core.generation.hf_backend
 import trace_core.generation.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
 from flows.errors import SettingsError
+from flows.method_sections import HeadroomSection, PolicySection, PredictorSection, TraceSection, TrainSection
 from flows.sections import (
     AgentSection,
     BackendSection,
-    HeadroomSection,
     ModelSection,
     OrchestrationSection,
-    PolicySection,
-    PredictorSection,
     RetrieverSection,
     RunSection,
     StoreSection,
     TaskSection,
-    TraceSection,
-    TrainSection,
     WarmStartSection,
 )
 from trace_core.method.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')

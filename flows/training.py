@@ -39,10 +39,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.context import TrainContext, open_context
+from flows.measure_stages import headroom_due
 from flows.pipeline import Log
 from flows.settings import Settings, flow_overrides, load_settings
 from flows.sharding import shard_runner
-from flows.stages import STAGE_TASKS, headroom_due
+from flows.stages import STAGE_TASKS
 from trace_core.atomic import write_text_atomic
 
 

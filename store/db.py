@@ -69,65 +69,86 @@ def make_engine(url: str, read_only: bool = False, statement_timeout_s: float = 
     and each statement stops after `statement_timeout_s` seconds (PostgreSQL `statement_timeout`;
     SQLite a progress handler, which also makes Ctrl-C interrupt a runaway query)."""
     parsed = parse_url(url)
+    _require_supported_driver(parsed)
     backend = parsed.get_backend_name()
-    driver = parsed.get_driver_name()
-    if (backend, driver) not in SUPPORTED_DRIVERS:
-        raise StoreError(
-            f"store.url: {backend}+{driver} is not supported; use sqlite:///<file> or "
-            "postgresql://user@host/db (psycopg 3, synchronous)"
-        )
     kwargs: dict[str, Any] = {}
     if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            path = Path(parsed.database)
-            if read_only:
-                if not path.exists():
-                    raise StoreError(f"no rollout database at {path}")
-                parsed = parsed.set(database=f"file:{path}?mode=ro", query={"uri": "true"})
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = _sqlite_file_url(parsed, read_only)
         kwargs["connect_args"] = {"timeout": 30}
     elif backend == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": 5}
-        kwargs["pool_pre_ping"] = True
-        if read_only:
-            timeout_ms = max(1, int(statement_timeout_s * 1000))
-            given = parsed.query.get("options")  # e.g. a search_path in the URL: keep it
-            given = " ".join(given) if isinstance(given, tuple) else (given or "")
-            kwargs["connect_args"]["options"] = given + (
-                f" -c default_transaction_read_only=on -c statement_timeout={timeout_ms} "
-                f"-c idle_in_transaction_session_timeout={timeout_ms}"
-            )
-            kwargs["execution_options"] = {"postgresql_readonly": True}
+        kwargs = _postgres_engine_options(parsed, read_only, statement_timeout_s)
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ModuleNotFoundError) as err:
         raise StoreError(f"cannot use {render_url(parsed)}: {err}") from None
     if backend == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            if not read_only:
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-            if read_only:
-                guard = SQLiteGuard(statement_timeout_s)
-                record.info["guard"] = guard
-                dbapi_connection.set_authorizer(_read_only_authorizer)
-                dbapi_connection.set_progress_handler(guard.check, 1000)
-
-        if read_only:
-
-            @event.listens_for(engine, "before_cursor_execute")
-            def _start_clock(conn: Any, *_args: Any) -> None:
-                guard = conn.info.get("guard")
-                if guard is not None:
-                    guard.start()
-
+        _install_sqlite_hooks(engine, read_only, statement_timeout_s)
     return engine
+
+
+def _require_supported_driver(parsed: URL) -> None:
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if (backend, driver) not in SUPPORTED_DRIVERS:
+        raise StoreError(
+            f"store.url: {backend}+{driver} is not supported; use sqlite:///<file> or "
+            "postgresql://user@host/db (psycopg 3, synchronous)"
+        )
+
+
+def _sqlite_file_url(parsed: URL, read_only: bool) -> URL:
+    """The SQLite URL to open: read-only by URI for an existing file (refused when it is missing),
+    otherwise unchanged, with the file's folder created so that the file can be."""
+    if not parsed.database or parsed.database == ":memory:":
+        return parsed
+    path = Path(parsed.database)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return parsed
+    if not path.exists():
+        raise StoreError(f"no rollout database at {path}")
+    return parsed.set(database=f"file:{path}?mode=ro", query={"uri": "true"})
+
+
+def _postgres_engine_options(parsed: URL, read_only: bool, statement_timeout_s: float) -> dict[str, Any]:
+    """create_engine keywords for PostgreSQL: a connect timeout, and for read_only, session options
+    making every transaction read-only and bounding statements and idle transactions."""
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    options: dict[str, Any] = {"connect_args": connect_args, "pool_pre_ping": True}
+    if read_only:
+        timeout_ms = max(1, int(statement_timeout_s * 1000))
+        given = parsed.query.get("options")  # e.g. a search_path in the URL: keep it
+        given = " ".join(given) if isinstance(given, tuple) else (given or "")
+        connect_args["options"] = given + (
+            f" -c default_transaction_read_only=on -c statement_timeout={timeout_ms} "
+            f"-c idle_in_transaction_session_timeout={timeout_ms}"
+        )
+        options["execution_options"] = {"postgresql_readonly": True}
+    return options
+
+
+def _install_sqlite_hooks(engine: Engine, read_only: bool, statement_timeout_s: float) -> None:
+    """Per-connection pragmas (foreign keys; WAL when writing) and, for read_only, the read-only
+    authorizer and a time-limit guard whose clock starts with each statement."""
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+        if read_only:
+            guard = SQLiteGuard(statement_timeout_s)
+            record.info["guard"] = guard
+            dbapi_connection.set_authorizer(_read_only_authorizer)
+            dbapi_connection.set_progress_handler(guard.check, 1000)
+
+    if read_only:
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _start_clock(conn: Any, *_args: Any) -> None:
+            start_guard(conn)
 
 
 # SQLite authorizer action codes (sqlite3.h) that only read

@@ -1,4 +1,4 @@
-"""Named analysis queries and users' own read-only SQL over the rollout database.
+"""Named analysis queries over the rollout database, and the reads the analysis scripts share.
 
 Each named query returns a `Table` (column names and rows) that the CLI prints or writes as CSV:
 - `effective-ratio`: per run and iteration, trees, mixed trees, the effective ratio, leaves and mean
@@ -9,9 +9,7 @@ Each named query returns a `Table` (column names and rows) that the CLI prints o
   whose leaves are mixed;
 - `tree`: one tree drawn as indented text with each turn's predicted p, target and reward.
 
-`run_sql` runs a user's statement read-only by construction: it must parse as exactly one query,
-and it runs on a connection that cannot write, with a time limit (see `run_sql`); anything else is
-refused with `ReadOnlyError` before or while it runs, never after it wrote.
+Users' own SQL (`trace-rl sql`) runs read-only through `store/user_sql.py`.
 """
 
 from __future__ import annotations
@@ -22,19 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlglot
-import sqlglot.errors
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
-from sqlglot import expressions as exp
 
-from store.db import StoreError, check_connection, interruption, make_engine, start_guard
+from store.db import StoreError
 from store.mapping import read_trees
 from trace_core.method.tree import allocation_outcomes
-
-
-class ReadOnlyError(StoreError):
-    """A statement given to `trace-rl sql` tried to write."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +145,52 @@ def iteration_table(engine: Engine, run: str) -> list[dict[str, Any]]:
     return out
 
 
+def leaf_outcomes(engine: Engine, run_prefix: str) -> list[Any]:
+    """Every leaf of the runs whose name starts with `run_prefix`: rows of (run, tree, hops, origin,
+    reward). `hops` is the synthetic task's own metadata: for analysis, never for the predictor."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT r.name AS run, t.id AS tree, p.hops, n.origin, n.reward FROM nodes n "
+                    "JOIN trees t ON n.tree_id = t.id JOIN runs r ON t.run_id = r.id "
+                    "JOIN prompts p ON t.prompt_id = p.id WHERE n.terminal AND r.name LIKE :prefix"
+                ),
+                {"prefix": f"{run_prefix}%"},
+            ).all()
+        )
+
+
+def iteration_metrics(engine: Engine, run_prefix: str) -> list[Any]:
+    """The training iterations' metrics of the runs whose name starts with `run_prefix`: rows of
+    (run, iteration, metrics as stored: JSON text on SQLite, a mapping on PostgreSQL)."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT r.name AS run, i.iteration, i.metrics FROM iterations i JOIN runs r ON i.run_id = r.id "
+                    "WHERE r.name LIKE :prefix AND i.iteration >= 0"
+                ),
+                {"prefix": f"{run_prefix}%"},
+            ).all()
+        )
+
+
+def stage_timings(engine: Engine, run: str) -> list[Any]:
+    """Every committed stage of run `run`, in the order they finished: rows of (iteration, stage,
+    seconds, finished_at)."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT s.iteration, s.stage, s.seconds, s.finished_at FROM stages s JOIN runs r "
+                    "ON s.run_id = r.id WHERE r.name = :n AND s.iteration >= -1 ORDER BY s.finished_at"
+                ),
+                {"n": run},
+            ).all()
+        )
+
+
 def run_snapshot(engine: Engine, run: str) -> dict[str, Any]:
     """The settings run `run` was started with, as stored."""
     with engine.connect() as conn:
@@ -246,127 +283,3 @@ def _query(engine: Engine, sql: str, params: dict[str, Any]) -> Table:
     with engine.connect() as conn:
         result = conn.execute(text(sql), params)
         return Table(tuple(result.keys()), tuple(tuple(r) for r in result.all()))
-
-
-# functions that reach outside the database (server files, large objects, other sessions or
-# servers) or change session settings: refused even in a SELECT, before the read-only session
-# would stop most of them anyway
-_REFUSED_FUNCTIONS = {
-    "lo_import",
-    "lo_export",
-    "lo_unlink",
-    "lo_create",
-    "lo_from_bytea",
-    "lo_put",
-    "pg_read_file",
-    "pg_read_binary_file",
-    "pg_ls_dir",
-    "pg_stat_file",
-    "pg_file_write",
-    "set_config",
-    "pg_terminate_backend",
-    "pg_cancel_backend",
-    "pg_reload_conf",
-    "pg_rotate_logfile",
-    "dblink",
-    "dblink_exec",
-    "dblink_connect",
-    "pg_advisory_lock",
-    "pg_advisory_xact_lock",
-    "pg_sleep",
-    "load_extension",
-    "writefile",
-    "readfile",
-}
-_WRITES = (
-    exp.Insert,
-    exp.Update,
-    exp.Delete,
-    exp.Merge,
-    exp.Create,
-    exp.Drop,
-    exp.Alter,
-    exp.Command,
-    exp.Copy,
-    exp.Transaction,
-    exp.Commit,
-    exp.Rollback,
-    exp.Set,
-    exp.Use,
-    exp.LoadData,
-    exp.Into,
-)
-
-
-def check_single_query(statement: str, dialect: str) -> None:
-    """Refuse (ReadOnlyError, naming why) anything but exactly one query: no second statement, no
-    statement that is not a SELECT/UNION/VALUES, nothing inside it that writes or reaches outside
-    the database. Parsed with sqlglot in the database's dialect, not matched by text."""
-    try:
-        parsed = [e for e in sqlglot.parse(statement, read=dialect) if e is not None]
-    except sqlglot.errors.SqlglotError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ReadOnlyError(f"refused (read-only): cannot parse the statement as {dialect} SQL ({first})") from None
-    if len(parsed) != 1:
-        raise ReadOnlyError(f"refused (read-only): `trace-rl sql` runs exactly one statement, got {len(parsed)}")
-    (query,) = parsed
-    if not isinstance(query, exp.Query):
-        raise ReadOnlyError(f"refused (read-only): `trace-rl sql` only runs queries (SELECT), not {query.key.upper()}")
-    for node in query.walk():
-        if isinstance(node, _WRITES) or (isinstance(node, exp.Select) and node.args.get("into")):
-            raise ReadOnlyError(f"refused (read-only): the query contains a {node.key.upper()}, which writes")
-        if isinstance(node, exp.Func):
-            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-            if name in _REFUSED_FUNCTIONS:
-                raise ReadOnlyError(
-                    f"refused (read-only): the query calls {name}(), which reaches outside the database"
-                )
-
-
-def run_sql(url: str, statement: str, timeout_s: float = 60.0) -> Table:
-    """Run one read-only query and return its rows.
-
-    Read-only by construction: the statement must parse as exactly one query
-    (`check_single_query`), and it runs on a connection that cannot write (`make_engine` with
-    read_only: SQLite opened `mode=ro` behind an authorizer, PostgreSQL sessions with
-    `default_transaction_read_only`), stopped after `timeout_s` seconds or on Ctrl-C. It goes to the
-    driver's cursor as written (no parameter processing, so `LIKE 'a%'` means what it says)."""
-    engine = make_engine(url, read_only=True, statement_timeout_s=timeout_s)
-    try:
-        check_single_query(statement, "postgres" if engine.dialect.name == "postgresql" else "sqlite")
-        check_connection(engine)
-        with engine.connect() as conn:
-            start_guard(conn)
-            cursor = conn.connection.cursor()
-            try:
-                cursor.execute(statement)
-                if cursor.description is None:
-                    raise ReadOnlyError("refused (read-only): `trace-rl sql` only reads; the statement gave no rows")
-                columns = tuple(str(d[0]) for d in cursor.description)
-                return Table(columns, tuple(tuple(r) for r in cursor.fetchall()))
-            except engine.dialect.loaded_dbapi.Error as err:
-                raise _query_error(engine, conn, err, timeout_s) from None
-            finally:
-                cursor.close()
-                conn.rollback()
-    finally:
-        engine.dispose()
-
-
-def _query_error(engine: Engine, conn: Any, err: Exception, timeout_s: float) -> BaseException:
-    stopped = interruption(engine, conn)
-    if stopped == "interrupted" or (stopped is None and str(err) == "interrupted"):
-        # SQLite stops a statement when its progress handler returns non-zero or raises: past the
-        # deadline the guard says so; otherwise it was Ctrl-C arriving inside the handler
-        return KeyboardInterrupt()
-    if stopped is not None:
-        return StoreError(f"the query was {stopped}")
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if any(h in reason.lower() for h in _WRITE_HINTS):
-        return ReadOnlyError("refused: `trace-rl sql` runs on a read-only connection and the statement tries to write")
-    if "statement timeout" in reason.lower():
-        return StoreError(f"the query was stopped after the {timeout_s:g} s time limit")
-    return StoreError(f"the query failed: {reason}")
-
-
-_WRITE_HINTS = ("readonly", "read-only", "read only", "not authorized", "prohibited")

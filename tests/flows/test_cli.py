@@ -171,14 +171,14 @@ def test_a_database_of_a_newer_schema_is_one_line_before_any_flow_starts(tmp_pat
 def test_dvc_plot_files_hold_no_blank_cells(tmp_path):
     import csv
 
-    from flows.cli import _export_metrics
+    from flows.metrics_files import export_metrics
 
     history = [
         {"iteration": -1, "eval/em": 0.3, "time/evaluate": 1.0},
         {"iteration": 0, "rollout/effective_ratio": 0.5, "predictor/root_auc": None},
         {"iteration": 1, "rollout/effective_ratio": 0.7, "predictor/root_auc": 0.6, "eval/em": 0.4},
     ]
-    _export_metrics(tmp_path, history)
+    export_metrics(tmp_path, history)
     train = list(csv.DictReader((tmp_path / "train.csv").open()))
     dev = list(csv.DictReader((tmp_path / "dev.csv").open()))
     assert [(r["iteration"], r["rollout/effective_ratio"]) for r in train] == [("0", "0.5"), ("1", "0.7")]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import HEADLINE
+from flows.metrics_files import HEADLINE
 from tests.flows.conftest import write_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_readme_exp_show_drop_regex_removes_every_dependency_column_and_no_setti
 
 
 def test_evaluation_metrics_file_holds_the_accuracy_figures_and_the_detail_file_the_rest():
-    from flows.cli import headline_figures
+    from flows.metrics_files import headline_figures
 
     result = {
         "policy": "runs/x/policy",

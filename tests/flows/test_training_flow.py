@@ -345,7 +345,7 @@ def test_a_second_process_on_a_running_run_is_refused_in_one_line_and_writes_not
 
 
 def test_publishing_the_policy_never_deletes_outside_the_run_folder(tmp_path):
-    from flows.stages import _remove_tree
+    from flows.learn_stages import _remove_tree
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()

@@ -2,7 +2,7 @@ import pytest
 
 from store import queries
 from store.db import make_engine
-from store.queries import ReadOnlyError, run_sql
+from store.user_sql import ReadOnlyError, run_sql
 from tests.store.conftest import make_tree, save_trees
 
 
@@ -105,3 +105,22 @@ def test_a_writing_statement_through_sql_is_refused_and_changes_nothing(fixture_
         from sqlalchemy import text
 
         assert conn.execute(text("SELECT COUNT(*) FROM nodes")).scalar_one() == 15
+
+
+def test_the_analysis_reads_return_leaves_iteration_metrics_and_stage_timings_by_run(store):
+    run = store.open_run("bench-a-s0", {}, "h", "test")
+    other = store.open_run("other", {}, "h2", "test")
+    save_trees(store, run, 0, [make_tree("q1", [1.0, 0.0])], "trace", stage="back_up")
+    save_trees(store, other, 0, [make_tree("q2", [0.0])], "trace", stage="back_up")
+    with store.stage(run, 0, "checkpoint", seconds=2.5) as w:
+        w.iteration_metrics({"predictor/auc": 0.7})
+    leaves = queries.leaf_outcomes(store.engine, "bench-")
+    assert {r.run for r in leaves} == {"bench-a-s0"}
+    expected = sorted((leaf.origin, leaf.reward) for leaf in make_tree("q1", [1.0, 0.0]).leaves())
+    assert sorted((r.origin, r.reward) for r in leaves) == expected
+    metrics = queries.iteration_metrics(store.engine, "bench-")
+    assert [(r.run, r.iteration) for r in metrics] == [("bench-a-s0", 0)]
+    assert [(r.iteration, r.stage, r.seconds) for r in queries.stage_timings(store.engine, "bench-a-s0")] == [
+        (0, "back_up", None),
+        (0, "checkpoint", 2.5),
+    ]

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from flows.cli import main
 from store.db import StoreError, make_engine
-from store.queries import ReadOnlyError, check_single_query, run_sql
+from store.user_sql import ReadOnlyError, check_single_query, run_sql
 from tests.store.conftest import make_tree, save_trees
 
 RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT COUNT(*) FROM r"

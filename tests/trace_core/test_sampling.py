@@ -58,3 +58,35 @@ def test_bare_groups_count_only_the_stage1_rollouts_of_each_prompt():
     x, successes, n = bare_groups([tree, unused], _CountingFeaturizer())
     assert (successes.tolist(), n.tolist()) == ([1.0], [2])
     assert x.tolist() == [[len(tree.nodes), 0.0]]
+
+
+def _snapshot(trees):
+    return [list(t.nodes) for t in trees]
+
+
+def test_planning_stages_return_trees_with_predictions_and_leave_their_inputs_unchanged():
+    from trace_core.method.allocators import AllocatorConfig, make_allocator
+    from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+    from trace_core.method.sampling import plan_stage1, stage2_input
+
+    pool = [RolloutTree(QARecord(f"q{i}", "q?", ("x",), "t"), (1,)) for i in range(6)]
+    before = _snapshot(pool)
+    predictor = SuccessPredictor(2, PredictorConfig(prior=0.4))
+    config = AllocatorConfig(budget=8, group_size=2)
+    planned, plan = plan_stage1(
+        pool, make_allocator("trace"), config, predictor, _CountingFeaturizer(), np.random.default_rng(0)
+    )
+    assert _snapshot(pool) == before and all(t.root.predicted is None for t in pool)
+    assert [t.root.predicted for t in planned] == [0.4] * 6 and plan.leaves <= 8
+
+    # Stage 1 grew one chosen prompt: a turn, then a failed and a successful leaf below it
+    chosen = next(i for i, m in enumerate(plan.counts) if m > 0)
+    grown = planned[chosen]
+    a = grown.add(_turn(0))
+    grown.add(_turn(a.node_id, True, 0.0))
+    grown.add(_turn(0, True, 1.0))
+    before = _snapshot(planned)
+    with_p, s2 = stage2_input(planned, plan, make_allocator("trace"), predictor, _CountingFeaturizer())
+    assert _snapshot(planned) == before and planned[chosen].nodes[a.node_id].predicted is None
+    assert with_p[chosen].nodes[a.node_id].predicted == 0.4
+    assert [(x.tree, x.node_id) for x in s2.anchors] == [(chosen, a.node_id)]

@@ -121,3 +121,17 @@ def test_launched_root_targets_are_unbiased_where_stage_2_continues_the_failures
         launched.append(launched_targets(tree)[0][0])
     assert abs(np.mean(launched) - v) < 0.02
     assert np.mean(subtree) < v - 0.05  # failures' prefixes are mostly bad ones: the backup is pulled down
+
+
+def test_backed_up_returns_a_filled_copy_and_leaves_the_tree_as_it_was():
+    from trace_core.method.tree import backed_up
+
+    tree = RolloutTree(QARecord("q", "q?", ("x",), "t"), (1,))
+    first = tree.add(_turn(0))
+    tree.add(_turn(first.node_id, terminal=True, reward=1.0))
+    tree.add(_turn(0, terminal=True, reward=0.0))
+    before = list(tree.nodes)
+    filled = backed_up(tree)
+    assert tree.nodes == before and tree.root.target is None
+    assert (filled.root.target, filled.root.leaf_count) == (0.5, 2)
+    assert filled.nodes[first.node_id].target == 1.0

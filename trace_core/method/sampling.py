@@ -5,8 +5,9 @@
 
 Each step is its own function with typed inputs and outputs, so an orchestrator can run (and
 retry) them as separate stages. Trees are indexed by their position in the candidate pool, so a
-plan's indices stay valid across stages. The predictor's output for every node it scored is
-written to that node's `predicted` field, where the store and the calibration analysis read it.
+plan's indices stay valid across stages. No function changes its inputs: the planning steps return
+new trees with the predictor's output for every node it scored in that node's `predicted` field,
+where the store and the calibration analysis read it.
 
 Deviations:
 1. A Stage-1 group that is already mixed is offered to Stage 2's root fallback with p = r = 1
@@ -16,7 +17,6 @@ Deviations:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from trace_core.method.allocators import Allocator, AllocatorConfig, Anchor, PrefixPlan, RootPlan, Stage2Input
 from trace_core.method.predictor import FitReport, Predictor
 from trace_core.method.rollout import Expansion
-from trace_core.method.tree import RolloutTree, launched_targets, stage1_outcomes
+from trace_core.method.tree import RolloutTree, launched_targets, stage1_outcomes, with_predictions
 
 Targets = Literal["subtree", "launched"]
 TARGETS: tuple[str, ...] = ("subtree", "launched")
@@ -42,16 +42,12 @@ def predict_nodes(
     predictor: Predictor,
     featurizer: Featurizer,
 ) -> np.ndarray:
-    """Predicted success for (tree, node) pairs, also recorded on the nodes."""
+    """Predicted success for (tree, node) pairs (record them with `tree.with_predictions`)."""
     if not nodes:
         return np.zeros(0)
     if predictor.fitted:
-        predicted = predictor.predict(featurizer.features(trees, nodes))
-    else:  # cold start: the prior, without paying for features
-        predicted = predictor.predict(np.zeros((len(nodes), predictor.dim)))
-    for (t, n), p in zip(nodes, predicted, strict=True):
-        trees[t].set(replace(trees[t].nodes[n], predicted=float(p)))
-    return predicted
+        return predictor.predict(featurizer.features(trees, nodes))
+    return predictor.predict(np.zeros((len(nodes), predictor.dim)))  # cold start: the prior, no features
 
 
 def plan_stage1(
@@ -61,16 +57,18 @@ def plan_stage1(
     predictor: Predictor,
     featurizer: Featurizer,
     rng: np.random.Generator,
-) -> RootPlan:
+) -> tuple[list[RolloutTree], RootPlan]:
     """Predict v for every pool prompt (if the allocator uses it), and the chance two of its rollouts
-    disagree where the predictor learns that, and allocate bare rollouts."""
+    disagree where the predictor learns that, and allocate bare rollouts. Returns the pool's trees
+    with v recorded on their roots (new trees; the inputs are unchanged) and the plan."""
     if not allocator.roots_by_predictor:
-        return allocator.roots([predictor.config.prior] * len(trees), config, rng)
+        return list(trees), allocator.roots([predictor.config.prior] * len(trees), config, rng)
     roots = [(i, 0) for i in range(len(trees))]
     v = predict_nodes(trees, roots, predictor, featurizer)
     learnt = predictor.config.mixedness and predictor.fitted  # else no second pass of the text encoder
     d = predictor.predict_mixedness(featurizer.features(trees, roots)) if learnt else None
-    return allocator.roots([float(x) for x in v], config, rng, None if d is None else [float(x) for x in d])
+    plan = allocator.roots([float(x) for x in v], config, rng, None if d is None else [float(x) for x in d])
+    return with_predictions(trees, roots, v), plan
 
 
 def stage1_expansions(plan: RootPlan) -> list[Expansion]:
@@ -88,9 +86,10 @@ def stage2_input(
     allocator: Allocator,
     predictor: Predictor,
     featurizer: Featurizer,
-) -> Stage2Input:
+) -> tuple[list[RolloutTree], Stage2Input]:
     """Anchors (every non-terminal turn of depth >= 1 in the bare rollouts, with its rollout's
-    reward), root fallbacks of the rolled-out prompts, and the unused pool prompts."""
+    reward), root fallbacks of the rolled-out prompts, and the unused pool prompts. Returns the
+    trees with each anchor's p recorded (new trees; the inputs are unchanged) and Stage 2's input."""
     chosen = [i for i, m in enumerate(plan.counts) if m > 0]
     nodes: list[tuple[int, int]] = []
     rewards: list[float] = []
@@ -102,8 +101,10 @@ def stage2_input(
                 rewards.append(leaf.reward or 0.0)
     if allocator.prefixes_by_predictor:
         p = predict_nodes(trees, nodes, predictor, featurizer)
+        predicted = with_predictions(trees, nodes, p)
     else:
         p = np.full(len(nodes), predictor.config.prior)
+        predicted = list(trees)
     anchors = tuple(Anchor(t, n, float(pi), r) for (t, n), pi, r in zip(nodes, p, rewards, strict=True))
     roots = []
     for t in chosen:
@@ -112,7 +113,7 @@ def stage2_input(
         roots.append(Anchor(t, 0, 1.0, 1.0) if common is None else Anchor(t, 0, v, common))
     unused = tuple(i for i, m in enumerate(plan.counts) if m == 0)
     unused_v = tuple(_predicted_or(trees[i].root.predicted, predictor.config.prior) for i in unused)
-    return Stage2Input(anchors, tuple(roots), unused, unused_v)
+    return predicted, Stage2Input(anchors, tuple(roots), unused, unused_v)
 
 
 def _predicted_or(value: float | None, prior: float) -> float:

@@ -129,6 +129,14 @@ class RolloutTree(Generic[R]):
         """Replace a node by an updated copy with the same id."""
         self.nodes[node.node_id] = node
 
+    def copy(self) -> RolloutTree[R]:
+        """An independent tree with the same nodes (nodes are immutable, so sharing them is safe)."""
+        other: RolloutTree[R] = RolloutTree.__new__(RolloutTree)
+        other.record = self.record
+        other.nodes = list(self.nodes)
+        other._children = {k: list(v) for k, v in self._children.items()}
+        return other
+
     def children(self, node_id: int) -> list[RolloutNode]:
         return [self.nodes[c] for c in self._children[node_id]]
 
@@ -164,6 +172,21 @@ class RolloutTree(Generic[R]):
         return any(r is not None and r > 0 for r in rewards) and any(r is not None and r <= 0 for r in rewards)
 
 
+def with_predictions(
+    trees: Sequence[RolloutTree], nodes: Sequence[tuple[int, int]], predicted: Sequence[float] | np.ndarray
+) -> list[RolloutTree]:
+    """The trees with `predicted` recorded on the (tree index, node id) pairs: copies where a node
+    changes, the same objects elsewhere; the inputs are left as they are."""
+    out = list(trees)
+    copied: set[int] = set()
+    for (t, n), p in zip(nodes, predicted, strict=True):
+        if t not in copied:
+            out[t] = out[t].copy()
+            copied.add(t)
+        out[t].set(replace(out[t].nodes[n], predicted=float(p)))
+    return out
+
+
 def backup(tree: RolloutTree) -> None:
     """Fill `target` and `leaf_count` of every node from the rewards of the leaves below it.
 
@@ -182,6 +205,14 @@ def backup(tree: RolloutTree) -> None:
     for node in tree.nodes:
         n = counts[node.node_id]
         tree.set(replace(node, target=sums[node.node_id] / n if n else None, leaf_count=n))
+
+
+def backed_up(tree: RolloutTree) -> RolloutTree:
+    """A copy of `tree` with every node's `target` and `leaf_count` filled (`backup`); the input is
+    left as it is."""
+    out = tree.copy()
+    backup(out)
+    return out
 
 
 def launched_targets(tree: RolloutTree) -> tuple[list[float | None], list[int]]:

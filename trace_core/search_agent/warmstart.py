@@ -131,6 +131,47 @@ def _distance_to_band(success: float, band: tuple[float, float]) -> float:
     return abs(success - (band[0] + band[1]) / 2)
 
 
+def _optimizer(
+    model: PreTrainedModel, config: WarmStartConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW without weight decay, its rate warmed up linearly over `config.warmup_steps`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    return optimizer, schedule
+
+
+def _train_step(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    batch: Sequence[Trajectory],
+    pad_id: int,
+) -> float:
+    """One clipped gradient step on the SFT loss of `batch`; returns the loss before the step."""
+    loss = sft_loss(model, batch, pad_id)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
+def _measure(
+    backend: GenerationBackend,
+    env: SearchEnv,
+    probe: Sequence[QARecord],
+    config: WarmStartConfig,
+    step: int,
+    start: float,
+    losses: list[float],
+) -> Checkpoint:
+    """Sampled success on `probe` now, with the mean training loss since the previous checkpoint."""
+    backend.reset_cache()
+    report = evaluate_policy(probe, backend, env, n=config.eval_samples, temperature=1.0)
+    return Checkpoint(step, time.perf_counter() - start, sum(losses) / len(losses), report.em)
+
+
 def warm_start(
     model: PreTrainedModel,
     backend: GenerationBackend,
@@ -149,8 +190,8 @@ def warm_start(
     if not data:
         raise ValueError("no training question has a chain short enough for max_turns")
     pad_id = env.tokenizer.pad_token_id or 0
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    optimizer, schedule = _optimizer(model, config)
+    band = config.success_band
     history: list[Checkpoint] = []
     best: tuple[Checkpoint, dict[str, torch.Tensor]] | None = None
     batches = _length_buckets(data, config.batch_size)
@@ -160,29 +201,18 @@ def warm_start(
     for step in range(1, config.max_steps + 1):
         if not order:
             order = torch.randperm(len(batches), generator=order_rng).tolist()
-        loss = sft_loss(model, batches[order.pop()], pad_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        losses.append(_train_step(model, optimizer, schedule, batches[order.pop()], pad_id))
         out_of_time = time.perf_counter() - start > config.max_seconds
         if step % config.eval_every and step != config.max_steps and not out_of_time:
             continue
-        backend.reset_cache()
-        report = evaluate_policy(probe, backend, env, n=config.eval_samples, temperature=1.0)
-        point = Checkpoint(step, time.perf_counter() - start, sum(losses) / len(losses), report.em)
+        point = _measure(backend, env, probe, config, step, start, losses)
         losses = []
         history.append(point)
-        if best is None or _distance_to_band(point.success, config.success_band) < _distance_to_band(
-            best[0].success, config.success_band
-        ):
+        if best is None or _distance_to_band(point.success, band) < _distance_to_band(best[0].success, band):
             best = (point, copy.deepcopy(model.state_dict()))
         if log is not None:
             log(point)
-        lo, hi = config.success_band
-        if lo <= point.success <= hi or point.success > hi or out_of_time:
+        if band[0] <= point.success <= band[1] or point.success > band[1] or out_of_time:
             break
     assert best is not None  # the last step always evaluates
     chosen, weights = best

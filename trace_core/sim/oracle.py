@@ -23,7 +23,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from trace_core.method.allocation import prefix_value, root_value
-from trace_core.method.allocators import AllocatorConfig, PrefixPlan, Stage2Input, make_allocator
+from trace_core.method.allocators import (
+    Allocator,
+    AllocatorConfig,
+    PrefixPlan,
+    RootPlan,
+    Stage2Input,
+    make_allocator,
+)
 from trace_core.method.predictor import PredictorConfig, SuccessPredictor
 from trace_core.method.sampling import (
     effective_ratio,
@@ -33,8 +40,8 @@ from trace_core.method.sampling import (
     stage2_expansions,
     stage2_input,
 )
-from trace_core.method.tree import RolloutTree, backup
-from trace_core.sim.simulated import KnownProbabilityTask
+from trace_core.method.tree import RolloutTree, backup, with_predictions
+from trace_core.sim.simulated import KnownProbabilityTask, SimPrompt
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,30 @@ def _score(v_true: np.ndarray, truth2: Stage2Input, counts: tuple[int, ...], pla
     return total
 
 
+def _uniform_run(
+    uniform: Allocator,
+    task: KnownProbabilityTask,
+    pool: list[SimPrompt],
+    v_true: np.ndarray,
+    config: AllocatorConfig,
+    rng: np.random.Generator,
+) -> tuple[RootPlan, list[RolloutTree]]:
+    """Uniform's Stage-1 plan for the pool and the fresh trees it grows."""
+    plan = uniform.roots(v_true.tolist(), config, rng)
+    trees = [task.new_tree(p) for p in pool]
+    task.grow(trees, stage1_expansions(plan), rng, "stage1")
+    return plan, trees
+
+
+def _refit(predictor: SuccessPredictor, iteration: int, trees: list[RolloutTree], task: KnownProbabilityTask) -> None:
+    """Back up the grown trees, add their node examples to the predictor and refit it."""
+    for tree in trees:
+        backup(tree)
+    x, t, w, nodes = node_examples(trees, task)
+    predictor.add(iteration, x, t, w, [trees[i].record.id for i, _ in nodes])
+    predictor.fit()
+
+
 def oracle_study(
     allocator_name: str,
     task: KnownProbabilityTask,
@@ -93,24 +124,22 @@ def oracle_study(
         trees = [task.new_tree(p) for p in pool]
         roots = [(i, 0) for i in range(len(trees))]
         v_true = np.array([task.true_value(t, 0) for t in trees])
-        v = v_true if true_probabilities else predict_nodes(trees, roots, predictor, task)
+        if true_probabilities:
+            v = v_true
+        else:
+            v = predict_nodes(trees, roots, predictor, task)
+            trees = with_predictions(trees, roots, v)
         plan1 = allocator.roots(v.tolist(), config, rng)
         oracle1 = allocator.roots(v_true.tolist(), config, rng)
         task.grow(trees, stage1_expansions(plan1), rng, "stage1")
-        stage2 = stage2_input(trees, plan1, allocator, predictor, task)
+        trees, stage2 = stage2_input(trees, plan1, allocator, predictor, task)
         truth2 = _true_stage2(task, trees, stage2)
         plan2 = allocator.prefixes(truth2 if true_probabilities else stage2, config.budget - plan1.leaves, config, rng)
         oracle2 = allocator.prefixes(truth2, config.budget - oracle1.leaves, config, rng)
-        uniform_plan = uniform.roots(v_true.tolist(), config, rng)
-        uniform_trees = [task.new_tree(p) for p in pool]
-        task.grow(uniform_trees, stage1_expansions(uniform_plan), rng, "stage1")
+        uniform_plan, uniform_trees = _uniform_run(uniform, task, pool, v_true, config, rng)
         task.grow(trees, stage2_expansions(plan2), rng, "stage2")
-        for tree in trees:
-            backup(tree)
         fitted = predictor.fitted
-        x, t, w, nodes = node_examples(trees, task)
-        predictor.add(it, x, t, w, [trees[i].record.id for i, _ in nodes])
-        predictor.fit()
+        _refit(predictor, it, trees, task)
         out.append(
             OracleIteration(
                 iteration=it,
