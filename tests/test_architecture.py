@@ -44,6 +44,7 @@ ALLOWED_GROUPS = {
     "models": {"models"},
     "method": {"method", "generation"},
     "search_agent": {"search_agent", "method", "generation"},
+    "function_calling": {"function_calling", "method", "generation"},
     "sim": {"sim", "method", "generation", "search_agent"},
 }
 HELPERS = {"registry", "atomic"}
