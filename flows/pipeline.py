@@ -144,7 +144,14 @@ def make_retriever(s: Settings, data: TaskData) -> Retriever:
 
 def agent_config(s: Settings) -> AgentConfig:
     a = s.agent
-    return AgentConfig(a.max_turns, a.max_tokens_per_turn, s.retriever.topk, a.temperature, a.top_p, a.instruction)
+    return AgentConfig(
+        max_turns=a.max_turns,
+        max_tokens_per_turn=a.max_tokens_per_turn,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        topk=s.retriever.topk,
+        instruction=a.instruction,
+    )
 
 
 def policy_config(s: Settings) -> PolicyConfig:

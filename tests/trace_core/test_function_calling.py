@@ -144,3 +144,135 @@ def test_bfcl_never_writes_inside_its_own_package():
     assert os.environ.get("BFCL_PROJECT_ROOT")
     package = os.path.dirname(bfcl_eval.__file__)
     assert not {"result", "score", ".file_locks"} & set(os.listdir(package))
+
+
+@pytest.fixture(scope="module")
+def fc_env(episodes):
+    from trace_core.function_calling.env import FCConfig, FunctionCallingEnv
+    from trace_core.models.default_model import train_tokenizer
+
+    texts = [t for r in episodes["base"][:20] for t in r.turns] + [
+        c for r in episodes["base"][:20] for t in r.ground_truth for c in t
+    ]
+    return FunctionCallingEnv(train_tokenizer(texts, 400), bfcl_data_dir(), FCConfig(max_turns=40))
+
+
+def _expert_texts(record):
+    """The ground truth as the policy's steps: one <call> step per ground-truth call, then a reply."""
+    return [
+        text for turn in record.ground_truth for text in [*(f"<call>[{c}]</call>" for c in turn), "<reply>done</reply>"]
+    ]
+
+
+def _run(env, record, texts):
+    """Feed the steps one at a time, each with the earlier ones as its history."""
+    results = []
+    for depth, text in enumerate(texts, 1):
+        results.append(env.step([record], [text], [depth], ["stop"], [texts[: depth - 1]])[0])
+        if results[-1].terminal:
+            break
+    return results
+
+
+def test_every_ground_truth_call_is_allowed_and_all_but_one_are_documented_at_their_turn(episodes):
+    from trace_core.function_calling.env import allowed_functions, documented_functions
+
+    early = []
+    for record in (r for s in SUBSETS for r in episodes[s]):
+        for turn, calls in enumerate(record.ground_truth):
+            for text in calls:
+                (call,) = parse_calls(text, allowed_functions(record))  # raises if a call is not allowed
+                if call.name not in documented_functions(record, turn):
+                    early.append((record.id, call.name))
+    assert early == [("multi_turn_miss_func_49", "tail")]  # BFCL's own ground truth calls it before it is offered
+
+
+def test_the_expert_episode_earns_reward_1_and_a_wrong_call_reward_0(fc_env, episodes):
+    for record in _sample(episodes, per_subset=2):
+        texts = _expert_texts(record)
+        results = _run(fc_env, record, texts)
+        assert len(results) == len(texts) and results[-1].terminal and results[-1].reward == 1.0, record.id
+        assert all(not r.terminal for r in results[:-1])
+        first_call = next(i for i, t in enumerate(texts) if t.startswith("<call>"))
+        wrong = [
+            *texts[:first_call],
+            "<call>[mkdir(dir_name='zzz')]</call>" if "GorillaFileSystem" in record.classes else texts[first_call],
+            *texts[first_call + 1 :],
+        ]
+        if wrong != texts:
+            assert _run(fc_env, record, wrong)[-1].reward == 0.0, record.id
+
+
+def test_a_step_from_a_stored_prefix_gets_the_observation_of_the_sequential_episode(fc_env, episodes):
+    record = episodes["base"][0]
+    texts = _expert_texts(record)
+    sequential = _run(fc_env, record, texts)
+    for depth in (2, 4, len(texts) - 1):
+        again = fc_env.step([record], [texts[depth - 1]], [depth], ["stop"], [texts[: depth - 1]])[0]
+        assert again.observation == sequential[depth - 1].observation
+    # a branch (a different step after the same prefix) sees the prefix's state, not the other branch's
+    branch = fc_env.step([record], ["<call>[pwd()]</call>"], [2], ["stop"], [texts[:1]])[0]
+    assert "document" in branch.observation  # the first ground-truth call was cd(folder='document')
+
+
+@pytest.mark.parametrize("text", UNSAFE)
+def test_an_unsafe_step_is_a_format_error_observation_and_runs_nothing(fc_env, episodes, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = fc_env.step([episodes["base"][0]], [f"<call>{text}</call>"], [1], ["stop"])[0]
+    assert result.parsed.action == "invalid" and "Invalid step" in result.observation and not result.terminal
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_held_back_functions_are_left_out_of_the_prompt_until_their_turn_and_then_announced(fc_env, episodes):
+    record = next(r for r in episodes["miss_func"] if r.held_back)
+    (turn, names), *_ = record.held_back
+    assert f"\n{names[0]}(" not in fc_env.prompt_text(record)
+    texts = _expert_texts(record)
+    replies = [i for i, t in enumerate(texts) if t.startswith("<reply>")]
+    announce = _run(fc_env, record, texts)[replies[turn - 1]]
+    assert "New functions:" in announce.observation and names[0] in announce.observation
+
+
+def test_an_episode_that_runs_out_of_steps_ends_and_is_checked(episodes):
+    from trace_core.function_calling.env import FCConfig, FunctionCallingEnv
+    from trace_core.models.default_model import train_tokenizer
+
+    env = FunctionCallingEnv(train_tokenizer(["<call>ls()</call>"], 300), bfcl_data_dir(), FCConfig(max_turns=2))
+    record = episodes["base"][0]
+    results = _run(env, record, ["<call>[pwd()]</call>", "<call>[pwd()]</call>", "<reply>x</reply>"])
+    assert len(results) == 2 and results[-1].terminal and results[-1].reward == 0.0
+
+
+class _ExpertBackend:
+    """Writes the expert's next step for any context: the step count is read back from the context."""
+
+    def __init__(self, env, texts):
+        self.env, self.texts = env, texts
+
+    def generate(self, requests, params):
+        from trace_core.generation.backend import Completion
+
+        out = []
+        for request in requests:
+            context = self.env.decode(request.prefix_ids)
+            done = context.count("</call>") + context.count("</reply>") - 2  # the instruction names both tags
+            ids = self.env.encode(self.texts[done])
+            out.append([Completion(ids, (0.0,) * len(ids), "stop", "</call>")] * request.n)
+        return out
+
+
+def test_trees_grown_by_the_method_branch_the_episode_exactly(fc_env, episodes):
+    from trace_core.method.rollout import Expansion, grow, new_trees
+
+    record = episodes["base"][0]
+    texts = _expert_texts(record)
+    backend = _ExpertBackend(fc_env, texts)
+    trees = new_trees([record], fc_env)
+    grow(trees, [Expansion(0, 0, 2)], backend, fc_env, fc_env.config.sampling(), "stage1")
+    tree = trees[0]
+    assert [leaf.reward for leaf in tree.leaves()] == [1.0, 1.0]
+    assert [n.text for n in tree.path(tree.leaves()[0].node_id)[1:]] == texts
+    # a continuation from a mid-episode turn (Stage 2) rebuilds its state from the path and succeeds too
+    anchor = tree.path(tree.leaves()[0].node_id)[3]
+    grow(trees, [Expansion(0, anchor.node_id, 1)], backend, fc_env, fc_env.config.sampling(), "stage2")
+    assert [leaf.reward for leaf in tree.leaves()] == [1.0, 1.0, 1.0]

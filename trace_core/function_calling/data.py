@@ -32,7 +32,7 @@ class FCRecord:
     """One multi-turn episode. `turns[t]` is user turn t's text ('' for a turn that only makes held-back
     functions available); `initial_config` is JSON text (the record stays hashable); `held_back`
     maps a turn index to the functions that become available at it; `ground_truth[t]` is turn t's
-    calls as BFCL writes them."""
+    calls as BFCL writes them; `excluded`: functions of the APIs BFCL does not offer in this episode."""
 
     id: str
     turns: tuple[str, ...]
@@ -41,6 +41,7 @@ class FCRecord:
     held_back: tuple[tuple[int, tuple[str, ...]], ...]
     ground_truth: tuple[tuple[str, ...], ...]
     data_source: str = "bfcl_v4_base"
+    excluded: tuple[str, ...] = ()
 
     @property
     def subset(self) -> str:
@@ -97,6 +98,7 @@ def to_record(entry: Mapping[str, Any], answer: Mapping[str, Any], subset: str) 
         held_back=tuple(sorted((int(t), tuple(names)) for t, names in held.items())),
         ground_truth=tuple(tuple(turn) for turn in answer["ground_truth"]),
         data_source=f"bfcl_v4_{subset}",
+        excluded=tuple(entry.get("excluded_function") or ()),
     )
 
 

@@ -7,10 +7,15 @@ touching it; `trace_core.search_agent.agent.SearchEnv` is the search-QA implemen
 
 - `Prompt`: what a tree's root carries; `id` and `data_source` identify it (the store keys prompts
   by both). Everything else on the record is the environment's business.
-- `Environment.step(records, texts, depths, finish_reasons)`: one batch of turns, turn `depths[i]`
-  of the episode on `records[i]`, the policy's decoded text and why its generation stopped; returns
+- `Environment.step(records, texts, depths, finish_reasons, histories)`: one batch of turns, turn
+  `depths[i]` of the episode on `records[i]`, the policy's decoded text, why its generation stopped
+  and the texts of the policy's earlier turns on the path (a stateful environment rebuilds its
+  state from them; the search environment needs none); returns
   for each the parsed action (`action`, `argument`), the observation to append (text and token ids),
   whether the episode ended and, if it did, the reward.
+
+`TextEnvironment` is the shared base of the tokenizer-based environments (token ids of prompts and
+observations, chat template).
 
 Deviations: none (the paper describes a ReAct loop, not an interface).
 """
@@ -18,9 +23,12 @@ Deviations: none (the paper describes a ReAct loop, not an interface).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from trace_core.generation.backend import FinishReason
+from transformers import PreTrainedTokenizerBase
+
+from trace_core.generation.backend import FinishReason, SamplingParams
 
 
 class Prompt(Protocol):
@@ -57,6 +65,19 @@ class TurnOutcome(Protocol):
 
 
 P = TypeVar("P", bound=Prompt, contravariant=True)
+A = TypeVar("A", bound=ParsedAction)
+
+
+@dataclass(frozen=True)
+class StepResult(Generic[A]):
+    """An environment's answer to one turn: the parsed turn, the observation to append (text and
+    token ids), whether the episode ended and, if it did, the reward."""
+
+    parsed: A
+    observation: str
+    observation_ids: tuple[int, ...]
+    terminal: bool
+    reward: float | None
 
 
 class Environment(Protocol[P]):
@@ -69,5 +90,60 @@ class Environment(Protocol[P]):
         ...
 
     def step(
-        self, records: Sequence[P], texts: Sequence[str], depths: Sequence[int], finish_reasons: Sequence[FinishReason]
+        self,
+        records: Sequence[P],
+        texts: Sequence[str],
+        depths: Sequence[int],
+        finish_reasons: Sequence[FinishReason],
+        histories: Sequence[Sequence[str]] | None = None,
     ) -> Sequence[TurnOutcome]: ...
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    """max_turns: policy turns per episode (>= 1); max_tokens_per_turn: a turn's token limit;
+    temperature/top_p: sampling of every turn; `STOP` (per family): the strings that end a turn."""
+
+    max_turns: int = 4
+    max_tokens_per_turn: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    STOP: ClassVar[tuple[str, ...]] = ()
+
+    def sampling(self, temperature: float | None = None) -> SamplingParams:
+        t = self.temperature if temperature is None else temperature
+        return SamplingParams(t, self.top_p, self.max_tokens_per_turn, self.STOP)
+
+
+class TextEnvironment:
+    """What a text environment over a Hugging Face tokenizer shares: encoding and decoding turns, and
+    the prompt's token ids from its text (`prompt_text`, each family's own), wrapped in the
+    tokenizer's chat template when it has one, else preceded by the BOS token."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def as_user_message(self, text: str) -> str:
+        """`text` as the user's message in the chat template, or as it is without one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            wrapped = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return str(wrapped)
+        return text
+
+    def prompt_text(self, record: Any) -> str:
+        raise NotImplementedError
+
+    def prompt_ids(self, record: Any) -> tuple[int, ...]:
+        bos = self.tokenizer.bos_token_id
+        ids = self.encode(self.prompt_text(record))
+        if bos is not None and not getattr(self.tokenizer, "chat_template", None) and (not ids or ids[0] != bos):
+            ids = (bos, *ids)
+        return ids

@@ -59,12 +59,7 @@ def grow(
         completions = backend.generate(requests, params)
         turns = [(t, n, c) for (t, n, _), cs in zip(frontier, completions, strict=True) for c in cs]
         texts = [env.decode(c.token_ids) for _, _, c in turns]
-        steps = env.step(
-            [trees[t].record for t, _, _ in turns],
-            texts,
-            [trees[t].nodes[n].depth + 1 for t, n, _ in turns],
-            [c.finish_reason for _, _, c in turns],
-        )
+        steps = _answer(trees, turns, texts, env)
         frontier = []
         for (t, n, c), text, step in zip(turns, texts, steps, strict=True):
             node = trees[t].add(
@@ -90,6 +85,20 @@ def grow(
             else:
                 frontier.append((t, node.node_id, 1))
     return leaves
+
+
+def _answer(
+    trees: Sequence[RolloutTree], turns: Sequence[tuple[int, int, Any]], texts: Sequence[str], env: Environment[Any]
+) -> Sequence[Any]:
+    """The environment's answer to a round of turns, each (tree, parent node, completion), with the
+    policy's earlier turns on each path as its history."""
+    return env.step(
+        [trees[t].record for t, _, _ in turns],
+        texts,
+        [trees[t].nodes[n].depth + 1 for t, n, _ in turns],
+        [c.finish_reason for _, _, c in turns],
+        [[node.text for node in trees[t].path(n)[1:]] for t, n, _ in turns],
+    )
 
 
 def rollout_batch(

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from trace_core.generation.backend import FinishReason, SamplingParams
+from trace_core.generation.backend import FinishReason
+from trace_core.method.environment import StepResult, TextEnvironment, TurnConfig
 from trace_core.search_agent.data import QARecord
 from trace_core.search_agent.retrieval import Retriever, format_passages
 from trace_core.search_agent.reward import exact_match
@@ -38,20 +39,13 @@ Action = Literal["search", "answer", "invalid"]
 
 
 @dataclass(frozen=True)
-class AgentConfig:
-    """max_turns: policy turns per episode (>= 1); max_tokens_per_turn: a turn's token limit;
-    topk: passages per search; temperature/top_p: sampling of every turn."""
+class AgentConfig(TurnConfig):
+    """The turn limits and sampling (`TurnConfig`), plus topk: passages per search; instruction:
+    the prompt's first line."""
 
-    max_turns: int = 4
-    max_tokens_per_turn: int = 48
     topk: int = 2
-    temperature: float = 1.0
-    top_p: float = 1.0
     instruction: str = DEFAULT_INSTRUCTION
-
-    def sampling(self, temperature: float | None = None) -> SamplingParams:
-        t = self.temperature if temperature is None else temperature
-        return SamplingParams(t, self.top_p, self.max_tokens_per_turn, STOP_STRINGS)
+    STOP: ClassVar[tuple[str, ...]] = STOP_STRINGS
 
 
 @dataclass(frozen=True)
@@ -88,53 +82,23 @@ def parse_turn(text: str, finish_reason: FinishReason = "stop") -> ParsedTurn:
     return ParsedTurn("search", argument)
 
 
-@dataclass(frozen=True)
-class StepResult:
-    """The environment's answer to one turn: the observation to append, and whether it ended."""
-
-    parsed: ParsedTurn
-    observation: str
-    observation_ids: tuple[int, ...]
-    terminal: bool
-    reward: float | None
-
-
 def information(text: str) -> str:
     return f"\n\n<information>{text}</information>\n\n"
 
 
-class SearchEnv:
+class SearchEnv(TextEnvironment):
     """Prompts and observations for the search agent over one retriever and tokenizer."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, retriever: Retriever, config: AgentConfig) -> None:
         if config.max_turns < 1:
             raise ValueError("max_turns must be >= 1")
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.retriever = retriever
         self.config = config
         self._format_error_ids = self.encode(information(FORMAT_ERROR))
 
-    def encode(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
-
     def prompt_text(self, record: QARecord) -> str:
-        user = f"{self.config.instruction}\nQuestion: {record.question}\n"
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-            )
-            return str(text)
-        return user
-
-    def prompt_ids(self, record: QARecord) -> tuple[int, ...]:
-        bos = self.tokenizer.bos_token_id
-        ids = self.encode(self.prompt_text(record))
-        if bos is not None and not getattr(self.tokenizer, "chat_template", None) and (not ids or ids[0] != bos):
-            ids = (bos, *ids)
-        return ids
+        return self.as_user_message(f"{self.config.instruction}\nQuestion: {record.question}\n")
 
     def step(
         self,
@@ -142,8 +106,10 @@ class SearchEnv:
         texts: Sequence[str],
         depths: Sequence[int],
         finish_reasons: Sequence[FinishReason],
-    ) -> list[StepResult]:
-        """Apply a batch of turns (turn `depths[i]` of the episode on `records[i]`).
+        histories: Sequence[Sequence[str]] | None = None,
+    ) -> list[StepResult[ParsedTurn]]:
+        """Apply a batch of turns (turn `depths[i]` of the episode on `records[i]`; a search turn
+        needs no history, so `histories` is not read).
 
         All searches of the batch go to the retriever in one call.
         """

@@ -1,0 +1,235 @@
+"""The multi-turn function-calling agent's protocol over BFCL's executable APIs.
+
+An episode is a BFCL multi-turn entry: the user speaks turn by turn; within a user turn the policy
+takes steps. Each step either calls functions, `<call>[cd(folder='a'), ls()]</call>`, to which the
+environment appends `<result>...</result>` with each call's output (truncated to
+`max_output_chars`), or replies to the user, `<reply>...</reply>`, which ends the user turn: the
+environment appends the next user turn, `<user>...</user>` (with the functions that become
+available at it, for `miss_func`), or, after the last one, ends the episode with the reward.
+A step is one tree node (one thought-action-observation turn of the method).
+
+State: the API state before a step is the initial state with every call of the earlier steps on
+the path executed in order (`apis.replay`), rebuilt from the path's texts (`history`), so a
+continuation from any stored prefix sees exactly the state a from-scratch episode would.
+
+Reward (binary, the paper's): BFCL's official multi-turn checker on the episode's calls, turn by
+turn (state and execution-result checks after every user turn). Any public method of the
+episode's APIs may be called, as in BFCL (the prompt documents only those BFCL offers at the turn:
+one `miss_func` ground truth itself calls a function before it is offered). A step that is not a
+valid call list (an unknown function, a non-literal argument, anything not a call) calls
+nothing and gets the parser's message as its observation (`calls.parse_calls`); the policy's text is
+never executed. An episode that reaches `max_turns` steps ends there and is checked as it stands
+(the turns it did not reach have no calls, so it fails unless they needed none).
+
+Prompts: the instruction, the functions of the episode's APIs, then the first user turn; with
+`docs="compact"` (default) one line per function (name, parameters, `?` marking optional ones,
+and the first sentence of its own description); `docs="official"` gives BFCL's JSON documentation
+(about 7,000 tokens: for long-context models). The tokenizer's chat template wraps the prompt when
+it has one.
+
+Deviations:
+1. BFCL shows the model its documentation as a system prompt in the model's native tool format
+   and lets it answer in several formats; one plain-text format with tags here, so a small model
+   trained from scratch can learn it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from trace_core.function_calling.apis import API_MODULES, ScenarioState, official_check, public_methods
+from trace_core.function_calling.calls import Call, CallError, parse_calls
+from trace_core.function_calling.data import FCRecord
+from trace_core.generation.backend import FinishReason
+from trace_core.method.environment import StepResult, TextEnvironment, TurnConfig
+
+STOP_STRINGS = ("</call>", "</reply>")
+DEFAULT_INSTRUCTION = (
+    "You operate the functions below for the user. To call functions write <call>[name(arg=value), ...]</call>; "
+    "when the request is done, answer with <reply> text </reply>."
+)
+FORMAT_ERROR = "Invalid step. Write <call>[name(arg=value)]</call> to call functions or <reply> text </reply> to reply."
+Docs = Literal["compact", "official"]
+StepAction = Literal["call", "reply", "invalid"]
+
+
+@dataclass(frozen=True)
+class FCConfig(TurnConfig):
+    """The step limits and sampling (`TurnConfig`: max_turns counts the policy's steps), plus
+    max_output_chars: each call's output is cut to this many characters; docs: 'compact' or
+    'official' function documentation in the prompt; instruction: the prompt's first line."""
+
+    max_turns: int = 12
+    max_tokens_per_turn: int = 64
+    max_output_chars: int = 400
+    docs: Docs = "compact"
+    instruction: str = DEFAULT_INSTRUCTION
+    STOP: ClassVar[tuple[str, ...]] = STOP_STRINGS
+
+
+@dataclass(frozen=True)
+class FCTurn:
+    """A parsed step: `argument` is the call list's text or the reply; `calls` the parsed calls."""
+
+    action: StepAction
+    argument: str
+    calls: tuple[Call, ...] = ()
+    error: str | None = None
+
+
+def _tagged(text: str, finish_reason: FinishReason) -> tuple[str, str] | str:
+    """(tag, body) of the step's first closed tag, or why there is none."""
+    cut = [(text.find(f"</{tag}>"), tag) for tag in ("call", "reply") if f"</{tag}>" in text]
+    if not cut:
+        return "no closing tag before the token limit" if finish_reason == "length" else "no closing tag"
+    end, tag = min(cut)
+    start = text.rfind(f"<{tag}>", 0, end)
+    if start < 0:
+        return f"</{tag}> without <{tag}>"
+    return tag, text[start + len(tag) + 2 : end].strip()
+
+
+def parse_step(text: str, allowed: set[str] | frozenset[str], finish_reason: FinishReason = "stop") -> FCTurn:
+    """Parse one step of the policy; never raises and never executes anything."""
+    tagged = _tagged(text, finish_reason)
+    if isinstance(tagged, str):
+        return FCTurn("invalid", "", error=tagged)
+    tag, body = tagged
+    if tag == "reply":
+        return FCTurn("reply", body)
+    try:
+        return FCTurn("call", body, tuple(parse_calls(body, allowed)))
+    except CallError as err:
+        return FCTurn("invalid", body, error=str(err))
+
+
+@dataclass
+class Episode:
+    """Where an episode stands after some steps: the user turn it is in, and the calls of every step
+    so far, by user turn (`steps[t]`: one list of calls per call step of turn t)."""
+
+    turn: int
+    steps: list[list[list[Call]]]
+
+    def calls(self) -> list[Call]:
+        return [c for turn in self.steps for step in turn for c in step]
+
+
+def allowed_functions(record: FCRecord) -> frozenset[str]:
+    """What a step may call: every public method of the episode's APIs, as BFCL executes them."""
+    return frozenset(public_methods(record.classes))
+
+
+def documented_functions(record: FCRecord, turn: int) -> frozenset[str]:
+    """What the prompt documents up to user turn `turn`: BFCL's offer, without its excluded
+    functions and those held back to a later turn."""
+    return allowed_functions(record) - set(record.excluded) - record.unavailable(turn)
+
+
+def follow(record: FCRecord, history: Sequence[str]) -> Episode:
+    """The episode after the policy's earlier steps `history` (their texts, oldest first)."""
+    episode = Episode(0, [[] for _ in record.turns])
+    for text in history:
+        step = parse_step(text, allowed_functions(record))
+        if step.action == "call":
+            episode.steps[episode.turn].append(list(step.calls))
+        elif step.action == "reply":
+            episode.turn += 1
+    return episode
+
+
+@cache
+def _doc_entries(data_dir: str, class_name: str) -> tuple[dict[str, Any], ...]:
+    path = Path(data_dir) / "multi_turn_func_doc" / f"{API_MODULES[class_name]}.json"
+    return tuple(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+
+
+def _short_description(text: str) -> str:
+    tail = text.split("Tool description:", 1)[-1].strip()
+    return tail.split(". ")[0].rstrip(".")
+
+
+def function_docs(data_dir: Path, record: FCRecord, names: frozenset[str], docs: Docs) -> str:
+    """The documentation of the functions `names` of the episode's APIs."""
+    entries = [e for c in record.classes for e in _doc_entries(str(data_dir), c) if e["name"] in names]
+    if docs == "official":
+        return "\n".join(json.dumps(e, indent=4) for e in entries)
+    lines = []
+    for e in entries:
+        required = set(e["parameters"].get("required", []))
+        params = ", ".join(p if p in required else f"{p}?" for p in e["parameters"].get("properties", {}))
+        lines.append(f"{e['name']}({params}): {_short_description(e['description'])}")
+    return "\n".join(lines)
+
+
+class FunctionCallingEnv(TextEnvironment):
+    """Prompts and observations for the function-calling agent over one tokenizer; `data_dir` is
+    BFCL's data folder (for the function documentation)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, data_dir: Path, config: FCConfig) -> None:
+        if config.max_turns < 1:
+            raise ValueError("max_turns must be >= 1")
+        super().__init__(tokenizer)
+        self.data_dir = data_dir
+        self.config = config
+
+    def prompt_text(self, record: FCRecord) -> str:
+        docs = function_docs(self.data_dir, record, documented_functions(record, 0), self.config.docs)
+        return self.as_user_message(f"{self.config.instruction}\nFunctions:\n{docs}\n<user>{record.turns[0]}</user>\n")
+
+    def _user_turn(self, record: FCRecord, turn: int) -> str:
+        newly = record.unavailable(turn - 1) - record.unavailable(turn)
+        added = ""
+        if newly:
+            docs = function_docs(self.data_dir, record, frozenset(newly), self.config.docs)
+            added = f"\nNew functions:\n{docs}"
+        return f"\n<user>{record.turns[turn]}{added}</user>\n"
+
+    def _reward(self, record: FCRecord, episode: Episode) -> float:
+        valid, _ = official_check(episode.steps, record.ground_truth, record.entry())
+        return 1.0 if valid else 0.0
+
+    def _one(
+        self, record: FCRecord, text: str, depth: int, finish: FinishReason, history: Sequence[str]
+    ) -> StepResult[FCTurn]:
+        episode = follow(record, history)
+        step = parse_step(text, allowed_functions(record), finish)
+        if step.action == "call":
+            episode.steps[episode.turn].append(list(step.calls))
+        elif step.action == "reply":
+            episode.turn += 1
+        if episode.turn >= len(record.turns) or depth >= self.config.max_turns:
+            return StepResult(step, "", (), True, self._reward(record, episode))
+        if step.action == "reply":
+            observation = self._user_turn(record, episode.turn)
+        elif step.action == "call":
+            state = ScenarioState(record.config(), record.classes, record.long_context)
+            for call in episode.calls()[: -len(step.calls)]:
+                state.execute(call)
+            outputs = [state.execute(c)[: self.config.max_output_chars] for c in step.calls]
+            observation = "\n<result>" + "\n".join(outputs) + "</result>\n"
+        else:
+            observation = f"\n<result>{FORMAT_ERROR} ({step.error})</result>\n"
+        return StepResult(step, observation, self.encode(observation), False, None)
+
+    def step(
+        self,
+        records: Sequence[FCRecord],
+        texts: Sequence[str],
+        depths: Sequence[int],
+        finish_reasons: Sequence[FinishReason],
+        histories: Sequence[Sequence[str]] | None = None,
+    ) -> list[StepResult[FCTurn]]:
+        """Apply a batch of steps (step `depths[i]` of the episode on `records[i]`, after the steps
+        `histories[i]` on its path)."""
+        past = histories if histories is not None else [()] * len(records)
+        return [
+            self._one(r, t, d, f, h) for r, t, d, f, h in zip(records, texts, depths, finish_reasons, past, strict=True)
+        ]
