@@ -51,6 +51,7 @@ def test_a_continuation_from_a_prefix_sees_exactly_the_state_of_a_from_scratch_r
             outputs.append(running.execute(call))
             state, replayed = replay(record.config(), record.classes, calls[: k + 1], record.long_context)
             assert state.digest() == running.digest() and replayed == outputs, (record.id, k)
+        assert ScenarioState(record.config(), record.classes, record.long_context).digest() != running.digest()
         # two branches from the same prefix do not see each other's calls
         first, _ = replay(record.config(), record.classes, calls[:1], record.long_context)
         second = copy.deepcopy(first)

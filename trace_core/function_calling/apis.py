@@ -13,7 +13,10 @@ is the initial state with every call on the root-to-node path executed in order.
 that; `digest` hashes the public state (BFCL's checker compares the same attributes), so a stored
 node's state can be compared with a from-scratch replay. Replay rather than keeping copies: the
 tree (and the store) stays the only record of an episode, any worker or a resumed run rebuilds a
-node's state from it, and a replay costs about a millisecond.
+node's state from it, and it costs what a copy costs. Measured on every ground-truth prefix of the
+four subsets (4,625; `python bench/fc_branching.py`, bench/results/fc_branching.json): replay and
+deep copy both equal the live state in 4,625 of 4,625; replay median 0.32 ms (p95 4.7, max 12.8),
+deep copy median 0.38 ms (p95 4.7, max 10.3).
 
 `official_check` runs BFCL's `multi_turn_checker` on the canonical text of parsed calls (never the
 policy's own text; see calls.py). That checker keeps instances in its module's globals, keyed by
@@ -127,9 +130,23 @@ class ScenarioState:
         }
 
     def digest(self) -> str:
-        """SHA-256 (first 16 hex digits) of the public state, the attributes BFCL's checker compares."""
-        text = json.dumps(self.public_state(), sort_keys=True, default=repr)
+        """SHA-256 (first 16 hex digits) of the public state, the attributes BFCL's checker compares
+        (objects such as the file system's files and folders by their content-based `repr`)."""
+        text = json.dumps(_canonical(self.public_state()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-able form of an API state that does not depend on insertion order or key types."""
+    if isinstance(value, dict):
+        return sorted([repr(k), _canonical(v)] for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(repr(v) for v in value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
 
 
 def replay(

@@ -1,0 +1,71 @@
+"""Branching a BFCL episode at a turn prefix: replay from the initial state against a deep copy of
+the live state, on every ground-truth prefix of the four multi-turn subsets.
+
+For each episode, the ground-truth calls are executed one by one; after call k the state is
+(a) replayed from `initial_config` with calls 1..k and (b) deep-copied from the live state; both
+are compared with the live state by digest. Reports agreement counts and median / p95 / max times.
+
+    python bench/fc_branching.py --out bench/results/fc_branching.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+from trace_core.function_calling.apis import ScenarioState, public_methods, replay
+from trace_core.function_calling.calls import parse_calls
+from trace_core.function_calling.data import SUBSETS, bfcl_data_dir, load_subset
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median_ms": round(1000 * statistics.median(ordered), 3),
+        "p95_ms": round(1000 * ordered[int(0.95 * (len(ordered) - 1))], 3),
+        "max_ms": round(1000 * ordered[-1], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("bench/results/fc_branching.json"))
+    args = parser.parse_args()
+    replay_s: list[float] = []
+    copy_s: list[float] = []
+    same_replay = same_copy = prefixes = 0
+    for subset in SUBSETS:
+        for record in load_subset(bfcl_data_dir(), subset):
+            methods = public_methods(record.classes)
+            calls = [c for turn in record.ground_truth for text in turn for c in parse_calls(text, methods)]
+            live = ScenarioState(record.config(), record.classes, record.long_context)
+            for k, call in enumerate(calls):
+                live.execute(call)
+                start = time.perf_counter()
+                replayed, _ = replay(record.config(), record.classes, calls[: k + 1], record.long_context)
+                replay_s.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                copied = copy.deepcopy(live)
+                copy_s.append(time.perf_counter() - start)
+                prefixes += 1
+                same_replay += replayed.digest() == live.digest()
+                same_copy += copied.digest() == live.digest()
+    result = {
+        "command": "python bench/fc_branching.py",
+        "prefixes": prefixes,
+        "replay_equals_live": same_replay,
+        "copy_equals_live": same_copy,
+        "replay": _ms(replay_s),
+        "deepcopy": _ms(copy_s),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
