@@ -159,10 +159,9 @@ def fc_env(episodes):
 
 
 def _expert_texts(record):
-    """The ground truth as the policy's steps: one <call> step per ground-truth call, then a reply."""
-    return [
-        text for turn in record.ground_truth for text in [*(f"<call>[{c}]</call>" for c in turn), "<reply>done</reply>"]
-    ]
+    from trace_core.function_calling.env import expert_steps
+
+    return expert_steps(record)
 
 
 def _run(env, record, texts):

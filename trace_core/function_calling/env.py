@@ -24,7 +24,8 @@ never executed. An episode that reaches `max_turns` steps ends there and is chec
 Prompts: the instruction, the functions of the episode's APIs, then the first user turn; with
 `docs="compact"` (default) one line per function (name, parameters, `?` marking optional ones,
 and the first sentence of its own description); `docs="official"` gives BFCL's JSON documentation
-(about 7,000 tokens: for long-context models). The tokenizer's chat template wraps the prompt when
+(about 7,000 tokens: for long-context models). Over the 800 episodes' first turns the compact docs
+take a median of 2,092 characters (max 2,938), the official ones 29,099 (max 42,961). The tokenizer's chat template wraps the prompt when
 it has one.
 
 Deviations:
@@ -108,6 +109,16 @@ def parse_step(text: str, allowed: set[str] | frozenset[str], finish_reason: Fin
         return FCTurn("call", body, tuple(parse_calls(body, allowed)))
     except CallError as err:
         return FCTurn("invalid", body, error=str(err))
+
+
+def expert_steps(record: FCRecord, reply: str = "done") -> list[str]:
+    """The ground truth as the policy's steps: one `<call>` step per ground-truth call, then a reply
+    ending each user turn (the warm start's trajectories)."""
+    return [
+        text
+        for turn in record.ground_truth
+        for text in [*(f"<call>[{c}]</call>" for c in turn), f"<reply>{reply}</reply>"]
+    ]
 
 
 @dataclass
