@@ -25,8 +25,8 @@ Prompts: the instruction, the functions of the episode's APIs, then the first us
 `docs="compact"` (default) one line per function (name, parameters, `?` marking optional ones,
 and the first sentence of its own description); `docs="official"` gives BFCL's JSON documentation
 (about 7,000 tokens: for long-context models). Over the 800 episodes' first turns the compact docs
-take a median of 2,092 characters (max 2,938), the official ones 29,099 (max 42,961). The tokenizer's chat template wraps the prompt when
-it has one.
+take a median of 2,092 characters (max 2,938), the official ones 29,099 (max 42,961). The
+tokenizer's chat template wraps the prompt when it has one.
 
 Deviations:
 1. BFCL shows the model its documentation as a system prompt in the model's native tool format
