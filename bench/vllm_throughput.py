@@ -55,8 +55,7 @@ from typing import Any
 
 import torch
 
-from flows.pipeline import TaskData, agent_config
-from flows.pipeline import _tokenizer_texts as tokenizer_texts
+from flows.families import SearchQA, TaskData
 from flows.settings import load_settings
 from trace_core.generation.backend import Completion, GenerationRequest, SamplingParams
 from trace_core.generation.hf_backend import TransformersBackend
@@ -171,8 +170,9 @@ def main() -> None:
         )
     )
     data = TaskData(task.splits["train"], task.splits["dev"], task.splits["test"], task.corpus, Path("."))
-    retriever = BM25Retriever(data.corpus)
-    config = agent_config(s)
+    retriever = BM25Retriever(list(data.corpus))
+    search_qa = SearchQA()
+    config = search_qa.config(s)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[s.model.dtype]
     model_dir = args.model_dir or s.model.models_dir / "tiny-react"
     tmp = tempfile.TemporaryDirectory(prefix="bench-vllm-model-")
@@ -185,14 +185,14 @@ def main() -> None:
             m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim, seed=m.seed
         )
         torch.manual_seed(m.seed)
-        tokenizer = train_tokenizer(tokenizer_texts(data, retriever, config), spec.vocab_size)
+        tokenizer = train_tokenizer(search_qa.tokenizer_texts(s, data, retriever), spec.vocab_size)
         model = build_model(tokenizer, spec).to(dtype)  # type: ignore[arg-type]
         model_dir = Path(tmp.name)
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
         model_kind = "random initialisation, default tiny architecture (models/tiny-react not built)"
     model.eval()
-    env = SearchEnv(tokenizer, retriever, config)
+    env = search_qa.environment(s, retriever, tokenizer)
     records = data.train[: args.prompts]
 
     kv_bytes = args.kv_cache_mb * 2**20

@@ -35,24 +35,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from flows.pipeline import make_retriever, prepare_task
+    from flows.pipeline import make_tools, prepare_task
 
     s = _settings(args)
     data = prepare_task(s, _log)
-    make_retriever(s, data)
+    make_tools(s, data)
+    index = ", BM25 index built" if s.task.family == "search_qa" and s.retriever.name == "bm25" else ""
     _log(
         f"task in {data.directory}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test, "
-        f"{len(data.corpus)} documents, BM25 index built"
+        f"{len(data.corpus)} documents{index}"
     )
     return 0
 
 
 def cmd_warmstart(args: argparse.Namespace) -> int:
-    from flows.pipeline import make_retriever, prepare_model, prepare_task
+    from flows.pipeline import make_tools, prepare_model, prepare_task
 
     s = _settings(args)
     data = prepare_task(s, _log)
-    model_dir = prepare_model(s, data, make_retriever(s, data), _log)
+    model_dir = prepare_model(s, data, make_tools(s, data), _log)
     if args.metrics:
         build = json.loads((model_dir / "build.json").read_text()) if (model_dir / "build.json").exists() else {}
         chosen = build.get("chosen", {})

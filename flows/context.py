@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from flows.checkpoints import read_verified, write_atomic
+from flows.families import family
 from flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
 from flows.sections import STAGE_STREAMS
 from flows.settings import Settings, SettingsError
@@ -59,7 +60,7 @@ class TrainContext:
         self.reference = freeze_copy(runtime.model) if p.kl_coef > 0 and not s.uses_lora() else None
         self.policy: PreTrainedModel = wrap_policy(runtime.model, self.policy_config)
         self.optimizer = make_optimizer(self.policy, self.policy_config)
-        self.featurizer = SearchAgentFeaturizer(TextEncoder(device=s.model.device), s.agent.max_turns)
+        self.featurizer = SearchAgentFeaturizer(TextEncoder(device=s.model.device), family(s).max_turns(s))
         q = s.predictor
         self.predictor_config = PredictorConfig(
             q.prior, q.window, q.hidden, q.epochs, q.learning_rate, seed=s.run.seed, mixedness=q.mixedness

@@ -27,7 +27,6 @@ from matplotlib.ticker import MaxNLocator
 from store.store import RolloutStore
 from trace_core.method.allocators import PrefixPlan
 from trace_core.method.tree import stage1_outcomes
-from trace_core.search_agent.data import QARecord
 
 COMPARED = (
     ("rollout/effective_ratio", "effective ratio (a)"),
@@ -128,8 +127,10 @@ def _stage2_panel(ax: Any, prefixes: PrefixPlan, rng: np.random.Generator) -> No
     ax.set_xlim(0, 1)
 
 
-def question_kind(record: QARecord) -> str:
-    return f"{record.hops}-hop" if record.hops is not None else record.data_source
+def question_kind(record: Any) -> str:
+    """A synthetic question's hop count (for analysis only), else the record's data source (a BFCL subset)."""
+    hops = getattr(record, "hops", None)
+    return f"{hops}-hop" if hops is not None else str(record.data_source)
 
 
 def kind_success(store: RolloutStore, run_id: int) -> list[dict[str, Any]]:

@@ -84,6 +84,8 @@ def dev_evaluation(ctx: TrainContext, it: int) -> dict[str, float]:
     trees = rollout_batch(records, s.train.eval_samples, ctx.runtime.backend, ctx.runtime.env, sampling)
     report = score_trees(trees, s.train.eval_samples)
     out = {"eval/em": report.em, "eval/f1": report.f1, "eval/mixed_share": report.mixed / len(records)}
+    if len(report.by_source) > 1:  # e.g. BFCL's subsets
+        out.update({f"eval/em_{source}": em for source, em in report.by_source})
     if ctx.predictor.fitted:
         trees = [backed_up(tree) for tree in trees]
         _, target, weight, nodes = node_examples(trees, ctx.featurizer)

@@ -15,13 +15,14 @@ def write_json(path: Path, value: dict) -> None:
 
 
 HEADLINE = ("em", "f1", "greedy_em", "greedy_f1")
+PER_SOURCE = "em_"  # accuracy per data source (BFCL subset), where a split has several
 
 
 def headline_figures(result: dict) -> dict:
     """The accuracy figures of an evaluation, per split: what `dvc metrics show` and `dvc exp show`
     tabulate (one column each), without the counts and histograms of the detail file."""
     return {
-        split: {k: v for k, v in figures.items() if k in HEADLINE}
+        split: {k: v for k, v in figures.items() if k in HEADLINE or k.startswith(PER_SOURCE)}
         for split, figures in result.items()
         if isinstance(figures, dict)
     }

@@ -7,8 +7,6 @@ output and a changed setting rebuilds it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -21,6 +19,8 @@ from transformers import PreTrainedModel
 
 import trace_core.generation.hf_backend
 import trace_core.generation.vllm_backend  # noqa: F401  (registers the 'vllm' backend; imports vllm only when one is built)
+from flows.builds import is_built, mark_built, settings_hash
+from flows.families import TaskData, family
 from flows.settings import Settings
 from trace_core.generation.backend import BackendSpec, GenerationBackend
 from trace_core.generation.backend import make_backend as build_backend
@@ -34,23 +34,9 @@ from trace_core.models.default_model import (
     smollm2_gguf_path,
     train_tokenizer,
 )
-from trace_core.search_agent.agent import FORMAT_ERROR, AgentConfig, SearchEnv, information
-from trace_core.search_agent.data import CorpusDoc, DataFormatError, QARecord, load_corpus, load_questions
-from trace_core.search_agent.retrieval import Retriever, RetrieverSpec, format_passages
-from trace_core.search_agent.retrieval import make_retriever as build_retriever
-from trace_core.search_agent.synthetic_qa import SyntheticTaskSpec, generate_task, write_task
-from trace_core.search_agent.warmstart import Checkpoint, WarmStartConfig, expert_turns, warm_start
+from trace_core.search_agent.warmstart import Checkpoint, WarmStartConfig, warm_start
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TaskData:
-    train: list[QARecord]
-    dev: list[QARecord]
-    test: list[QARecord]
-    corpus: list[CorpusDoc]
-    directory: Path
 
 
 @dataclass
@@ -58,15 +44,10 @@ class Runtime:
     """Everything a rollout needs, built from settings."""
 
     data: TaskData
-    env: SearchEnv
+    env: Any  # the family's Environment
     backend: GenerationBackend
     model: PreTrainedModel
     model_dir: Path
-
-
-def settings_hash(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def code_version() -> str:
@@ -94,64 +75,19 @@ def code_version() -> str:
         return f"trace-rl {version('trace-rl')}"
 
 
-def _built(directory: Path, digest: str) -> bool:
-    marker = directory / "build.json"
-    return marker.exists() and json.loads(marker.read_text()).get("hash") == digest
-
-
-def _mark(directory: Path, digest: str, **info: Any) -> None:
-    (directory / "build.json").write_text(json.dumps({"hash": digest, **info}, indent=2, default=str))
-
-
 def prepare_task(s: Settings, log: Log = print) -> TaskData:
-    """Generate (or read) the task's questions and corpus and build the BM25 index beside them."""
-    t = s.task
-    if t.source == "synthetic":
-        spec = SyntheticTaskSpec(
-            t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test, t.max_hops
-        )
-        directory, digest = t.data_dir, settings_hash(asdict(spec))
-        if not _built(directory, digest):
-            log(f"generating the synthetic task in {directory}")
-            directory.mkdir(parents=True, exist_ok=True)
-            write_task(generate_task(spec), directory)
-            _mark(directory, digest, spec=asdict(spec))
-        files = {k: directory / f"{k}.jsonl" for k in ("train", "dev", "test", "corpus")}
-    else:
-        assert t.train_file and t.dev_file and t.corpus_file  # checked by the settings validator
-        directory = t.data_dir
-        files = {
-            "train": t.train_file,
-            "dev": t.dev_file,
-            "test": t.test_file or t.dev_file,
-            "corpus": t.corpus_file,
-        }
-    corpus = load_corpus(files["corpus"])
-    return TaskData(
-        load_questions(files["train"]),
-        load_questions(files["dev"]),
-        load_questions(files["test"]),
-        corpus,
-        directory,
-    )
+    """The task family's data (generated or read once; `flows.families`)."""
+    return family(s).prepare(s, log)
 
 
-def make_retriever(s: Settings, data: TaskData) -> Retriever:
-    """The search tool `retriever.name`, built through its registry (a local index is kept beside the data)."""
-    spec = RetrieverSpec(data.corpus, data.directory / "bm25", s.retriever.url, s.retriever.timeout_s)
-    return build_retriever(s.retriever.name, spec)
+def make_tools(s: Settings, data: TaskData) -> Any:
+    """What the family's environment uses (the retriever for search QA, BFCL's data for function calling)."""
+    return family(s).tools(s, data)
 
 
-def agent_config(s: Settings) -> AgentConfig:
-    a = s.agent
-    return AgentConfig(
-        max_turns=a.max_turns,
-        max_tokens_per_turn=a.max_tokens_per_turn,
-        temperature=a.temperature,
-        top_p=a.top_p,
-        topk=s.retriever.topk,
-        instruction=a.instruction,
-    )
+def make_env(s: Settings, tools: Any, tokenizer: Any) -> Any:
+    """The task family's environment over `tokenizer`."""
+    return family(s).environment(s, tools, tokenizer)
 
 
 def policy_config(s: Settings) -> PolicyConfig:
@@ -166,13 +102,6 @@ def policy_config(s: Settings) -> PolicyConfig:
         lora_alpha=p.lora_alpha,
         seed=s.run.seed,
     )
-
-
-def _tokenizer_texts(data: TaskData, retriever: Retriever, config: AgentConfig) -> list[str]:
-    texts = [information(format_passages(hits)) for hits in retriever.search([d.title for d in data.corpus], 1)]
-    texts += [r.question for r in data.train] + [config.instruction, information(FORMAT_ERROR)]
-    texts += [turn for r in data.train if r.chain for turn in expert_turns(r)]
-    return texts
 
 
 def _dtype(s: Settings) -> torch.dtype:
@@ -198,10 +127,17 @@ def make_backend(
     return build_backend(name or s.backend.name, spec)
 
 
-def _tiny_model_recipe(s: Settings) -> tuple[TinyModelSpec, WarmStartConfig, AgentConfig]:
+def _tiny_model_recipe(s: Settings) -> tuple[TinyModelSpec, WarmStartConfig]:
     m, w = s.model, s.warmstart
     spec = TinyModelSpec(
-        m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.head_dim, seed=m.seed
+        m.vocab_size,
+        m.hidden_size,
+        m.intermediate_size,
+        m.num_layers,
+        m.num_heads,
+        m.head_dim,
+        max_positions=m.max_positions or family(s).max_positions,
+        seed=m.seed,
     )
     ws = WarmStartConfig(
         batch_size=w.batch_size,
@@ -214,36 +150,43 @@ def _tiny_model_recipe(s: Settings) -> tuple[TinyModelSpec, WarmStartConfig, Age
         success_band=(w.success_low, w.success_high),
         seed=m.seed,
     )
-    return spec, ws, agent_config(s)
+    return spec, ws
 
 
 def tiny_model_digest(s: Settings) -> str:
-    """What the built tiny model depends on: its spec, the warm start, the agent protocol and the
-    task, but not where the task's files live (`task.data_dir` spelt relative or absolute is the
-    same task; rebuilding the model for it cost a 5-minute warm start)."""
-    spec, ws, config = _tiny_model_recipe(s)
-    task = {k: v for k, v in s.task.model_dump(mode="json").items() if k != "data_dir"}
-    return settings_hash(asdict(spec), asdict(ws), asdict(config), task)
+    """What the built tiny model depends on: its spec, the warm start, and the task family's task and
+    protocol (`TaskFamily.identity`), but not where the task's files live (`task.data_dir` spelt
+    relative or absolute is the same task; rebuilding the model for it cost a 5-minute warm start).
+    The search QA digest is the one it was before task families (`asdict(AgentConfig)`, then the task)."""
+    spec, ws = _tiny_model_recipe(s)
+    identity = family(s).identity(s)
+    if s.task.family == "search_qa":
+        return settings_hash(asdict(spec), asdict(ws), identity["agent"], identity["task"])
+    return settings_hash(asdict(spec), asdict(ws), identity)
 
 
-def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = print) -> Path:
-    """Train the tokenizer, build the tiny Llama and warm-start it into the success band."""
+def tiny_model_dir(s: Settings) -> Path:
+    """Where the tiny model of the configured task family is kept (one per family, so switching
+    family does not rebuild the other's)."""
+    name = "tiny-react" if s.task.family == "search_qa" else f"tiny-{s.task.family.replace('_', '-')}"
+    return s.model.models_dir / name
+
+
+def build_tiny_model(s: Settings, data: TaskData, tools: Any, log: Log = print) -> Path:
+    """Train the tokenizer, build the tiny Llama and warm-start it (on the family's expert turns)
+    into the success band."""
     m = s.model
-    spec, ws, config = _tiny_model_recipe(s)
-    out = m.models_dir / "tiny-react"
+    spec, ws = _tiny_model_recipe(s)
+    out = tiny_model_dir(s)
     digest = tiny_model_digest(s)
-    if _built(out, digest):
+    if is_built(out, digest):
         return out
-    if not any(r.chain for r in data.train):
-        raise ValueError(
-            "model.preset='tiny' is warm-started on the synthetic task's chains; "
-            "with task.source='files' use model.preset='path'"
-        )
+    texts = family(s).tokenizer_texts(s, data, tools)
     log("training the tokenizer and building the tiny model")
     torch.manual_seed(m.seed)
-    tokenizer = train_tokenizer(_tokenizer_texts(data, retriever, config), spec.vocab_size)
+    tokenizer = train_tokenizer(texts, spec.vocab_size)
     model = build_model(tokenizer, spec).to(torch.device(m.device))  # type: ignore[arg-type]
-    env = SearchEnv(tokenizer, retriever, config)
+    env = make_env(s, tools, tokenizer)
     # the model is not saved yet, so vLLM could not load it: the warm start generates with transformers
     backend = make_backend(s, model, tokenizer, m.seed, name="transformers" if s.backend.name == "vllm" else "")
     probe = data.train[: ws.eval_questions]
@@ -255,12 +198,13 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     def show(c: Checkpoint) -> None:
         log(f"  step {c.step:4d}  {c.seconds:6.0f}s  loss {c.loss:.3f}  sampled success {c.success:.2f}")
 
-    report = warm_start(model, backend, env, data.train[ws.eval_questions :], probe, ws, log=show)
+    plan = family(s).expert_plan
+    report = warm_start(model, backend, env, data.train[ws.eval_questions :], probe, ws, log=show, plan=plan)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    _mark(
+    mark_built(
         tmp,
         digest,
         parameters=count_parameters(model),
@@ -277,7 +221,7 @@ def build_tiny_model(s: Settings, data: TaskData, retriever: Retriever, log: Log
     return out
 
 
-def prepare_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = print) -> Path:
+def prepare_model(s: Settings, data: TaskData, tools: Any, log: Log = print) -> Path:
     """The policy's model directory for the configured preset, built or converted when needed."""
     if s.model.preset == "path":
         path = Path(s.model.path)  # non-empty: checked by the settings validator
@@ -295,40 +239,25 @@ def prepare_model(s: Settings, data: TaskData, retriever: Retriever, log: Log = 
             "reward 0, invalid actions and no-op updates until it uses <search>/<answer> (see the README)"
         )
         return out
-    return build_tiny_model(s, data, retriever, log)
+    return build_tiny_model(s, data, tools, log)
 
 
 def preflight(s: Settings) -> None:
     """Check the inputs a run will read before any flow starts, so a bad one is one line naming the
-    file, line or field (trace_core.search_agent.data's DataFormatError, FileNotFoundError) instead of a
-    traceback from inside the flow: the question files are parsed, the corpus and model directory
-    looked at, a retrieval server asked one query (RetrieverError). The database is checked by the
-    caller, which opens it anyway."""
-    t = s.task
-    if t.source == "files":
-        for key in ("train_file", "dev_file", "test_file", "corpus_file"):
-            path = getattr(t, key)
-            if path is None:
-                continue
-            if Path(path).is_dir():
-                raise DataFormatError(f"task.{key}={path}: a directory, not a file")
-            if not Path(path).exists():
-                raise DataFormatError(f"task.{key}={path}: file not found")
-            if key != "corpus_file":  # a corpus may be millions of documents: the run reads it once
-                if not load_questions(path):
-                    raise DataFormatError(f"task.{key}={path}: no questions")
+    file, line or field (DataFormatError, FileNotFoundError) instead of a traceback from inside the
+    flow: the task family's inputs (question files parsed, a retrieval server asked one query, BFCL's
+    data files found) and the model directory. The database is checked by the caller, which opens it
+    anyway."""
+    family(s).preflight(s)
     if s.model.preset == "path" and not (Path(s.model.path) / "config.json").exists():
         raise FileNotFoundError(f"model.path={s.model.path}: not a Hugging Face model directory (no config.json)")
-    if s.retriever.name == "http":  # one query, so a server that is down is one line, not three retried tracebacks
-        spec = RetrieverSpec((), None, s.retriever.url, s.retriever.timeout_s)
-        build_retriever("http", spec).search(["trace-rl preflight"], 1)
 
 
 def load_runtime(s: Settings, log: Log = print) -> Runtime:
     torch.manual_seed(s.run.seed)
     data = prepare_task(s, log)
-    retriever = make_retriever(s, data)
-    model_dir = prepare_model(s, data, retriever, log)
+    tools = make_tools(s, data)
+    model_dir = prepare_model(s, data, tools, log)
     model, tokenizer = load_policy(model_dir, s.model.device, _dtype(s))
-    env = SearchEnv(tokenizer, retriever, agent_config(s))
+    env = make_env(s, tools, tokenizer)
     return Runtime(data, env, make_backend(s, model, tokenizer, s.run.seed, model_dir), model, model_dir)

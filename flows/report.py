@@ -59,6 +59,8 @@ def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bo
         rt.backend.reseed(s.run.seed)
         sampled = evaluate_policy(records, rt.backend, rt.env, n=s.train.eval_samples, temperature=1.0)
         out[split] = {"questions": len(records), "em": sampled.em, "f1": sampled.f1, **sampled.histogram()}
+        if len(sampled.by_source) > 1:  # e.g. BFCL's subsets: accuracy per subset (the paper's Table 5)
+            out[split].update({f"em_{source}": em for source, em in sampled.by_source})
         if greedy:
             rt.backend.reseed(s.run.seed)
             best = evaluate_policy(records, rt.backend, rt.env, n=1, temperature=0.0)

@@ -24,6 +24,7 @@ from pydantic import (
 
 import trace_core.generation.hf_backend
 import trace_core.generation.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
+from trace_core.function_calling.env import DEFAULT_INSTRUCTION as FC_INSTRUCTION
 from trace_core.generation.backend import BACKENDS
 from trace_core.search_agent.agent import DEFAULT_INSTRUCTION
 from trace_core.search_agent.retrieval import RETRIEVERS
@@ -105,6 +106,20 @@ class RunSection(Section):
 
 
 class TaskSection(Section):
+    family: str = Field(
+        "search_qa",
+        description="Task family: 'search_qa' (multi-hop QA with a search tool, the settings below) or "
+        "'function_calling' (BFCL v4 multi-turn, [function_calling]).",
+    )
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, name: str) -> str:
+        from flows.families import FAMILIES  # imported here: the families module reads these settings
+
+        FAMILIES.get(name)
+        return name
+
     source: Literal["synthetic", "files"] = Field(
         "synthetic", description="'synthetic' generates the multi-hop task; 'files' reads the paths below."
     )
@@ -129,6 +144,33 @@ class TaskSection(Section):
             missing = [k for k in ("train_file", "dev_file", "corpus_file") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"source='files' needs {', '.join('task.' + k for k in missing)}")
+        return self
+
+
+class FunctionCallingSection(Section):
+    subsets: list[Literal["base", "miss_func", "miss_param", "long_context"]] = Field(
+        ["base", "miss_func", "miss_param", "long_context"],
+        min_length=1,
+        description="BFCL v4 multi-turn subsets used (the paper's four).",
+    )
+    data_dir: str = Field("", description="BFCL's data folder; empty: the installed bfcl-eval package's.")
+    test_share: float = Field(0.2, gt=0, lt=1, description="Share of the scenarios held out for test (the paper: 0.2).")
+    dev_share: float = Field(0.1, gt=0, lt=1, description="Share of all scenarios for dev (from those not in test).")
+    split_seed: int = Field(0, ge=0, description="Seed of the split by scenario (shared by the subsets).")
+    max_steps: int = Field(16, ge=1, le=64, description="Policy steps per episode (call steps and replies).")
+    max_tokens_per_step: int = Field(64, ge=4, le=4096, description="Token limit of one step.")
+    max_output_chars: int = Field(400, ge=1, description="A call's output is cut to this many characters.")
+    docs: Literal["compact", "official"] = Field(
+        "compact",
+        description="Function documentation in the prompt: 'compact' (one line each, about 600 tokens) or "
+        "'official' (BFCL's JSON, about 7,000: for long-context models).",
+    )
+    instruction: str = Field(FC_INSTRUCTION, description="Instruction placed before the functions in every prompt.")
+
+    @model_validator(mode="after")
+    def _shares(self) -> FunctionCallingSection:
+        if self.test_share + self.dev_share >= 1:
+            raise ValueError("test_share + dev_share must leave scenarios for training (sum < 1)")
         return self
 
 
@@ -172,6 +214,11 @@ class ModelSection(Section):
     num_layers: int = Field(4, ge=1, description="Tiny model: decoder layers.")
     num_heads: int = Field(4, ge=1, description="Tiny model: attention heads.")
     head_dim: int = Field(32, ge=32, description="Tiny model: per-head dimension (vLLM needs >= 32).")
+    max_positions: int = Field(
+        0,
+        ge=0,
+        description="Tiny model: context length; 0: the task family's (1,024 search QA, 4,096 function calling).",
+    )
     seed: int = Field(0, ge=0, description="Tiny model: seed of its initialisation and warm start.")
 
     @field_validator("device")

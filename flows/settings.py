@@ -33,6 +33,7 @@ from flows.method_sections import HeadroomSection, PolicySection, PredictorSecti
 from flows.sections import (
     AgentSection,
     BackendSection,
+    FunctionCallingSection,
     ModelSection,
     OrchestrationSection,
     RetrieverSection,
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
 
     run: RunSection = RunSection()
     task: TaskSection = TaskSection()
+    function_calling: FunctionCallingSection = FunctionCallingSection()
     retriever: RetrieverSection = RetrieverSection()
     agent: AgentSection = AgentSection()
     model: ModelSection = ModelSection()

@@ -34,9 +34,9 @@ from flows.compat import outside_task_run, start_local_ray
 from flows.pipeline import (
     Runtime,
     _dtype,
-    agent_config,
     make_backend,
-    make_retriever,
+    make_env,
+    make_tools,
     policy_config,
     prepare_task,
     settings_hash,
@@ -48,7 +48,6 @@ from trace_core.method.loss import wrap_policy
 from trace_core.method.rollout import Expansion, Shard, grow, merge_shard, shard_seed, shard_trees, split_shards
 from trace_core.method.tree import Origin, RolloutTree
 from trace_core.models.default_model import load_policy
-from trace_core.search_agent.agent import SearchEnv
 
 
 class ShardRunner(Protocol):
@@ -82,7 +81,7 @@ def load_trainable(policy: torch.nn.Module, weights: dict[str, torch.Tensor]) ->
 class LocalShards:
     """Every shard in this process, one after another, with the run's backend."""
 
-    def __init__(self, backend: GenerationBackend, env: SearchEnv, count: int) -> None:
+    def __init__(self, backend: GenerationBackend, env: Any, count: int) -> None:
         self.backend, self.env, self.count = backend, env, count
 
     def grow(
@@ -123,7 +122,7 @@ class ShardJob:
 
 @dataclass
 class _Worker:
-    env: SearchEnv
+    env: Any  # the task family's environment
     policy: torch.nn.Module
     backend: GenerationBackend
 
@@ -136,10 +135,10 @@ def _worker(s: Settings, model_dir: Path) -> _Worker:
     if key not in _WORKERS:
         _WORKERS.clear()
         data = prepare_task(s, lambda _: None)
-        retriever = make_retriever(s, data)
+        tools = make_tools(s, data)
         model, tokenizer = load_policy(model_dir, s.model.device, _dtype(s))
         policy = wrap_policy(model, policy_config(s))
-        env = SearchEnv(tokenizer, retriever, agent_config(s))
+        env = make_env(s, tools, tokenizer)
         _WORKERS[key] = _Worker(env, policy, make_backend(s, policy, tokenizer, s.run.seed, model_dir))
     return _WORKERS[key]
 

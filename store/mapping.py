@@ -1,6 +1,10 @@
 """Rows of the rollout database <-> trace_core values: the one place that knows how a tree, a
-node and a question are laid out in the schema (store/models.py) and packed (token ids as
-little-endian int32 blobs, log-probs as float32 blobs)."""
+node and a prompt are laid out in the schema (store/models.py) and packed (token ids as
+little-endian int32 blobs, log-probs as float32 blobs).
+
+Prompts: a search QA question fills the question columns; a function-calling episode (`FCRecord`)
+also fills them for readers (`question`: its user turns; no answers, no hops) and is kept whole,
+as JSON, in `payload` ({"family": "function_calling", "record": ...}), from which it is rebuilt."""
 
 from __future__ import annotations
 
@@ -13,8 +17,12 @@ from sqlalchemy.orm import Session
 
 from store.db import StoreError
 from store.models import Node, Prompt, Tree
+from trace_core.function_calling.data import FCRecord
 from trace_core.method.tree import RolloutNode, RolloutTree
 from trace_core.search_agent.data import QARecord
+
+# the records a prompt row holds, one type per task family
+TaskRecord = QARecord | FCRecord
 
 
 def pack_ints(values: Sequence[int]) -> bytes:
@@ -55,11 +63,52 @@ def node_row(tree_id: int, n: RolloutNode) -> dict[str, Any]:
         "leaf_count": n.leaf_count,
         "origin": n.origin,
         "generated_tokens": len(n.model_ids),
+        "details": dict(n.details) if n.details is not None else None,
     }
 
 
-def to_record(prompt: Prompt) -> QARecord:
-    return QARecord(prompt.dataset_id, prompt.question, tuple(prompt.golden_answers), prompt.data_source, prompt.hops)
+def prompt_row(record: TaskRecord) -> dict[str, Any]:
+    """The `prompts` row of a record (without its id)."""
+    row = {"dataset_id": record.id, "data_source": record.data_source, "question": record.question}
+    if isinstance(record, FCRecord):
+        return {
+            **row,
+            "golden_answers": [],
+            "hops": None,
+            "payload": {
+                "family": "function_calling",
+                "record": {
+                    "turns": list(record.turns),
+                    "classes": list(record.classes),
+                    "initial_config": record.initial_config,
+                    "held_back": [[t, list(names)] for t, names in record.held_back],
+                    "ground_truth": [list(turn) for turn in record.ground_truth],
+                    "excluded": list(record.excluded),
+                },
+            },
+        }
+    return {**row, "golden_answers": list(record.golden_answers), "hops": record.hops, "payload": None}
+
+
+def to_record(prompt: Prompt) -> TaskRecord:
+    payload = prompt.payload
+    if payload is None:
+        return QARecord(
+            prompt.dataset_id, prompt.question, tuple(prompt.golden_answers), prompt.data_source, prompt.hops
+        )
+    if payload.get("family") != "function_calling":
+        raise StoreError(f"prompt {prompt.id}: payload of unknown family {payload.get('family')!r}")
+    r = payload["record"]
+    return FCRecord(
+        id=prompt.dataset_id,
+        turns=tuple(r["turns"]),
+        classes=tuple(r["classes"]),
+        initial_config=r["initial_config"],
+        held_back=tuple((int(t), tuple(names)) for t, names in r["held_back"]),
+        ground_truth=tuple(tuple(turn) for turn in r["ground_truth"]),
+        data_source=prompt.data_source,
+        excluded=tuple(r["excluded"]),
+    )
 
 
 def to_node(row: Node) -> RolloutNode:
@@ -81,6 +130,7 @@ def to_node(row: Node) -> RolloutNode:
         predicted=row.predicted,
         target=row.target,
         leaf_count=row.leaf_count,
+        details=row.details,
     )
 
 

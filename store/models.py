@@ -90,6 +90,8 @@ class Prompt(Base):
     question: Mapped[str] = mapped_column(Text)
     golden_answers: Mapped[list[str]] = mapped_column(JSON)
     hops: Mapped[int | None]
+    # a record the columns above cannot hold (a function-calling episode), as JSON; NULL for search QA
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Tree(Base):
@@ -133,6 +135,8 @@ class Node(Base):
     leaf_count: Mapped[int] = mapped_column(Integer, default=0)
     origin: Mapped[str] = mapped_column(String(10))
     generated_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # what the environment kept with the turn (function calling: calls, outputs, state digest), or NULL
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     tree: Mapped[Tree] = relationship(back_populates="nodes", foreign_keys=[tree_id])
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from store.db import StoreError, ensure_schema, make_engine, refuse_foreign, render_url, session_factory, transaction
 from store.lease import RunLease
-from store.mapping import read_trees, to_record
+from store.mapping import TaskRecord, read_trees, to_record
 from store.models import (
     Allocation,
     Checkpoint,
@@ -38,7 +38,6 @@ from store.writer import CheckpointRecord, StageWriter, finite
 from trace_core.method.allocators import Anchor, PrefixPlan, RootPlan
 from trace_core.method.headroom import PoolSample
 from trace_core.method.tree import RolloutTree
-from trace_core.search_agent.data import QARecord
 
 
 @dataclass(frozen=True)
@@ -292,7 +291,7 @@ class RolloutStore:
         with self._sessions() as s:
             return read_trees(s, run_id, iteration)
 
-    def load_root_plan(self, run_id: int, iteration: int) -> tuple[list[QARecord], list[float], RootPlan]:
+    def load_root_plan(self, run_id: int, iteration: int) -> tuple[list[TaskRecord], list[float], RootPlan]:
         """The stored pool (in order), its predictions and the Stage-1 plan."""
         with self._sessions() as s:
             rows = s.execute(

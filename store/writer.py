@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
-from store.mapping import node_row
+from store.mapping import TaskRecord, node_row, prompt_row
 from store.models import (
     Allocation,
     Checkpoint,
@@ -37,7 +37,6 @@ from trace_core.method.headroom import PoolSample
 from trace_core.method.loss import UpdateStats
 from trace_core.method.predictor import FitReport, PredictorQuality
 from trace_core.method.tree import RolloutTree
-from trace_core.search_agent.data import QARecord
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ class StageWriter:
             .execution_options(synchronize_session=False)
         )
 
-    def root_plan(self, pool: Sequence[QARecord], predicted: Sequence[float], plan: RootPlan) -> None:
+    def root_plan(self, pool: Sequence[TaskRecord], predicted: Sequence[float], plan: RootPlan) -> None:
         """Stage 1: one row per pool candidate (count 0 included), so the pool itself is kept too."""
         self._delete_allocations(1)
         prompts = prompt_ids(self.s, pool)
@@ -172,7 +171,7 @@ class StageWriter:
             )
         )
 
-    def headroom(self, pool: Sequence[QARecord], samples: Sequence[PoolSample]) -> None:
+    def headroom(self, pool: Sequence[TaskRecord], samples: Sequence[PoolSample]) -> None:
         """The oracle ledger's measurement of the iteration's pool (one row per prompt)."""
         self.s.execute(
             delete(HeadroomSample).where(
@@ -263,21 +262,12 @@ class StageWriter:
         )
 
 
-def prompt_ids(s: Session, records: Iterable[QARecord]) -> dict[tuple[str, str], int]:
+def prompt_ids(s: Session, records: Iterable[TaskRecord]) -> dict[tuple[str, str], int]:
     """Each record's prompt row id, inserting the prompts not stored yet (one upsert per 500)."""
     unique = {(r.data_source, r.id): r for r in records}
     if not unique:
         return {}
-    rows = [
-        {
-            "dataset_id": r.id,
-            "data_source": r.data_source,
-            "question": r.question,
-            "golden_answers": list(r.golden_answers),
-            "hops": r.hops,
-        }
-        for r in unique.values()
-    ]
+    rows = [prompt_row(r) for r in unique.values()]
     dialect = s.get_bind().dialect.name
     maker = pg_insert if dialect == "postgresql" else sqlite_insert
     for chunk in range(0, len(rows), 500):

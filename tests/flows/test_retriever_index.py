@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flows.pipeline import make_retriever, prepare_task
+from flows.pipeline import make_tools, prepare_task
 from flows.settings import load_settings
 
 
@@ -26,10 +26,10 @@ def test_editing_a_middle_document_of_a_corpus_file_rebuilds_the_index(tmp_path)
         f"task.corpus_file={corpus}",
     ]
     s = load_settings(overrides)
-    first = make_retriever(s, prepare_task(s, lambda _: None))
+    first = make_tools(s, prepare_task(s, lambda _: None))
     assert first.search(["zanzibarite"], 1)[0] == []
     docs[2] = {"id": "2", "contents": "Title 2\nthe zanzibarite mine lies in Orvik"}  # same size class, middle row
     _write(corpus, docs)
-    second = make_retriever(s, prepare_task(s, lambda _: None))
+    second = make_tools(s, prepare_task(s, lambda _: None))
     hits = second.search(["zanzibarite"], 1)[0]
     assert hits and "zanzibarite" in hits[0].text

@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-eval (make install adds it)")
 
+from tests.fc_fakes import ExpertBackend
 from trace_core.function_calling import apis
 from trace_core.function_calling.apis import ScenarioState, official_check, public_methods, replay
 from trace_core.function_calling.calls import Call, CallError, parse_calls
@@ -243,30 +244,12 @@ def test_an_episode_that_runs_out_of_steps_ends_and_is_checked(episodes):
     assert len(results) == 2 and results[-1].terminal and results[-1].reward == 0.0
 
 
-class _ExpertBackend:
-    """Writes the expert's next step for any context: the step count is read back from the context."""
-
-    def __init__(self, env, texts):
-        self.env, self.texts = env, texts
-
-    def generate(self, requests, params):
-        from trace_core.generation.backend import Completion
-
-        out = []
-        for request in requests:
-            context = self.env.decode(request.prefix_ids)
-            done = context.count("</call>") + context.count("</reply>") - 2  # the instruction names both tags
-            ids = self.env.encode(self.texts[done])
-            out.append([Completion(ids, (0.0,) * len(ids), "stop", "</call>")] * request.n)
-        return out
-
-
 def test_trees_grown_by_the_method_branch_the_episode_exactly(fc_env, episodes):
     from trace_core.method.rollout import Expansion, grow, new_trees
 
     record = episodes["base"][0]
     texts = _expert_texts(record)
-    backend = _ExpertBackend(fc_env, texts)
+    backend = ExpertBackend(fc_env, texts)
     trees = new_trees([record], fc_env)
     grow(trees, [Expansion(0, 0, 2)], backend, fc_env, fc_env.config.sampling(), "stage1")
     tree = trees[0]

@@ -23,6 +23,7 @@ Deviations:
 from __future__ import annotations
 
 import ast
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,9 @@ def parse_calls(text: str, allowed: Collection[str], max_chars: int = 20_000) ->
     if len(source) > max_chars:
         raise CallError(f"the call text is longer than {max_chars} characters")
     try:
-        tree = ast.parse(source, mode="eval")
+        with warnings.catch_warnings():  # the policy's text is data: its oddities are not warnings to print
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source, mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as err:
         raise CallError(f"not a list of function calls ({type(err).__name__})") from None
     body = tree.body

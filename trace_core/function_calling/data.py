@@ -48,6 +48,11 @@ class FCRecord:
         return self.data_source.removeprefix("bfcl_v4_")
 
     @property
+    def question(self) -> str:
+        """The user's requests, turn by turn: what a reader (and the success predictor) sees of it."""
+        return "\n".join(t for t in self.turns if t)
+
+    @property
     def scenario(self) -> int:
         """The scenario index shared by the four subsets' entries."""
         return int(self.id.rsplit("_", 1)[1])

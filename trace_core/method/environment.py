@@ -12,7 +12,7 @@ touching it; `trace_core.search_agent.agent.SearchEnv` is the search-QA implemen
   and the texts of the policy's earlier turns on the path (a stateful environment rebuilds its
   state from them; the search environment needs none); returns
   for each the parsed action (`action`, `argument`), the observation to append (text and token ids),
-  whether the episode ended and, if it did, the reward.
+  whether the episode ended and, if it did, the reward (and, optionally, `details` kept with the node).
 
 `TextEnvironment` is the shared base of the tokenizer-based environments (token ids of prompts and
 observations, chat template).
@@ -22,7 +22,7 @@ Deviations: none (the paper describes a ReAct loop, not an interface).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -71,13 +71,16 @@ A = TypeVar("A", bound=ParsedAction)
 @dataclass(frozen=True)
 class StepResult(Generic[A]):
     """An environment's answer to one turn: the parsed turn, the observation to append (text and
-    token ids), whether the episode ended and, if it did, the reward."""
+    token ids), whether the episode ended and, if it did, the reward; `details`: what the
+    environment wants kept with the node (JSON-able: a stateful environment's calls, their outputs
+    and a digest of its state), or None."""
 
     parsed: A
     observation: str
     observation_ids: tuple[int, ...]
     terminal: bool
     reward: float | None
+    details: Mapping[str, Any] | None = None
 
 
 class Environment(Protocol[P]):

@@ -78,6 +78,7 @@ def grow(
                     terminal=step.terminal,
                     reward=step.reward,
                     origin=origin,
+                    details=getattr(step, "details", None),
                 )
             )
             if step.terminal:

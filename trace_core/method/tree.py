@@ -36,9 +36,9 @@ Deviations: none for `backup`; `launched_targets` is ours (METHOD.md leaves the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -60,6 +60,8 @@ class RolloutNode:
         anchor prefix).
     predicted: the predictor's success estimate for this node's prefix when allocation was decided.
     target / leaf_count: after `backup`, the success rate over the leaves below and their number.
+    details: what the environment kept with the turn (JSON-able; a stateful environment's calls,
+        outputs and state digest), or None.
     """
 
     node_id: int
@@ -79,6 +81,7 @@ class RolloutNode:
     predicted: float | None = None
     target: float | None = None
     leaf_count: int = 0
+    details: Mapping[str, Any] | None = None
 
     @property
     def generated_tokens(self) -> int:

@@ -3,7 +3,12 @@
 For each question, `n` independent rollouts are sampled (greedy when temperature is 0, in which
 case one suffices). Reported: mean EM (the reward) and mean F1 over all rollouts, and each
 question's success rate, whose histogram (how many questions never, always, or sometimes solved)
-is what group-relative RL depends on: only mixed questions give a gradient.
+is what group-relative RL depends on: only mixed questions give a gradient; and the mean reward per
+data source (`by_source`: BFCL's subsets for function calling, the paper's Table 5 columns).
+
+Any task family's trees can be scored: EM is the reward (for function calling, BFCL's multi-turn
+checker: accuracy avg@n); F1 needs answer strings, so for a record without `golden_answers` it is
+the reward too.
 
 Deviations: none.
 """
@@ -12,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from trace_core.generation.backend import GenerationBackend
 from trace_core.method.rollout import rollout_batch
-from trace_core.method.tree import RolloutTree
-from trace_core.search_agent.agent import SearchEnv
-from trace_core.search_agent.data import QARecord
+from trace_core.method.tree import RolloutNode, RolloutTree
 from trace_core.search_agent.reward import f1_score
 
 
@@ -35,34 +39,42 @@ class EvalReport:
     always: int
     mixed: int
     generated_tokens: int
+    by_source: tuple[tuple[str, float], ...] = ()
 
     def histogram(self) -> dict[str, int]:
         return {"never": self.never, "mixed": self.mixed, "always": self.always}
 
 
 def evaluate_policy(
-    records: Sequence[QARecord],
+    records: Sequence[Any],
     backend: GenerationBackend,
-    env: SearchEnv,
+    env: Any,
     n: int = 1,
     temperature: float | None = None,
 ) -> EvalReport:
     return score_trees(rollout_batch(records, n, backend, env, env.config.sampling(temperature)), n)
 
 
+def _f1(leaf: RolloutNode, record: Any) -> float:
+    answers = getattr(record, "golden_answers", None)
+    if answers is None:
+        return leaf.reward or 0.0
+    return f1_score(leaf.argument, answers) if leaf.action == "answer" else 0.0
+
+
 def score_trees(trees: Sequence[RolloutTree], n: int) -> EvalReport:
-    """EM, F1 and the per-question success spread of finished trees (n leaves each)."""
+    """EM, F1, the per-question success spread and the per-source EM of finished trees (n leaves each)."""
     ems: list[float] = []
     f1s: list[float] = []
     success: list[float] = []
+    sources: dict[str, list[float]] = {}
     tokens = 0
     for tree in trees:
         leaves = tree.leaves()
         rewards = [leaf.reward or 0.0 for leaf in leaves]
         ems.extend(rewards)
-        f1s.extend(
-            f1_score(leaf.argument, tree.record.golden_answers) if leaf.action == "answer" else 0.0 for leaf in leaves
-        )
+        f1s.extend(_f1(leaf, tree.record) for leaf in leaves)
+        sources.setdefault(tree.record.data_source, []).extend(rewards)
         success.append(sum(rewards) / len(rewards))
         tokens += sum(node.generated_tokens for node in tree)
     return EvalReport(
@@ -74,4 +86,5 @@ def score_trees(trees: Sequence[RolloutTree], n: int) -> EvalReport:
         always=sum(s == 1 for s in success),
         mixed=sum(0 < s < 1 for s in success),
         generated_tokens=tokens,
+        by_source=tuple((k, sum(v) / len(v)) for k, v in sorted(sources.items())),
     )

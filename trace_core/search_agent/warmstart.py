@@ -1,6 +1,8 @@
 """Supervised warm start of the default policy on expert trajectories, stopped inside a success band.
 
-Expert trajectories come from each training question's known reasoning chain: one
+Any task family can be warm-started: `plan(record)` gives its expert's turn texts (for function
+calling, the ground-truth calls: `function_calling.env.expert_steps`), played through the real
+environment. For the search agent they come from each training question's known reasoning chain: one
 `<think> ... </think>\\n<search> entity </search>` turn per hop, the think text restating the fact
 the previous observation gave, then `<answer> ... </answer>`. The observations are produced by the
 real environment and retriever, so the policy learns from the same kind of context it will see.
@@ -23,13 +25,13 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from trace_core.generation.backend import GenerationBackend
 from trace_core.generation.batching import pad_right, token_logprobs
-from trace_core.search_agent.agent import SearchEnv
 from trace_core.search_agent.data import QARecord
 from trace_core.search_agent.evaluation import evaluate_policy
 
@@ -93,21 +95,35 @@ def expert_turns(record: QARecord) -> list[str]:
     return turns
 
 
-def expert_trajectories(records: Sequence[QARecord], env: SearchEnv) -> list[Trajectory]:
-    """Play the expert's turns through the environment; questions needing more turns are skipped."""
-    usable = [r for r in records if r.chain and len(r.chain) + 1 <= env.config.max_turns]
-    plans = [expert_turns(r) for r in usable]
-    seqs = [list(env.prompt_ids(r)) for r in usable]
-    masks = [[0] * len(s) for s in seqs]
-    for depth in range(1, max((len(p) for p in plans), default=0) + 1):
-        live = [i for i, p in enumerate(plans) if len(p) >= depth]
+def expert_plan(record: QARecord) -> list[str]:
+    """The search agent's expert turns, or none for a question without a known chain."""
+    return expert_turns(record) if record.chain else []
+
+
+def expert_trajectories(
+    records: Sequence[Any], env: Any, plan: Callable[[Any], list[str]] = expert_plan
+) -> list[Trajectory]:
+    """Play each record's expert turns `plan(record)` through the environment (with the turns
+    before as each turn's history); records with no plan or one longer than max_turns are skipped."""
+    plans = [plan(r) for r in records]
+    usable = [i for i, p in enumerate(plans) if p and len(p) <= env.config.max_turns]
+    seqs = {i: list(env.prompt_ids(records[i])) for i in usable}
+    masks = {i: [0] * len(seqs[i]) for i in usable}
+    for depth in range(1, max((len(plans[i]) for i in usable), default=0) + 1):
+        live = [i for i in usable if len(plans[i]) >= depth]
         texts = [plans[i][depth - 1] for i in live]
-        steps = env.step([usable[i] for i in live], texts, [depth] * len(live), ["stop"] * len(live))
+        steps = env.step(
+            [records[i] for i in live],
+            texts,
+            [depth] * len(live),
+            ["stop"] * len(live),
+            [plans[i][: depth - 1] for i in live],
+        )
         for i, text, step in zip(live, texts, steps, strict=True):
             turn = env.encode(text)
             seqs[i] += [*turn, *step.observation_ids]
             masks[i] += [1] * len(turn) + [0] * len(step.observation_ids)
-    return [Trajectory(tuple(s), tuple(m)) for s, m in zip(seqs, masks, strict=True)]
+    return [Trajectory(tuple(seqs[i]), tuple(masks[i])) for i in usable]
 
 
 def sft_loss(model: PreTrainedModel, batch: Sequence[Trajectory], pad_id: int) -> torch.Tensor:
@@ -159,8 +175,8 @@ def _train_step(
 
 def _measure(
     backend: GenerationBackend,
-    env: SearchEnv,
-    probe: Sequence[QARecord],
+    env: Any,
+    probe: Sequence[Any],
     config: WarmStartConfig,
     step: int,
     start: float,
@@ -175,20 +191,22 @@ def _measure(
 def warm_start(
     model: PreTrainedModel,
     backend: GenerationBackend,
-    env: SearchEnv,
-    train: Sequence[QARecord],
-    probe: Sequence[QARecord],
+    env: Any,
+    train: Sequence[Any],
+    probe: Sequence[Any],
     config: WarmStartConfig,
     log: Callable[[Checkpoint], None] | None = None,
+    plan: Callable[[Any], list[str]] = expert_plan,
 ) -> WarmStartReport:
-    """Fine-tune `model` in place on expert trajectories of `train` until its sampled success on
-    `probe` enters the band; the chosen weights are left in `model`."""
+    """Fine-tune `model` in place on the expert trajectories `plan` gives for `train` (the search
+    agent's chains by default) until its sampled success on `probe` enters the band; the chosen
+    weights are left in `model`."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     order_rng = torch.Generator().manual_seed(config.seed)
-    data = expert_trajectories(train, env)
+    data = expert_trajectories(train, env, plan)
     if not data:
-        raise ValueError("no training question has a chain short enough for max_turns")
+        raise ValueError("no training record has expert turns that fit in max_turns")
     pad_id = env.tokenizer.pad_token_id or 0
     optimizer, schedule = _optimizer(model, config)
     band = config.success_band

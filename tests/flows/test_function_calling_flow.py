@@ -1,0 +1,67 @@
+"""`task.family = "function_calling"`: the same flow, store and stages run BFCL v4 multi-turn
+episodes end to end (a tiny model, one iteration)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-eval (make install adds it)")
+
+from flows.settings import SETTINGS_FILE_ENV, SettingsError, load_settings
+from store.store import RolloutStore
+from tests.flows.conftest import write_settings
+from trace_core.function_calling.data import FCRecord
+
+FC = {
+    "task": {"family": "function_calling"},
+    "function_calling": {
+        "subsets": ["base", "miss_func"],
+        "max_steps": 3,
+        "max_tokens_per_step": 16,
+        "max_output_chars": 80,
+    },
+    "warmstart": {"max_steps": 4, "eval_every": 4, "eval_questions": 8, "eval_samples": 1, "batch_size": 4},
+    "trace": {"budget": 8, "pool_size": 4, "group_size": 2},
+    "train": {"iterations": 1, "eval_every": 1, "eval_questions": 2, "eval_samples": 2},
+}
+
+
+def test_the_split_keeps_every_scenario_on_one_side_and_test_is_the_80_20_splits():
+    from flows.families import family
+    from trace_core.function_calling.data import bfcl_data_dir, load_subset, split_by_scenario
+
+    s = load_settings(["task.family=function_calling"])
+    data = family(s).prepare(s, lambda _: None)
+    sides = [{r.scenario for r in split} for split in (data.train, data.dev, data.test)]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert [len(side) for side in sides] == [140, 20, 40]
+    everything = [r for subset in s.function_calling.subsets for r in load_subset(bfcl_data_dir(), subset)]
+    assert {r.id for r in data.test} == {r.id for r in split_by_scenario(everything, 0.2, 0)[1]}
+    # the first dev records hold each subset's entry of the same scenario
+    assert len({r.scenario for r in data.dev[:4]}) == 1 and len({r.data_source for r in data.dev[:4]}) == 4
+
+
+def test_an_unknown_task_family_names_the_valid_ones():
+    with pytest.raises(SettingsError, match="function_calling.*search_qa"):
+        load_settings(["task.family=chess"])
+
+
+def test_a_function_calling_run_stores_episodes_calls_and_state_and_scores_each_subset(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    from flows.training import trace_training
+
+    settings = write_settings(tmp_path / "s.toml", workspace, tmp_path / "runs", run={"name": "fc"}, **FC)
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
+    history = trace_training([])
+    assert [h["iteration"] for h in history] == [-1, 0]
+    assert {"eval/em_bfcl_v4_base", "eval/em_bfcl_v4_miss_func"} <= set(history[-1])
+    store = RolloutStore(f"sqlite:///{tmp_path / 'runs/rollouts.db'}")
+    trees = store.load_trees(store.run_id("fc"), 0)
+    assert sum(len(t.leaves()) for t in trees) == 8
+    assert all(isinstance(t.record, FCRecord) for t in trees)
+    turns = [n for t in trees for n in t.nodes[1:]]
+    assert turns and all({"calls", "outputs", "state"} <= set(n.details) for n in turns)
+    assert all(n.reward in (0.0, 1.0) for t in trees for n in t.leaves())
+    store.close()
+    assert (workspace / "models" / "tiny-function-calling" / "config.json").exists()
