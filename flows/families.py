@@ -19,7 +19,7 @@ warm start), `max_turns`, `max_positions` (the context the tiny model is built f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,7 +51,6 @@ class TaskData:
     test: list[Any]
     corpus: Sequence[CorpusDoc] = ()
     directory: Path = Path(".")
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class TaskFamily(Protocol):
@@ -188,10 +187,7 @@ class FunctionCalling:
         train, dev = split_by_scenario(rest, f.dev_share / (1 - f.test_share), f.split_seed + 1)
         order = np.random.default_rng(f.split_seed).permutation(len(train))
         dev, test = (sorted(v, key=lambda r: r.scenario) for v in (dev, test))  # stable: subsets in order
-        info = {
-            "scenarios": {k: len({r.scenario for r in v}) for k, v in (("train", train), ("dev", dev), ("test", test))}
-        }
-        return TaskData([train[i] for i in order], dev, test, directory=directory, info=info)
+        return TaskData([train[i] for i in order], dev, test, directory=directory)
 
     def tools(self, s: Settings, data: TaskData) -> Path:
         return data.directory
