@@ -220,9 +220,16 @@ def _run_figures(history: list[dict[str, Any]], final: dict[str, Any], train_sec
         "dev_f1": final["dev"]["f1"],
         "test_em": final["test"]["em"],
         "test_f1": final["test"]["f1"],
+        # accuracy per data source, where a split has several (BFCL's subsets: the paper's Table 5)
+        "dev_em_by_source": _by_source(final["dev"]),
+        "test_em_by_source": _by_source(final["test"]),
         "dev_em_before": float(history[0].get("eval/em") or 0.0),
         "train_seconds": train_seconds,
     }
+
+
+def _by_source(split: dict[str, Any]) -> dict[str, float]:
+    return {key.removeprefix("em_"): float(value) for key, value in split.items() if key.startswith("em_")}
 
 
 def _dev_curve(history: list[dict[str, Any]]) -> list[list[float]]:
@@ -266,12 +273,15 @@ def run_bench(
     late: int = 0,
     warm: bool | None = None,
     overrides: list[str] | None = None,
+    resize: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark; `overrides` ('section.key=value') apply to every run, under
-    each run's own allocator, seed, size and name."""
+    each run's own allocator, seed, size and name; `resize` changes fields of the size (seeds,
+    iterations, eval_questions, eval_samples)."""
     size = SIZES[size_name]
-    if seeds is not None:
-        size = replace(size, seeds=seeds)
+    for field, value in {**(resize or {}), "seeds": seeds}.items():
+        if value is not None:
+            size = replace(size, **{field: int(value)})  # type: ignore[misc,arg-type]
     out.mkdir(parents=True, exist_ok=True)
     base = (_tiny_overrides(out / "tiny") if size.tiny else []) + list(overrides or [])
     done_file = out / "runs.jsonl"

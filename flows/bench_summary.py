@@ -72,6 +72,7 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "root_ece_from_5": _late_mean(runs, "root_ece"),
             "pool_auc_from_5": _late_mean(runs, "pool_auc"),
             "pool_ece_from_5": _late_mean(runs, "pool_ece"),
+            "test_em_by_source": _source_stats(runs, "test_em_by_source"),
         }
     ablation = {label: table.get("small-groups", {}).get(name) for label, name in ABLATION.items()}
     return {
@@ -82,6 +83,12 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
         "oracle": oracle,
         "paired_vs_uniform": paired_vs_uniform(done),
     }
+
+
+def _source_stats(runs: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    """Per data source (where the runs recorded several), the mean and std over runs."""
+    sources = sorted({source for r in runs for source in r.get(key) or {}})
+    return {source: _stats([r[key][source] for r in runs if source in (r.get(key) or {})]) for source in sources}
 
 
 PAIRED = ("effective_ratio", "nonzero_advantage_share", "dev_em", "test_em")
@@ -193,7 +200,19 @@ def _regime_lines(regime: str, rows: dict[str, Any]) -> list[str]:
         figures += [r.get(k, float("nan")) for k in _LEDGER_COLUMNS]
         lines.append(f"| {name} | " + " | ".join("-" if np.isnan(c) else f"{c:.3f}" for c in figures) + " |")
     lines.append("")
-    return lines
+    return lines + _source_lines(rows)
+
+
+def _source_lines(rows: dict[str, Any]) -> list[str]:
+    """Test EM per data source (BFCL's subsets), when the runs recorded it."""
+    sources = sorted({source for r in rows.values() for source in r.get("test_em_by_source") or {}})
+    if not sources:
+        return []
+    lines = ["| allocator | " + " | ".join(f"test EM {s}" for s in sources) + " |", "|---" * (len(sources) + 1) + "|"]
+    for name, r in rows.items():
+        by_source = r.get("test_em_by_source") or {}
+        lines.append(f"| {name} | " + " | ".join(_cell(by_source.get(s)) for s in sources) + " |")
+    return [*lines, ""]
 
 
 def _ablation_lines(ablation: dict[str, Any]) -> list[str]:

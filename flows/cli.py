@@ -159,6 +159,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.late,
         warm=True if args.with_warm else None,
         overrides=overrides,
+        resize={
+            "iterations": args.iterations,
+            "eval_questions": args.eval_questions,
+            "eval_samples": args.eval_samples,
+        },
     )
     print(markdown_table(summary))
     print(f"written to {args.out}/ (summary.json, table.md, runs.jsonl, plots)")
@@ -240,6 +245,13 @@ def _args_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detail", help="write every figure (question counts, success histogram) to this JSON file")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the CI size: tiny task, one seed, one iteration")
     p.add_argument("--out", default="bench/results", help="folder for runs.jsonl, summary.json and plots")
@@ -249,6 +261,11 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "e.g. 'uniform,trace+online,uniform@policy.learning_rate=0.0001;policy.kl_coef=0.1'",
     )
     p.add_argument("--seeds", type=int, help="seeds per variant (default: the size's)")
+    p.add_argument("--iterations", type=_positive, help="training iterations per run (default: the size's, 20)")
+    p.add_argument(
+        "--eval-questions", type=_positive, help="dev and test questions of each final evaluation (default: 200)"
+    )
+    p.add_argument("--eval-samples", type=_positive, help="samples per question of the final evaluation (default: 4)")
     p.add_argument(
         "--with-warm", action="store_true", help="with --late: run the warm regime too, seed by seed (benchmark v2)"
     )

@@ -18,6 +18,7 @@ warm start), `max_turns`, `max_positions` (the context the tiny model is built f
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from flows.builds import is_built, mark_built, settings_hash
-from trace_core.function_calling.data import FCRecord, bfcl_data_dir, load_subset, split_by_scenario
+from trace_core.function_calling.data import (
+    FCRecord,
+    bfcl_data_dir,
+    load_subset,
+    read_split,
+    split_by_scenario,
+    write_split,
+)
 from trace_core.function_calling.env import FCConfig, FunctionCallingEnv, expert_steps
 from trace_core.registry import Registry
 from trace_core.search_agent.agent import FORMAT_ERROR, AgentConfig, SearchEnv, information
@@ -176,18 +184,26 @@ class FunctionCalling:
         return Path(s.function_calling.data_dir) if s.function_calling.data_dir else bfcl_data_dir()
 
     def prepare(self, s: Settings, log: Log) -> TaskData:
-        """The configured subsets, split by scenario into train / dev / test; train in a seeded
-        order (so the warm start's probe, its first records, mixes the subsets), dev and test by
-        scenario (so the first `train.eval_questions` of dev hold every subset's entry of the
-        same scenarios)."""
+        """The configured subsets, split by scenario into train / dev / test and written whole to
+        `function_calling.split_dir` (once per split settings and BFCL data), then read from there;
+        train in a seeded order (so the warm start's probe, its first records, mixes the subsets),
+        dev and test by scenario (so the first `train.eval_questions` of dev hold every subset's
+        entry of the same scenarios)."""
         f = s.function_calling
-        directory = self.data_dir(s)
-        records = [r for subset in f.subsets for r in load_subset(directory, subset)]
-        rest, test = split_by_scenario(records, f.test_share, f.split_seed)
-        train, dev = split_by_scenario(rest, f.dev_share / (1 - f.test_share), f.split_seed + 1)
-        order = np.random.default_rng(f.split_seed).permutation(len(train))
-        dev, test = (sorted(v, key=lambda r: r.scenario) for v in (dev, test))  # stable: subsets in order
-        return TaskData([train[i] for i in order], dev, test, directory=directory)
+        source = self.data_dir(s)
+        split = {k: f.model_dump(mode="json")[k] for k in ("subsets", "test_share", "dev_share", "split_seed")}
+        digest = settings_hash(split, _files_digest(source, f.subsets))
+        if not is_built(f.split_dir, digest):
+            log(f"splitting BFCL v4 multi-turn ({', '.join(f.subsets)}) by scenario into {f.split_dir}")
+            records = [r for subset in f.subsets for r in load_subset(source, subset)]
+            rest, test = split_by_scenario(records, f.test_share, f.split_seed)
+            train, dev = split_by_scenario(rest, f.dev_share / (1 - f.test_share), f.split_seed + 1)
+            order = np.random.default_rng(f.split_seed).permutation(len(train))
+            dev, test = (sorted(v, key=lambda r: r.scenario) for v in (dev, test))  # stable: subsets in order
+            write_split(f.split_dir, {"train": [train[i] for i in order], "dev": dev, "test": test})
+            mark_built(f.split_dir, digest, split=split, source=str(source))
+        sides = read_split(f.split_dir)
+        return TaskData(sides["train"], sides["dev"], sides["test"], directory=source)
 
     def tools(self, s: Settings, data: TaskData) -> Path:
         return data.directory
@@ -218,7 +234,7 @@ class FunctionCalling:
         return s.function_calling.max_steps
 
     def identity(self, s: Settings) -> dict[str, Any]:
-        fc = {k: v for k, v in s.function_calling.model_dump(mode="json").items() if k != "data_dir"}
+        fc = {k: v for k, v in s.function_calling.model_dump(mode="json").items() if k not in ("data_dir", "split_dir")}
         return {"family": "function_calling", "function_calling": fc, "temperature": s.agent.temperature}
 
     def preflight(self, s: Settings) -> None:
@@ -227,6 +243,16 @@ class FunctionCalling:
             path = directory / f"BFCL_v4_multi_turn_{subset}.json"
             if not path.exists():
                 raise DataFormatError(f"function_calling.data_dir={directory}: no {path.name}")
+
+
+def _files_digest(directory: Path, subsets: Sequence[str]) -> str:
+    """A digest of the subsets' question and answer files (a changed BFCL release re-splits)."""
+    digest = hashlib.sha256()
+    for subset in subsets:
+        name = f"BFCL_v4_multi_turn_{subset}.json"
+        for path in (directory / name, directory / "possible_answer" / name):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 FAMILIES.register("search_qa")(SearchQA())

@@ -154,6 +154,11 @@ class FunctionCallingSection(Section):
         description="BFCL v4 multi-turn subsets used (the paper's four).",
     )
     data_dir: str = Field("", description="BFCL's data folder; empty: the installed bfcl-eval package's.")
+    split_dir: Path = Field(
+        Path("data/function_calling"),
+        description="Where the split is written (train/dev/test.jsonl, whole episodes): what runs train and are "
+        "scored on, versioned by DVC.",
+    )
     test_share: float = Field(0.2, gt=0, lt=1, description="Share of the scenarios held out for test (the paper: 0.2).")
     dev_share: float = Field(0.1, gt=0, lt=1, description="Share of all scenarios for dev (from those not in test).")
     split_seed: int = Field(0, ge=0, description="Seed of the split by scenario (shared by the subsets).")

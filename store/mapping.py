@@ -75,17 +75,7 @@ def prompt_row(record: TaskRecord) -> dict[str, Any]:
             **row,
             "golden_answers": [],
             "hops": None,
-            "payload": {
-                "family": "function_calling",
-                "record": {
-                    "turns": list(record.turns),
-                    "classes": list(record.classes),
-                    "initial_config": record.initial_config,
-                    "held_back": [[t, list(names)] for t, names in record.held_back],
-                    "ground_truth": [list(turn) for turn in record.ground_truth],
-                    "excluded": list(record.excluded),
-                },
-            },
+            "payload": {"family": "function_calling", "record": record.to_json()},
         }
     return {**row, "golden_answers": list(record.golden_answers), "hops": record.hops, "payload": None}
 
@@ -98,17 +88,9 @@ def to_record(prompt: Prompt) -> TaskRecord:
         )
     if payload.get("family") != "function_calling":
         raise StoreError(f"prompt {prompt.id}: payload of unknown family {payload.get('family')!r}")
-    r = payload["record"]
-    return FCRecord(
-        id=prompt.dataset_id,
-        turns=tuple(r["turns"]),
-        classes=tuple(r["classes"]),
-        initial_config=r["initial_config"],
-        held_back=tuple((int(t), tuple(names)) for t, names in r["held_back"]),
-        ground_truth=tuple(tuple(turn) for turn in r["ground_truth"]),
-        data_source=prompt.data_source,
-        excluded=tuple(r["excluded"]),
-    )
+    # the row's columns are authoritative for what they hold (payloads written before `id` and
+    # `data_source` were in the record lack them)
+    return FCRecord.from_json({**payload["record"], "id": prompt.dataset_id, "data_source": prompt.data_source})
 
 
 def to_node(row: Node) -> RolloutNode:

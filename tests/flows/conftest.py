@@ -37,6 +37,7 @@ def write_settings(path: Path, workspace: Path, run_dir: Path, **sections: dict)
         merged[name].update(values)
     merged["task"]["data_dir"] = str(workspace / "data")
     merged["model"]["models_dir"] = str(workspace / "models")
+    merged["function_calling"]["split_dir"] = str(workspace / "function_calling")
     merged["run"]["output_dir"] = str(run_dir)
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)

@@ -149,3 +149,58 @@ def test_the_regime_plot_draws_old_and_new_runs(tmp_path):
     old = {"regime": "small-groups", "allocator": "uniform", "effective_ratio": [0.5], "nonzero_advantage_share": [0.5]}
     plot_regimes([new, old], tmp_path)
     assert (tmp_path / "regimes.png").stat().st_size > 10_000
+
+
+def _finished_run(allocator: str, seed: int, by_source: dict[str, float]) -> dict:
+    """A `runs.jsonl` row as `_run_figures` writes it, with the given per-source test EM."""
+    nan = float("nan")
+    return {
+        "regime": "small-groups",
+        "allocator": allocator,
+        "seed": seed,
+        "effective_ratio": [0.5],
+        "nonzero_advantage_share": [0.5],
+        "mean_reward": [0.4],
+        "root_auc": [nan],
+        "root_ece": [nan],
+        "pool_auc": [nan],
+        "pool_ece": [nan],
+        **{k: 0.3 for k in ("dev_em", "dev_f1", "test_em", "test_f1", "dev_em_before")},
+        "generated_tokens": 100.0,
+        "leaves": 16.0,
+        "train_seconds": 1.0,
+        "test_em_by_source": by_source,
+    }
+
+
+def test_the_table_gives_test_em_per_subset_when_the_runs_recorded_it():
+    from flows.bench_summary import markdown_table, summarise
+
+    oracle = {"share_of_oracle_per_iteration": [1.0]}
+    done = [
+        _finished_run("uniform", 0, {"bfcl_v4_base": 0.25, "bfcl_v4_miss_func": 0.0}),
+        _finished_run("uniform", 1, {"bfcl_v4_base": 0.75, "bfcl_v4_miss_func": 0.5}),
+    ]
+    table = markdown_table(summarise(done, oracle, "default", 1.0))
+    assert "| allocator | test EM bfcl_v4_base | test EM bfcl_v4_miss_func |" in table
+    assert "| uniform | 0.500 ± 0.250 | 0.250 ± 0.250 |" in table
+    plain = markdown_table(summarise([_finished_run("uniform", 0, {})], oracle, "default", 1.0))
+    assert "test EM bfcl" not in plain  # one data source: no per-source table
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_the_function_calling_family_and_scores_each_subset(prefect_api, tmp_path):
+    pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-eval (make install adds it)")
+    fc = [
+        "task.family=function_calling",
+        f"function_calling.split_dir={tmp_path / 'split'}",
+        "function_calling.subsets=['base', 'miss_param']",
+        "function_calling.max_steps=3",
+        "function_calling.max_tokens_per_step=16",
+    ]
+    resize = {"iterations": 1, "eval_questions": 4, "eval_samples": 1}
+    summary = run_bench("quick", tmp_path, lambda _: None, ["uniform", "trace"], 1, overrides=fc, resize=resize)
+    rows = summary["allocators"]["small-groups"]
+    assert set(rows) == {"uniform", "trace"} and {r["leaves"]["mean"] for r in rows.values()} == {16.0}
+    assert all(set(r["test_em_by_source"]) == {"bfcl_v4_base", "bfcl_v4_miss_param"} for r in rows.values())
+    assert "test EM bfcl_v4_miss_param" in (tmp_path / "table.md").read_text()

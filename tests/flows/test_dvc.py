@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -58,12 +59,7 @@ def test_dvc_repro_is_complete_incremental_and_reproducible(prefect_api, tmp_pat
         "DVC_NO_ANALYTICS": "1",
     }
     env.pop("TRACE_SETTINGS_FILE", None)
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"],
-    ):
-        subprocess.run(command, cwd=repo, check=True, env=env)
+    _git_repo(repo, env)
 
     assert _repro(repo, env) == ["prepare", "warmstart", "train", "evaluate", "report"]
     first = {m: (repo / m).read_bytes() for m in METRICS}
@@ -80,12 +76,43 @@ def test_dvc_repro_is_complete_incremental_and_reproducible(prefect_api, tmp_pat
 
     # a second reproduction from a clean state, with the original settings, gives identical metrics
     (repo / "settings.toml").write_text(settings)
-    for path in ["data/synthetic", "models", "results", "report", "metrics", "runs", ".dvc/cache"]:
+    for path in ["data", "models", "results", "report", "metrics", "runs", ".dvc/cache"]:
         shutil.rmtree(repo / path, ignore_errors=True)
     (repo / "dvc.lock").unlink()
     assert _repro(repo, env) == ["prepare", "warmstart", "train", "evaluate", "report"]
     for name, content in first.items():
         assert (repo / name).read_bytes() == content, f"{name} differs between two clean reproductions"
+
+
+def _git_repo(repo: Path, env: dict[str, str]) -> None:
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"],
+    ):
+        subprocess.run(command, cwd=repo, check=True, env=env)
+
+
+def test_dvc_prepares_the_function_calling_split_under_data(tmp_path):
+    pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-eval (make install adds it)")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_repo(repo)
+    fc = {"task": {"family": "function_calling"}, "function_calling": {"split_dir": "data/function_calling"}}
+    write_settings(repo / "settings.toml", repo, repo / "runs", model={"models_dir": "models"}, **fc)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env.pop("TRACE_SETTINGS_FILE", None)
+    _git_repo(repo, env)
+    result = subprocess.run(
+        [str(BIN / "dvc"), "repro", "prepare"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sides = {
+        side: (repo / "data/function_calling" / f"{side}.jsonl").read_text().count("\n")
+        for side in ("train", "dev", "test")
+    }
+    assert sides == {"train": 560, "dev": 80, "test": 160}
+    assert "data" in (repo / "dvc.lock").read_text()
 
 
 def _readme_deps_regex() -> re.Pattern[str]:
@@ -97,8 +124,13 @@ def _readme_deps_regex() -> re.Pattern[str]:
 def test_readme_exp_show_drop_regex_removes_every_dependency_column_and_no_setting_or_metric():
     import yaml
 
+    settings = tomllib.loads((ROOT / "settings.toml").read_text())
+
+    def resolved(path: str) -> str:  # dvc.yaml's ${section.key} from settings.toml, as DVC fills them in
+        return re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(settings[m[1]][m[2]]), path)
+
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
+    deps = {resolved(dep) for stage in stages.values() for dep in stage.get("deps", [])}
     pattern = _readme_deps_regex()
     assert deps and all(pattern.search(dep) for dep in deps), sorted(d for d in deps if not pattern.search(d))
     params = {

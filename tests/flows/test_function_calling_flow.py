@@ -26,11 +26,11 @@ FC = {
 }
 
 
-def test_the_split_keeps_every_scenario_on_one_side_and_test_is_the_80_20_splits():
+def test_the_split_keeps_every_scenario_on_one_side_and_test_is_the_80_20_splits(tmp_path):
     from flows.families import family
     from trace_core.function_calling.data import bfcl_data_dir, load_subset, split_by_scenario
 
-    s = load_settings(["task.family=function_calling"])
+    s = load_settings(["task.family=function_calling", f"function_calling.split_dir={tmp_path}"])
     data = family(s).prepare(s, lambda _: None)
     sides = [{r.scenario for r in split} for split in (data.train, data.dev, data.test)]
     assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
@@ -39,6 +39,28 @@ def test_the_split_keeps_every_scenario_on_one_side_and_test_is_the_80_20_splits
     assert {r.id for r in data.test} == {r.id for r in split_by_scenario(everything, 0.2, 0)[1]}
     # the first dev records hold each subset's entry of the same scenario
     assert len({r.scenario for r in data.dev[:4]}) == 1 and len({r.data_source for r in data.dev[:4]}) == 4
+
+
+def test_the_split_is_written_whole_then_read_back_and_a_bad_line_is_named(tmp_path):
+    from flows.families import family
+    from trace_core.function_calling.data import BFCLDataError
+
+    s = load_settings(["task.family=function_calling", f"function_calling.split_dir={tmp_path}"])
+    first = family(s).prepare(s, lambda _: None)
+    assert [len(list(open(tmp_path / f"{side}.jsonl"))) for side in ("train", "dev", "test")] == [560, 80, 160]
+    said: list[str] = []
+    again = family(s).prepare(s, said.append)
+    assert not said and (again.train, again.dev, again.test) == (first.train, first.dev, first.test)
+
+    other = load_settings(
+        ["task.family=function_calling", f"function_calling.split_dir={tmp_path}", "function_calling.split_seed=1"]
+    )
+    assert family(other).prepare(other, said.append).test != first.test and said  # a split setting re-splits
+
+    lines = (tmp_path / "dev.jsonl").read_text().splitlines()
+    (tmp_path / "dev.jsonl").write_text("\n".join([lines[0], '{"id": "x"}', *lines[2:]]) + "\n")
+    with pytest.raises(BFCLDataError, match=r"dev\.jsonl:2: not an episode"):
+        family(other).prepare(other, said.append)
 
 
 def test_an_unknown_task_family_names_the_valid_ones():

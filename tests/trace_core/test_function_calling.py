@@ -4,6 +4,7 @@ official checker."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -14,7 +15,15 @@ from tests.fc_fakes import ExpertBackend
 from trace_core.function_calling import apis
 from trace_core.function_calling.apis import ScenarioState, official_check, public_methods, replay
 from trace_core.function_calling.calls import Call, CallError, parse_calls
-from trace_core.function_calling.data import SUBSETS, bfcl_data_dir, load_subset, split_by_scenario
+from trace_core.function_calling.data import (
+    SUBSETS,
+    FCRecord,
+    bfcl_data_dir,
+    load_subset,
+    read_split,
+    split_by_scenario,
+    write_split,
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +123,13 @@ def test_an_api_error_is_an_observation_not_an_exception(episodes):
     state = ScenarioState(record.config(), record.classes)
     out = state.execute(Call("cd", (), (("no_such_argument", 1),)))
     assert out.startswith(apis.ERROR_PREFIX)
+
+
+def test_every_episode_survives_the_split_files_round_trip(episodes, tmp_path):
+    records = [r for s in SUBSETS for r in episodes[s]]
+    assert all(FCRecord.from_json(json.loads(json.dumps(r.to_json()))) == r for r in records)
+    write_split(tmp_path, {"train": records[:5], "dev": records[5:7], "test": records[7:8]})
+    assert read_split(tmp_path) == {"train": records[:5], "dev": records[5:7], "test": records[7:8]}
 
 
 def test_train_and_test_share_no_scenario_in_any_subset(episodes):

@@ -73,6 +73,33 @@ class FCRecord:
         """Functions not yet available at user turn `turn`."""
         return frozenset(f for t, names in self.held_back if t > turn for f in names)
 
+    def to_json(self) -> dict[str, Any]:
+        """The record as plain JSON (lists for tuples); `from_json` rebuilds it exactly."""
+        return {
+            "id": self.id,
+            "data_source": self.data_source,
+            "turns": list(self.turns),
+            "classes": list(self.classes),
+            "initial_config": self.initial_config,
+            "held_back": [[t, list(names)] for t, names in self.held_back],
+            "ground_truth": [list(turn) for turn in self.ground_truth],
+            "excluded": list(self.excluded),
+        }
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> FCRecord:
+        """The inverse of `to_json`; a missing key raises KeyError naming it."""
+        return cls(
+            id=str(row["id"]),
+            turns=tuple(row["turns"]),
+            classes=tuple(row["classes"]),
+            initial_config=str(row["initial_config"]),
+            held_back=tuple((int(t), tuple(names)) for t, names in row["held_back"]),
+            ground_truth=tuple(tuple(turn) for turn in row["ground_truth"]),
+            data_source=str(row["data_source"]),
+            excluded=tuple(row["excluded"]),
+        )
+
 
 class BFCLDataError(ValueError):
     """A BFCL data file that cannot be read; the message names the file and line."""
@@ -156,3 +183,31 @@ def split_by_scenario(
     test_count = round(len(scenarios) * test_share)
     test = {scenarios[i] for i in order[:test_count]}
     return [r for r in records if r.scenario not in test], [r for r in records if r.scenario in test]
+
+
+SPLITS = ("train", "dev", "test")
+
+
+def write_split(directory: Path, sides: Mapping[str, Sequence[FCRecord]]) -> None:
+    """Each side's episodes as JSON Lines, `<directory>/<side>.jsonl`, in the given order: the data a
+    run trains and is scored on, whole (so DVC versions it, and a later `bfcl-eval` cannot change it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for side, records in sides.items():
+        tmp = directory / f".{side}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records))
+        tmp.replace(directory / f"{side}.jsonl")
+
+
+def read_split(directory: Path) -> dict[str, list[FCRecord]]:
+    """The sides written by `write_split`; a malformed line raises BFCLDataError naming file and line."""
+    sides: dict[str, list[FCRecord]] = {}
+    for side in SPLITS:
+        path = directory / f"{side}.jsonl"
+        records = []
+        for number, row in _lines(path):
+            try:
+                records.append(FCRecord.from_json(row))
+            except (KeyError, TypeError, ValueError) as err:
+                raise BFCLDataError(f"{path}:{number}: not an episode ({type(err).__name__}: {err})") from None
+        sides[side] = records
+    return sides
