@@ -163,6 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "iterations": args.iterations,
             "eval_questions": args.eval_questions,
             "eval_samples": args.eval_samples,
+            "headroom_every": args.headroom_every,
         },
     )
     print(markdown_table(summary))
@@ -245,11 +246,17 @@ def _args_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detail", help="write every figure (question counts, success histogram) to this JSON file")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
 
 
 def _args_bench(p: argparse.ArgumentParser) -> None:
@@ -266,6 +273,11 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "--eval-questions", type=_positive, help="dev and test questions of each final evaluation (default: 200)"
     )
     p.add_argument("--eval-samples", type=_positive, help="samples per question of the final evaluation (default: 4)")
+    p.add_argument(
+        "--headroom-every",
+        type=_at_least(0),
+        help="iterations between oracle-ledger measurements (default: 5; 0: none, e.g. where nothing succeeds)",
+    )
     p.add_argument(
         "--with-warm", action="store_true", help="with --late: run the warm regime too, seed by seed (benchmark v2)"
     )

@@ -204,3 +204,13 @@ def test_the_benchmark_runs_the_function_calling_family_and_scores_each_subset(p
     assert set(rows) == {"uniform", "trace"} and {r["leaves"]["mean"] for r in rows.values()} == {16.0}
     assert all(set(r["test_em_by_source"]) == {"bfcl_v4_base", "bfcl_v4_miss_param"} for r in rows.values())
     assert "test EM bfcl_v4_miss_param" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize("flag", ["--iterations=0", "--eval-questions=0", "--eval-samples=0", "--headroom-every=-1"])
+def test_a_bench_size_flag_out_of_range_is_refused_by_name(flag, tmp_path, capsys):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--out", str(tmp_path), flag])
+    assert exit_.value.code == 2 and flag.split("=")[0] in capsys.readouterr().err
+    assert not (tmp_path / "runs.jsonl").exists()
