@@ -392,6 +392,9 @@ def test_a_run_started_from_another_starts_from_its_policy_and_a_predictor_taugh
     # the predictor learnt the pre-run's rollouts before allocating the first iteration: no flat prior
     roots = [t.root.predicted for t in store.load_trees(late, 0)]
     assert len(set(roots)) > 1
+    # it draws its own pools, not the pre-run's again from iteration 0
+    pools = [[t.record.id for t in store.load_trees(run, 0)] for run in (pre, late)]
+    assert pools[0] != pools[1]
     store.close()
     other = write_settings(
         tmp_path / "c.toml",
