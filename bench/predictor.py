@@ -18,7 +18,11 @@ online AUC 0.738 / ECE 0.155 / oracle share 0.24; n0 = 2 or 4, decay 0.9: AUC 0.
 0.145-0.151 / share 0.29; decay 0.7 or n0 = 8 less. Not adopted: almost all of that came from the
 late run re-drawing the pre-run's pools (every late root had history, a bug since fixed in
 flows/context.py `stage_seed`); in the pre-run's own 20 iterations only 6-12% of pool prompts had
-been sampled before (64 of 1,500 per iteration), too few for a per-question term to matter.
+been sampled before (64 of 1,500 per iteration), too few for a per-question term to matter:
+root AUC over iterations 5-19 was 0.651 (online) against 0.655 / 0.651 (n0 = 4 / 2), over the
+repeated iterations 20-39 0.792 against 0.806 / 0.808. The same split shows `online` itself at
+0.79 on prompts it had learnt against 0.65 on fresh ones: the late regime's predictor figures
+measured before the fix are inflated by the repeats.
 
 Use a run of the `uniform` allocator: its choice of prompts does not depend on any predictor, so
 no predictor is scored on data its own allocations selected.
