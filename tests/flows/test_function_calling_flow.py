@@ -3,6 +3,9 @@ episodes end to end (a tiny model, one iteration)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-eval (make install adds it)")
@@ -87,3 +90,38 @@ def test_a_function_calling_run_stores_episodes_calls_and_state_and_scores_each_
     assert all(n.reward in (0.0, 1.0) for t in trees for n in t.leaves())
     store.close()
     assert (workspace / "models" / "tiny-function-calling" / "config.json").exists()
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_any_local_causal_lm_runs_the_family_with_its_chat_template_around_the_prompt(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    from flows.pipeline import build_tiny_model, make_tools, prepare_task
+    from flows.training import trace_training
+
+    # a local Hugging Face model folder of our own making (no hub here), given a chat template
+    built = write_settings(tmp_path / "b.toml", workspace, tmp_path / "runs", **FC)
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(built))
+    s = load_settings()
+    data = prepare_task(s, lambda _: None)
+    local = tmp_path / "local-lm"
+    shutil.copytree(build_tiny_model(s, data, make_tools(s, data), lambda _: None), local)
+    config = json.loads((local / "tokenizer_config.json").read_text())
+    (local / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
+
+    path = {"preset": "path", "path": str(local)}
+    settings = write_settings(
+        tmp_path / "p.toml", workspace, tmp_path / "runs", run={"name": "fc-path"}, **FC, model=path
+    )
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
+    assert [h["iteration"] for h in trace_training([])] == [-1, 0]
+    store = RolloutStore(f"sqlite:///{tmp_path / 'runs/rollouts.db'}")
+    trees = store.load_trees(store.run_id("fc-path"), 0)
+    assert trees and all(t.root.observation.startswith("<|im_start|>user\n") for t in trees)
+    assert sum(len(t.leaves()) for t in trees) == 8
+    store.close()
