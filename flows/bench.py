@@ -277,11 +277,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark; `overrides` ('section.key=value') apply to every run, under
     each run's own allocator, seed, size and name; `resize` changes fields of the size (seeds,
-    iterations, eval_questions, eval_samples)."""
-    size = SIZES[size_name]
-    for field, value in {**(resize or {}), "seeds": seeds}.items():
-        if value is not None:
-            size = replace(size, **{field: int(value)})  # type: ignore[misc,arg-type]
+    iterations, eval_questions, eval_samples, headroom_every; None keeps the size's)."""
+    changes = {k: v for k, v in {**(resize or {}), "seeds": seeds}.items() if v is not None}
+    size = replace(SIZES[size_name], **changes)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
     base = (_tiny_overrides(out / "tiny") if size.tiny else []) + list(overrides or [])
     done_file = out / "runs.jsonl"

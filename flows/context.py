@@ -85,8 +85,9 @@ def stage_seed(ctx: TrainContext, iteration: int, stage: str) -> int:
     from, in the same order (64 of 64 prompts shared at every iteration), which a deployment that
     continues a run would not do, and which let a predictor that had learnt those very prompts
     look better than it is."""
-    lineage = [int.from_bytes(hashlib.sha256(ctx.s.run.init_from.encode()).digest()[:4], "big")]
-    keys = [ctx.s.run.seed, iteration + 1, STAGE_STREAMS[stage], *(lineage if ctx.s.run.init_from else [])]
+    keys = [ctx.s.run.seed, iteration + 1, STAGE_STREAMS[stage]]
+    if ctx.s.run.init_from:
+        keys.append(int.from_bytes(hashlib.sha256(ctx.s.run.init_from.encode()).digest()[:4], "big"))
     return int(np.random.SeedSequence(keys).generate_state(1)[0])
 
 

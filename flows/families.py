@@ -191,7 +191,7 @@ class FunctionCalling:
         entry of the same scenarios)."""
         f = s.function_calling
         source = self.data_dir(s)
-        split = {k: f.model_dump(mode="json")[k] for k in ("subsets", "test_share", "dev_share", "split_seed")}
+        split = f.model_dump(mode="json", include={"subsets", "test_share", "dev_share", "split_seed"})
         digest = settings_hash(split, _files_digest(source, f.subsets))
         if not is_built(f.split_dir, digest):
             log(f"splitting BFCL v4 multi-turn ({', '.join(f.subsets)}) by scenario into {f.split_dir}")
