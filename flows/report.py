@@ -31,7 +31,7 @@ from peft import PeftModel
 from sqlalchemy import Engine
 
 from flows.figures import kind_success, plot_allocation, plot_comparison, plot_kinds
-from flows.pipeline import Log, load_runtime
+from flows.pipeline import Log, Runtime, load_runtime
 from flows.settings import Settings
 from store import queries
 from store.db import check_connection, make_engine
@@ -46,12 +46,7 @@ def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bo
     `questions` of each split (all when None), with or without the greedy pass."""
     policy_dir = s.run.output_dir / s.run.name / "policy"
     rt = load_runtime(s, log)
-    if (policy_dir / "adapter_config.json").exists():
-        rt.backend.sync_weights(PeftModel.from_pretrained(rt.model, policy_dir).eval())
-    elif (policy_dir / "config.json").exists():
-        rt.backend.sync_weights(load_policy(policy_dir, s.model.device)[0].eval())
-    else:
-        raise FileNotFoundError(f"{policy_dir}: no trained policy (run `trace-rl run` first)")
+    use_policy(rt, policy_dir, s.model.device)
     out: dict[str, Any] = {"policy": str(policy_dir), "samples": s.train.eval_samples}
     for split in ("dev", "test"):
         records = getattr(rt.data, split)[:questions]
@@ -70,6 +65,19 @@ def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bo
             + (f"  greedy EM {out[split]['greedy_em']:.3f}" if greedy else "")
         )
     return out
+
+
+def use_policy(rt: Runtime, policy_dir: Path, device: str) -> None:
+    """Generate from the policy saved in `policy_dir` (a LoRA adapter over the runtime's model, or
+    whole weights). Safe to call again with another policy: an adapter goes on a fresh copy of the
+    base weights."""
+    if (policy_dir / "adapter_config.json").exists():
+        base = load_policy(rt.model_dir, device, rt.model.dtype)[0]
+        rt.backend.sync_weights(PeftModel.from_pretrained(base, policy_dir).eval())
+    elif (policy_dir / "config.json").exists():
+        rt.backend.sync_weights(load_policy(policy_dir, device, rt.model.dtype)[0].eval())
+    else:
+        raise FileNotFoundError(f"{policy_dir}: no trained policy (run `trace-rl run` first)")
 
 
 def _line(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
