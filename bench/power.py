@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path("bench/results")
-DEFAULT = ("token_matched:trace@trace.budget=83", "late_fresh:trace", "v2:trace")
+DEFAULT = (
+    "token_matched:trace@trace.budget=83",
+    "late_fresh:trace",
+    "v2:trace",
+    "signal:uniform@trace.budget=128",
+    "signal:uniform@policy.minibatches=4",
+)
 Z = 1.959964 + 0.841621  # two-sided 5% test, 80% power
 
 
