@@ -55,7 +55,7 @@ _FACTS = {
 }
 
 
-def question_kind(record: Any) -> str:
+def relation_chain(record: Any) -> str:
     """The relation chain of a synthetic question ('mentor>born_in'), from its gold facts."""
     rels = [next((r for r, pattern in _FACTS.items() if pattern.match(step.fact)), "?") for step in record.chain]
     return ">".join(rels) if rels else f"{record.hops}-hop"
@@ -81,7 +81,7 @@ def _figures(trees: list[RolloutTree]) -> dict[str, Any]:
     for tree in trees:
         rewards = [leaf.reward or 0.0 for leaf in tree.leaves()]
         success.append(sum(rewards) / len(rewards))
-        kinds.append(question_kind(tree.record))
+        kinds.append(relation_chain(tree.record))
         for node in tree:
             if node.depth > 0:
                 nll -= sum(node.model_logprobs)

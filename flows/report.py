@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from sqlalchemy import Engine
 
 from flows.figures import kind_success, plot_allocation, plot_comparison, plot_kinds
@@ -69,10 +70,11 @@ def evaluate_run(s: Settings, log: Log, questions: int | None = None, greedy: bo
 
 def use_policy(rt: Runtime, policy_dir: Path, device: str) -> None:
     """Generate from the policy saved in `policy_dir` (a LoRA adapter over the runtime's model, or
-    whole weights). Safe to call again with another policy: an adapter goes on a fresh copy of the
-    base weights."""
+    whole weights). Safe to call again with another policy: once the runtime's model carries an
+    adapter, the next one goes on a fresh copy of the base weights."""
     if (policy_dir / "adapter_config.json").exists():
-        base = load_policy(rt.model_dir, device, rt.model.dtype)[0]
+        wrapped = any(isinstance(m, BaseTunerLayer) for m in rt.model.modules())
+        base = load_policy(rt.model_dir, device, rt.model.dtype)[0] if wrapped else rt.model
         rt.backend.sync_weights(PeftModel.from_pretrained(base, policy_dir).eval())
     elif (policy_dir / "config.json").exists():
         rt.backend.sync_weights(load_policy(policy_dir, device, rt.model.dtype)[0].eval())
