@@ -14,7 +14,17 @@ shared by several leaves appears in several paths).
   better than the prompt's average); the second credits a turn relative to its siblings (what the
   branch point chose). Each turn's tokens are counted once, in the first leaf below it.
 
-Both give zero advantage to every turn of an all-same tree (every V equals V(root), std is 0).
+- `vine` (per-segment credit, VinePPO-style Monte Carlo values on the tree): a turn n whose nearest
+  ancestor with two or more children (or the root) is b(n) gets
+      A(n) = (W(n) - W(b(n))) / (std(r) + eps),
+  where W is the action-averaged value: a leaf's reward, otherwise the mean of its children's W
+  (each child is one draw of the policy's next turn from that prefix, so a branch point's baseline
+  weighs its sampled actions equally, not by how many continuations Stage 2 later sent below
+  them). An unbranched run of turns is one action from its branch point's view, so all its turns
+  share the credit; a continuation's own turns are judged against its anchor's value, the anchor's
+  prefix once against the root's. On a tree of bare rollouts only it equals `grpo` exactly.
+
+All give zero advantage to every turn of an all-same tree (every value is equal, std is 0).
 
 Default: `grpo`, by measurement. On the default task with the `trace` allocator (25 iterations of
 64 leaves, seeds 1 and 2, dev EM avg@4 on 100 questions before -> after): `grpo` 0.477 -> 0.460 and
@@ -23,7 +33,11 @@ is wide, but `tree` did not do better, and it withholds credit from unbranched t
 there, so only the global term remains) while doubling the first turn's credit in flat trees.
 
 Deviations:
-1. TreeRL divides by sqrt(leaves below n); we normalise by the tree's reward std instead, so both
+1. VinePPO estimates a value at every step with fresh rollouts; `vine` has values only where the
+   tree branched, so it credits segments between branch points, and its W at a branch point
+   includes the rollout whose outcome chose the anchor (Stage 2 picks anchors by r), which pulls
+   an anchor's value toward that outcome.
+2. TreeRL divides by sqrt(leaves below n); we normalise by the tree's reward std instead, so both
    estimators share GRPO's scale.
 """
 
@@ -94,6 +108,47 @@ def tree_advantages(trees: Sequence[RolloutTree]) -> list[PathAdvantage]:
         values = np.array([n.target if n.target is not None else 0.0 for n in tree.nodes])
         parents = np.array([n.parent_id if n.parent_id is not None else 0 for n in tree.nodes])
         node_adv = ((values - values[0]) + (values - values[parents])) / (std + EPS)
+        owned: set[int] = set()
+        for leaf in tree.leaves():
+            path = [n.node_id for n in tree.path(leaf.node_id)[1:]]
+            counted = tuple(n not in owned for n in path)
+            owned.update(path)
+            out.append(PathAdvantage(t, leaf.node_id, tuple(path), tuple(float(node_adv[n]) for n in path), counted))
+    return out
+
+
+def _action_values(tree: RolloutTree) -> np.ndarray:
+    """W per node: a leaf's reward; otherwise the mean of its children's W (nan with no leaf below)."""
+    values = np.full(len(tree.nodes), np.nan)
+    for node in reversed(tree.nodes):  # children come after their parent
+        if node.terminal:
+            values[node.node_id] = node.reward or 0.0
+            continue
+        below = [values[c.node_id] for c in tree.children(node.node_id)]
+        below = [v for v in below if not np.isnan(v)]
+        if below:
+            values[node.node_id] = float(np.mean(below))
+    return values
+
+
+def _branch_points(tree: RolloutTree) -> np.ndarray:
+    """b(n) per node: the nearest proper ancestor with two or more children, or the root."""
+    base = np.zeros(len(tree.nodes), dtype=np.int64)
+    for node in tree.nodes[1:]:
+        parent = node.parent_id or 0
+        base[node.node_id] = parent if parent == 0 or len(tree.children(parent)) > 1 else base[parent]
+    return base
+
+
+@ADVANTAGES.register("vine")
+def vine_advantages(trees: Sequence[RolloutTree]) -> list[PathAdvantage]:
+    out = []
+    for t, tree in enumerate(trees):
+        if not tree.leaves():
+            continue
+        _, std = _leaf_stats(tree)
+        values = _action_values(tree)
+        node_adv = np.nan_to_num((values - values[_branch_points(tree)]) / (std + EPS))
         owned: set[int] = set()
         for leaf in tree.leaves():
             path = [n.node_id for n in tree.path(leaf.node_id)[1:]]
