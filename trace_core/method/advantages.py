@@ -97,6 +97,18 @@ def grpo_advantages(trees: Sequence[RolloutTree]) -> list[PathAdvantage]:
     return out
 
 
+def _counted_once(t: int, tree: RolloutTree, node_adv: np.ndarray) -> list[PathAdvantage]:
+    """One path per leaf with each turn's advantage from `node_adv`; a turn's tokens carry loss in
+    the first leaf below it only."""
+    out, owned = [], set()
+    for leaf in tree.leaves():
+        path = [n.node_id for n in tree.path(leaf.node_id)[1:]]
+        counted = tuple(n not in owned for n in path)
+        owned.update(path)
+        out.append(PathAdvantage(t, leaf.node_id, tuple(path), tuple(float(node_adv[n]) for n in path), counted))
+    return out
+
+
 @ADVANTAGES.register("tree")
 def tree_advantages(trees: Sequence[RolloutTree]) -> list[PathAdvantage]:
     out = []
@@ -108,12 +120,7 @@ def tree_advantages(trees: Sequence[RolloutTree]) -> list[PathAdvantage]:
         values = np.array([n.target if n.target is not None else 0.0 for n in tree.nodes])
         parents = np.array([n.parent_id if n.parent_id is not None else 0 for n in tree.nodes])
         node_adv = ((values - values[0]) + (values - values[parents])) / (std + EPS)
-        owned: set[int] = set()
-        for leaf in tree.leaves():
-            path = [n.node_id for n in tree.path(leaf.node_id)[1:]]
-            counted = tuple(n not in owned for n in path)
-            owned.update(path)
-            out.append(PathAdvantage(t, leaf.node_id, tuple(path), tuple(float(node_adv[n]) for n in path), counted))
+        out.extend(_counted_once(t, tree, node_adv))
     return out
 
 
@@ -149,12 +156,7 @@ def vine_advantages(trees: Sequence[RolloutTree]) -> list[PathAdvantage]:
         _, std = _leaf_stats(tree)
         values = _action_values(tree)
         node_adv = np.nan_to_num((values - values[_branch_points(tree)]) / (std + EPS))
-        owned: set[int] = set()
-        for leaf in tree.leaves():
-            path = [n.node_id for n in tree.path(leaf.node_id)[1:]]
-            counted = tuple(n not in owned for n in path)
-            owned.update(path)
-            out.append(PathAdvantage(t, leaf.node_id, tuple(path), tuple(float(node_adv[n]) for n in path), counted))
+        out.extend(_counted_once(t, tree, node_adv))
     return out
 
 
