@@ -31,7 +31,11 @@ class TraceSection(Section):
     group_size: int = Field(4, ge=2, description="G: rollouts per prompt of the uniform-style groups.")
     max_per_prompt: int = Field(8, ge=2, description="Cap on bare rollouts for one prompt (m_i).")
     max_per_anchor: int = Field(4, ge=1, description="Cap on continuations from one anchor (k_j).")
-    advantage: str = Field("grpo", description="Advantage estimator: grpo, tree or vine.")
+    advantage: str = Field(
+        "vine",
+        description="Advantage estimator: vine (measured best for trace: bench/results/vine), grpo or tree; "
+        "on trees without branches vine equals grpo.",
+    )
     explore_share: float = Field(
         0.0,
         ge=0,
