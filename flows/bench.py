@@ -48,8 +48,11 @@ matplotlib.use("Agg")
 import numpy as np
 
 from flows.bench_summary import markdown_table, plot, plot_regimes, summarise
-from flows.settings import load_settings
+from flows.settings import Settings, load_settings
+from store.store import RolloutStore
 from trace_core.method.allocators import AllocatorConfig
+from trace_core.method.predictor import pooled_quality
+from trace_core.method.tree import allocation_outcomes
 from trace_core.sim.oracle import oracle_study
 from trace_core.sim.simulated import KnownProbabilityTask
 
@@ -160,9 +163,25 @@ def _one_run(
     start = time.perf_counter()
     history = trace_training(overrides)
     train_seconds = time.perf_counter() - start
-    final = evaluate_run(load_settings(overrides), log, questions=size.eval_questions, greedy=False)
+    settings = load_settings(overrides)
+    final = evaluate_run(settings, log, questions=size.eval_questions, greedy=False)
     record: dict[str, Any] = {"regime": regime, "allocator": allocator, "seed": seed}
-    return record | _run_figures(history, final, train_seconds)
+    return record | _run_figures(history, final, train_seconds) | pooled_root_quality(settings)
+
+
+def pooled_root_quality(s: Settings, start: int = 5) -> dict[str, float]:
+    """The predictor's allocation-time root AUC and ECE over iterations `start` and later, pooled
+    before scoring (`pooled_quality`). Per iteration (`root_auc`, `root_ece`) even a perfect
+    predictor scores only about 0.55 and 0.10 on the prompts TRACE picks (bench/metric_ceiling.py);
+    pooled, its ECE falls to about 0.03. NaN where no root was predicted."""
+    store = RolloutStore(s.store_url(), create=False, read_only=True)
+    try:
+        run_id = store.run_id(s.run.name)
+        iterations = [it for it in store.backed_up_iterations(run_id) if it >= start]
+        q = pooled_quality([allocation_outcomes(store.load_trees(run_id, it), "root") for it in iterations])
+    finally:
+        store.close()
+    return {"root_auc_pooled": q.auc, "root_ece_pooled": q.ece}
 
 
 def _run_overrides(

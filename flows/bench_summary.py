@@ -42,6 +42,12 @@ def _late_mean(runs: list[dict[str, Any]], key: str, start: int = 5) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _mean_of(runs: list[dict[str, Any]], key: str) -> float:
+    """Mean over runs of a per-run figure (NaN where no run recorded it)."""
+    values = [float(r[key]) for r in runs if r.get(key) is not None and not np.isnan(r[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
@@ -70,6 +76,8 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "rule_oracle_share": pooled_share(runs, "headroom_rule"),
             "root_auc_from_5": _late_mean(runs, "root_auc"),
             "root_ece_from_5": _late_mean(runs, "root_ece"),
+            "root_auc_pooled_from_5": _mean_of(runs, "root_auc_pooled"),
+            "root_ece_pooled_from_5": _mean_of(runs, "root_ece_pooled"),
             "pool_auc_from_5": _late_mean(runs, "pool_auc"),
             "pool_ece_from_5": _late_mean(runs, "pool_ece"),
             "test_em_by_source": _source_stats(runs, "test_em_by_source"),
@@ -162,6 +170,8 @@ _LEDGER_COLUMNS = (
     "rule_oracle_share",
     "root_auc_from_5",
     "root_ece_from_5",
+    "root_auc_pooled_from_5",
+    "root_ece_pooled_from_5",
     "pool_auc_from_5",
     "pool_ece_from_5",
 )
@@ -188,8 +198,9 @@ def _regime_lines(regime: str, rows: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "| allocator | (a) / uniform | (b) / uniform | oracle share (Stage 1) | predictor rule's share | "
-        "root AUC (it >= 5) | root ECE (it >= 5) | pool AUC (it >= 5) | pool ECE (it >= 5) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "root AUC (it >= 5) | root ECE (it >= 5) | root AUC, pooled | root ECE, pooled | "
+        "pool AUC (it >= 5) | pool ECE (it >= 5) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = rows.get("uniform")
     for name, r in rows.items():

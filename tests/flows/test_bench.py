@@ -37,6 +37,7 @@ def test_a_benchmark_of_chosen_variants_trains_a_predictor_variant_under_its_own
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     online = next(r for r in runs if r["allocator"] == "trace+online")
     assert len(online["root_auc"]) == online["iterations"] and len(online["anchor_ece"]) == online["iterations"]
+    assert {"root_auc_pooled", "root_ece_pooled"} <= set(online)
     assert (tmp_path / "runs" / "bench-small-groups-trace-with-online-s0" / "policy").exists()
 
 

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from trace_core.method.predictor import PredictorConfig, SuccessPredictor, calibration_error, quality, weighted_auc
+from trace_core.method.predictor import (
+    PredictorConfig,
+    SuccessPredictor,
+    calibration_error,
+    pooled_quality,
+    quality,
+    weighted_auc,
+)
 
 
 def test_before_its_first_fit_the_predictor_says_the_prior():
@@ -76,3 +83,23 @@ def test_a_saved_predictor_predicts_the_same_after_loading():
     clone.load_state_dict(predictor.state_dict())
     x = rng.normal(size=(10, 3))
     assert np.array_equal(clone.predict(x), predictor.predict(x))
+
+
+def test_pooled_quality_scores_iterations_as_one_sample_and_skips_empty_ones():
+    rng = np.random.default_rng(3)
+    parts = [(rng.random(6), rng.random(6), rng.integers(1, 4, 6).astype(float)) for _ in range(3)]
+    empty = (np.array([]), np.array([]), np.array([]))
+    joined = quality(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+    assert pooled_quality([parts[0], empty, parts[1], parts[2]]) == joined
+    assert np.isnan(pooled_quality([empty]).auc)
+
+
+def test_a_perfect_predictor_is_calibrated_pooled_though_each_small_iteration_looks_miscalibrated():
+    rng = np.random.default_rng(0)
+    parts = []
+    for _ in range(15):  # one bench run's iterations 5 to 19: about 11 prompts of 3 rollouts each
+        v = rng.uniform(0.2, 0.8, size=11)
+        parts.append((v, rng.binomial(3, v) / 3, np.full(11, 3.0)))
+    per_iteration = np.mean([quality(*part).ece for part in parts])
+    assert per_iteration > 0.1  # binomial noise of ~33 leaves, not miscalibration
+    assert pooled_quality(parts).ece < min(0.07, per_iteration / 2)

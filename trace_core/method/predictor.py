@@ -109,6 +109,19 @@ def quality(predicted: np.ndarray, target: np.ndarray, weight: np.ndarray, bins:
     )
 
 
+def pooled_quality(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], bins: int = 10) -> PredictorQuality:
+    """`quality` of several iterations' (predicted, target, weight) scored as one sample.
+
+    Per iteration a Stage-1 plan scores about 30 leaves, so even a perfect predictor's ECE there
+    sits near 0.1 (binomial noise, bench/metric_ceiling.py); pooled over a run's iterations that
+    noise averages out and what remains is miscalibration."""
+    kept = [part for part in parts if len(part[0])]
+    if not kept:
+        return quality(np.array([]), np.array([]), np.array([]), bins)
+    predicted, target, weight = (np.concatenate(column) for column in zip(*kept, strict=True))
+    return quality(predicted, target, weight, bins)
+
+
 def weighted_auc(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties counting half, with weights."""
     if pos.sum() <= 0 or neg.sum() <= 0:
