@@ -37,10 +37,10 @@ from scipy import optimize, special, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.bench import root_outcomes
 from store.store import RolloutStore
 from trace_core.method.allocators import AllocatorConfig, make_allocator, uniform_counts
 from trace_core.method.predictor import pooled_quality, quality
-from trace_core.method.tree import allocation_outcomes
 
 GRID = np.linspace(0.0005, 0.9995, 2000)
 POOLED = 15  # iterations 5 to 19 of a 20-iteration bench run
@@ -124,13 +124,7 @@ def real_runs(db: str) -> dict[str, dict[str, float]]:
     store = RolloutStore(f"sqlite:///{db}", create=False, read_only=True)
     out = {}
     for run in store.runs():
-        run_id = store.run_id(run.name)
-        per_it = []
-        for it in store.backed_up_iterations(run_id):
-            if 5 <= it < 5 + POOLED:
-                scored = allocation_outcomes(store.load_trees(run_id, it), "root")
-                if len(scored[0]):
-                    per_it.append(scored)
+        per_it = root_outcomes(store, run.name, 5, 5 + POOLED)
         if per_it:
             each = [quality(*x) for x in per_it]
             pooled = pooled_quality(per_it)

@@ -169,6 +169,17 @@ def _one_run(
     return record | _run_figures(history, final, train_seconds) | pooled_root_quality(settings)
 
 
+def root_outcomes(
+    store: RolloutStore, run: str, start: int = 5, stop: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per backed-up iteration in [start, stop), the run's root predictions at allocation time
+    against their bare rollouts (`allocation_outcomes`); iterations with no predicted root left out."""
+    run_id = store.run_id(run)
+    iterations = [it for it in store.backed_up_iterations(run_id) if it >= start and (stop is None or it < stop)]
+    scored = [allocation_outcomes(store.load_trees(run_id, it), "root") for it in iterations]
+    return [part for part in scored if len(part[0])]
+
+
 def pooled_root_quality(s: Settings, start: int = 5) -> dict[str, float]:
     """The predictor's allocation-time root AUC and ECE over iterations `start` and later, pooled
     before scoring (`pooled_quality`). Per iteration (`root_auc`, `root_ece`) even a perfect
@@ -176,9 +187,7 @@ def pooled_root_quality(s: Settings, start: int = 5) -> dict[str, float]:
     pooled, its ECE falls to about 0.03. NaN where no root was predicted."""
     store = RolloutStore(s.store_url(), create=False, read_only=True)
     try:
-        run_id = store.run_id(s.run.name)
-        iterations = [it for it in store.backed_up_iterations(run_id) if it >= start]
-        q = pooled_quality([allocation_outcomes(store.load_trees(run_id, it), "root") for it in iterations])
+        q = pooled_quality(root_outcomes(store, s.run.name, start))
     finally:
         store.close()
     return {"root_auc_pooled": q.auc, "root_ece_pooled": q.ece}

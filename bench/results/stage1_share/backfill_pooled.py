@@ -8,17 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from flows.bench import variant_slug
+from flows.bench import root_outcomes, variant_slug
 from store.store import RolloutStore
 from trace_core.method.predictor import pooled_quality
-from trace_core.method.tree import allocation_outcomes
 
 out = Path(sys.argv[1])
 store = RolloutStore(f"sqlite:///{out / 'runs' / 'rollouts.db'}", create=False, read_only=True)
 rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
 for row in rows:
-    run_id = store.run_id(f"bench-{row['regime']}-{variant_slug(row['allocator'])}-s{row['seed']}")
-    iterations = [it for it in store.backed_up_iterations(run_id) if it >= 5]
-    q = pooled_quality([allocation_outcomes(store.load_trees(run_id, it), "root") for it in iterations])
+    q = pooled_quality(root_outcomes(store, f"bench-{row['regime']}-{variant_slug(row['allocator'])}-s{row['seed']}"))
     row["root_auc_pooled"], row["root_ece_pooled"] = q.auc, q.ece
 (out / "runs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
