@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -19,7 +18,7 @@ from flows.context import (
 )
 from flows.settings import Settings
 from store.writer import StageWriter
-from trace_core.method.headroom import PoolSample, ledger, measure_pool
+from trace_core.method.headroom import PoolSample, ledger, measure_pool, pool_quality
 from trace_core.method.predictor import quality
 from trace_core.method.rollout import new_trees, rollout_batch
 from trace_core.method.sampling import (
@@ -52,19 +51,7 @@ def measure_headroom(ctx: TrainContext, it: int) -> None:
             pool, predicted.tolist(), plan.counts, half, ctx.runtime.backend, ctx.runtime.env, sampling
         )
         metrics = ledger(samples, ctx.s.trace.group_size, ctx.s.trace.max_per_prompt).metrics()
-        # the predictor against the measured success of the whole pool: no range restriction to the
-        # prompts an allocator chose
-        rates = np.array([(m.successes_first + m.successes_second) / (2 * half) for m in samples])
-        q = quality(np.asarray(predicted), rates, np.full(len(samples), 2.0 * half))
-        metrics.update(
-            {
-                "headroom/pool_auc": q.auc,
-                "headroom/pool_brier": q.brier,
-                "headroom/pool_ece": q.ece,
-                "headroom/pool_success": float(rates.mean()) if len(rates) else float("nan"),
-            }
-        )
-        return pool, samples, metrics
+        return pool, samples, {**metrics, **pool_quality(samples)}
 
     def write(w: StageWriter, out: tuple[list[Any], list[PoolSample], dict[str, float]]) -> None:
         pool, samples, metrics = out

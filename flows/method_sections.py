@@ -16,7 +16,7 @@ from pydantic import (
 
 from flows.sections import Section
 from trace_core.method.advantages import ADVANTAGES
-from trace_core.method.allocators import ALLOCATORS
+from trace_core.method.allocators import ALLOCATORS, make_allocator
 from trace_core.method.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')
 from trace_core.method.predictor import PREDICTORS
 
@@ -52,6 +52,15 @@ class TraceSection(Section):
         "(bench/results/ablation): effective ratio -0.07 and -0.12, non-zero-advantage share -0.04 and -0.10.",
     )
 
+    oracle_samples: int = Field(
+        0,
+        ge=0,
+        description="A control, not an equal-cost allocator: when > 0 (even), every iteration samples each pool "
+        "prompt this many times with the current policy before Stage 1 (outside the budget, never trained on; "
+        "stored as headroom rows) and Stage 1 allocates on the measured success rates instead of the predictor's v. "
+        "It bounds what a perfect root predictor buys (bench/results/oracle_roots). 0: off.",
+    )
+
     @field_validator("allocator")
     @classmethod
     def _known_allocator(cls, name: str) -> str:
@@ -73,6 +82,11 @@ class TraceSection(Section):
             )
         if self.group_size > self.max_per_prompt:
             raise ValueError("group_size must not exceed max_per_prompt")
+        if self.oracle_samples and (self.oracle_samples % 2 or not make_allocator(self.allocator).roots_by_predictor):
+            raise ValueError(
+                f"oracle_samples={self.oracle_samples}: must be even (two halves, as the ledger stores them) and "
+                f"steers only an allocator whose Stage 1 uses the predictor, not {self.allocator!r}"
+            )
         return self
 
 

@@ -57,6 +57,7 @@ STAGE_STREAMS = {
     "evaluate": 7,
     "checkpoint": 8,
     "measure_headroom": 9,
+    "oracle_roots": 10,  # the oracle control's measurement, inside allocate_roots (trace.oracle_samples)
 }
 
 

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
                 f"headroom.samples={self.headroom.samples}: half of them must be at least "
                 f"trace.max_per_prompt={self.trace.max_per_prompt} (the oracle is cross-fitted on two halves)"
             )
+        if self.headroom.every and self.trace.oracle_samples:
+            raise ValueError(
+                "headroom.every and trace.oracle_samples both measure the pool into the same rows: set one of them"
+            )
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -134,7 +138,11 @@ class Settings(BaseSettings):
 
 # settings added after runs were stored, with the value that computes what those runs computed: at that
 # value they stay out of a run's identity, so such a run still resumes
-_LATER_KEYS: dict[tuple[str, str], Any] = {("predictor", "mixedness"): False, ("trace", "explore_share"): 0.0}
+_LATER_KEYS: dict[tuple[str, str], Any] = {
+    ("predictor", "mixedness"): False,
+    ("trace", "explore_share"): 0.0,
+    ("trace", "oracle_samples"): 0,
+}
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.context import (
     Grown,
     TrainContext,
+    fresh_generation,
     grow_stage,
     run_stage,
     stage_rng,
@@ -27,6 +28,7 @@ from flows.measure_stages import evaluate, measure_headroom
 from flows.sections import STAGES
 from store.writer import StageWriter
 from trace_core.method.allocators import PrefixPlan, RootPlan
+from trace_core.method.headroom import PoolSample, measured_stage1, pool_quality
 from trace_core.method.rollout import new_trees
 from trace_core.method.sampling import (
     effective_ratio,
@@ -53,24 +55,42 @@ def allocate_roots(ctx: TrainContext, it: int) -> None:
     predictions made here) and the plan."""
     rng = stage_rng(ctx, it, "allocate_roots")
 
-    def compute() -> tuple[list[RolloutTree], RootPlan]:
+    def compute() -> tuple[list[RolloutTree], RootPlan, list[PoolSample]]:
         train = ctx.runtime.data.train
         picks = rng.choice(len(train), min(ctx.s.trace.pool_size, len(train)), replace=False)
         trees = new_trees([train[i] for i in picks], ctx.runtime.env)
-        return plan_stage1(trees, ctx.allocator, ctx.allocator_config, ctx.predictor, ctx.featurizer, rng)
+        if not ctx.s.trace.oracle_samples:
+            return *plan_stage1(trees, ctx.allocator, ctx.allocator_config, ctx.predictor, ctx.featurizer, rng), []
+        # the oracle control: its own random stream, so the stages after it sample what they would without it
+        fresh_generation(ctx, it, "oracle_roots")
+        env = ctx.runtime.env
+        return measured_stage1(
+            trees,
+            ctx.allocator,
+            ctx.allocator_config,
+            ctx.predictor,
+            ctx.featurizer,
+            rng,
+            ctx.s.trace.oracle_samples // 2,
+            ctx.runtime.backend,
+            env,
+            env.config.sampling(),
+        )
 
-    def write(w: StageWriter, out: tuple[list[RolloutTree], RootPlan]) -> None:
-        trees, plan = out
+    def write(w: StageWriter, out: tuple[list[RolloutTree], RootPlan, list[PoolSample]]) -> None:
+        trees, plan, measured = out
         prior = ctx.predictor_config.prior
         w.root_plan([t.record for t in trees], [_or(t.root.predicted, prior) for t in trees], plan)
         w.trees(trees, ctx.s.trace.allocator)
-        w.stage_metrics(
-            {
-                "alloc/stage1_leaves": plan.leaves,
-                "alloc/stage1_prompts": sum(m > 0 for m in plan.counts),
-                "alloc/expected_mixed_stage1": plan.expected_mixed,
-            }
-        )
+        metrics = {
+            "alloc/stage1_leaves": plan.leaves,
+            "alloc/stage1_prompts": sum(m > 0 for m in plan.counts),
+            "alloc/expected_mixed_stage1": plan.expected_mixed,
+        }
+        if measured:
+            w.headroom([t.record for t in trees], measured)
+            metrics.update(pool_quality(measured))
+        w.stage_metrics(metrics)
 
     run_stage(ctx, it, "allocate_roots", compute, write)
 

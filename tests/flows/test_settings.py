@@ -49,6 +49,7 @@ def test_a_settings_file_can_be_named_by_environment_variable(monkeypatch, tmp_p
         ("warmstart.success_low=0.9", "success_low must be below warmstart.success_high"),
         ("task.source=files", "task: source='files' needs task.train_file, task.dev_file, task.corpus_file"),
         ("headroom.samples=15", "headroom.samples: must be even"),
+        ("trace.oracle_samples=7", "oracle_samples=7: must be even"),
         ("model.device=tpu9", "model.device: 'tpu9' is not a torch device"),
         ("model.path=/tmp", "model.path is set but preset='tiny' ignores it"),
         ('orchestration.cron="not a cron"', "orchestration.cron: 'not a cron' is not a cron schedule"),
@@ -127,6 +128,17 @@ def test_headroom_halves_must_cover_the_per_prompt_cap_only_when_measured():
         load_settings(["headroom.every=5", "headroom.samples=10"])
     load_settings(["headroom.samples=10"])  # never measured: no constraint
     load_settings(["headroom.every=5", "headroom.samples=10", "trace.max_per_prompt=5"])
+
+
+def test_the_oracle_control_steers_only_a_predicted_stage1_and_never_beside_the_ledger():
+    assert load_settings(["trace.oracle_samples=8"]).trace.oracle_samples == 8
+    with pytest.raises(SettingsError, match="not 'uniform'"):
+        load_settings(["trace.oracle_samples=8", "trace.allocator=uniform"])
+    with pytest.raises(SettingsError, match="set one of them"):
+        load_settings(["trace.oracle_samples=8", "headroom.every=2"])
+    # a run stored before the key existed keeps its identity; one that uses it does not share it
+    assert "oracle_samples" not in load_settings().identity()["trace"]
+    assert load_settings(["trace.oracle_samples=8"]).identity()["trace"]["oracle_samples"] == 8
 
 
 def test_keys_added_later_leave_the_identity_of_runs_that_predate_them_unless_used():

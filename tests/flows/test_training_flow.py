@@ -200,6 +200,41 @@ def test_measuring_headroom_trains_exactly_what_a_run_without_it_trains_and_stor
     assert "headroom.every" in capsys.readouterr().out
 
 
+def test_the_oracle_control_allocates_on_stored_measurements_that_a_retry_neither_repeats_nor_trains_on(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs"
+    control = {"oracle_samples": 4}
+    clean = write_settings(tmp_path / "c.toml", workspace, runs, run={"name": "oracle"}, trace=control)
+    _run_flow(monkeypatch, clean)
+    faulty = write_settings(
+        tmp_path / "f.toml",
+        workspace,
+        runs,
+        run={"name": "oracle-retried"},
+        trace=control,
+        orchestration={"retries": 1, "fail_once": ["allocate_roots@1", "roll_out_roots@1"]},
+    )
+    _run_flow(monkeypatch, faulty)
+    _same(_snapshot(runs / "rollouts.db", "oracle"), _snapshot(runs / "rollouts.db", "oracle-retried"))
+    store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    run = store.run_id("oracle")
+    pools = store.headroom(run)
+    assert pools == store.headroom(store.run_id("oracle-retried"))
+    assert sorted(pools) == [0, 1]
+    for it, pool in pools.items():
+        trees = store.load_trees(run, it)
+        # Stage 1 followed the measured rates, the roots record them, the rows keep the plan's counts
+        rates = [(p.successes_first + p.successes_second) / 4 for p in pool]
+        assert [t.root.predicted for t in trees] == rates and len(pool) == 10
+        _, _, plan = store.load_root_plan(run, it)
+        assert [p.allocated for p in pool] == list(plan.counts)
+        # the measurement rollouts are not in the trees: the run trained on its budget of leaves only
+        assert sum(len(t.leaves()) for t in trees) == 16
+        assert {"headroom/pool_auc", "headroom/pool_success"} <= set(store.stage_metrics(run, it))
+    store.close()
+
+
 def _wait_for_stage(db: Path, run: str, iteration: int, stage: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

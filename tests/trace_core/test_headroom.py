@@ -14,6 +14,7 @@ from trace_core.method.headroom import (
     cross_fitted_oracle,
     ledger,
     measure_pool,
+    measured_stage1,
     score_plan,
     success_counts,
     unbiased_mixed,
@@ -167,3 +168,42 @@ def test_rollout_rewards_come_in_sampling_order_not_in_the_order_rollouts_ended(
     tree.add(_turn(long_first.node_id, terminal=True, reward=1.0))  # ...and rollout 0 ends last, right
     assert [leaf.reward for leaf in tree.leaves()] == [0.0, 0.0, 1.0]
     assert rollout_rewards(tree) == [1.0, 0.0, 0.0]
+
+
+def test_the_oracle_control_allocates_on_the_pools_measured_rates_and_keeps_the_predictors_v(
+    model, tokenizer, env, small_task
+):
+    from trace_core.method.allocators import AllocatorConfig, make_allocator
+    from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+    from trace_core.method.rollout import new_trees
+    from trace_core.method.sampling import plan_stage1
+
+    class Blank:
+        dim = 2
+
+        def features(self, trees, nodes):
+            return np.zeros((len(nodes), 2))
+
+    trees = new_trees(small_task.splits["train"][:5], env)
+    predictor = SuccessPredictor(2, PredictorConfig(prior=0.3))
+    config = AllocatorConfig(budget=6, group_size=2, max_per_prompt=4)
+    backend = TransformersBackend(model, tokenizer)
+    planned, plan, measured = measured_stage1(
+        trees,
+        make_allocator("trace"),
+        config,
+        predictor,
+        Blank(),
+        np.random.default_rng(0),
+        2,
+        backend,
+        env,
+        env.config.sampling(),
+    )
+    rates = [(m.successes_first + m.successes_second) / 4 for m in measured]
+    assert [t.root.predicted for t in planned] == rates  # the roots record what Stage 1 used
+    assert [m.predicted for m in measured] == [0.3] * 5  # the rows keep the predictor's own v
+    assert [m.allocated for m in measured] == list(plan.counts) and plan.leaves <= 6
+    again = plan_stage1(trees, make_allocator("trace"), config, predictor, Blank(), np.random.default_rng(0), rates)
+    assert again[1] == plan
+    assert all(len(t.leaves()) == 0 for t in planned)  # measurement rollouts never enter the pool's trees

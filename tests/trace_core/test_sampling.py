@@ -90,3 +90,28 @@ def test_planning_stages_return_trees_with_predictions_and_leave_their_inputs_un
     assert _snapshot(planned) == before and planned[chosen].nodes[a.node_id].predicted is None
     assert with_p[chosen].nodes[a.node_id].predicted == 0.4
     assert [(x.tree, x.node_id) for x in s2.anchors] == [(chosen, a.node_id)]
+
+
+def test_measured_rates_steer_stage1_in_the_predictors_place_and_are_what_the_roots_record():
+    import pytest
+
+    from trace_core.method.allocation import allocate_roots
+    from trace_core.method.allocators import AllocatorConfig, make_allocator
+    from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+    from trace_core.method.sampling import plan_stage1
+
+    pool = [RolloutTree(QARecord(f"q{i}", "q?", ("x",), "t"), (1,)) for i in range(6)]
+    predictor = SuccessPredictor(2, PredictorConfig(prior=0.4))  # blind: the same v for every prompt
+    config = AllocatorConfig(budget=8, group_size=2)
+    rates = [0.0, 1.0, 0.5, 0.125, 0.5, 1.0]
+    args = (make_allocator("trace"), config, predictor, _CountingFeaturizer(), np.random.default_rng(0))
+    planned, plan = plan_stage1(pool, *args, measured=rates)
+    assert [t.root.predicted for t in planned] == rates and all(t.root.predicted is None for t in pool)
+    # the exact Stage-1 allocation on the rates (Stage 1's share: 4 of the 8 leaves): the sure
+    # prompts get nothing, the coin flips the most
+    assert list(plan.counts) == list(allocate_roots(rates, 4, config.max_per_prompt))
+    assert plan.counts[0] == plan.counts[1] == plan.counts[5] == 0 and plan.counts[2] >= 2
+    with pytest.raises(ValueError, match="pool of 6"):
+        plan_stage1(pool, *args, measured=rates[:3])
+    with pytest.raises(ValueError, match="uses the predictor"):
+        plan_stage1(pool, make_allocator("uniform"), *args[1:], measured=rates)

@@ -37,6 +37,13 @@ Estimators (the plug-in V_root(s/n, m) is biased: it calls a prompt with 1 succe
 share of gain = (allocator - uniform) / (oracle - uniform), in expected mixed groups (undefined
 when the oracle does not beat uniform).
 
+**The oracle control** (`measured_stage1`; flows' `trace.oracle_samples`): the same measurement
+made before Stage 1 at every iteration, and Stage 1 allocated on each prompt's plug-in rate s / n
+instead of the predictor's v. It costs pool_size * n rollouts per iteration outside the budget, so
+it is a bound, not an equal-cost allocator: what the run's allocator would do with a root
+predictor as good as n fresh samples of the current policy. The measurement rollouts are never
+trained on; the predictor still learns from the run's own trees and still steers Stage 2.
+
 Deviations: Stage 1 only (Stage 2's anchors exist only in the run's own trees, so there is no
 common ground to score another plan's prefixes on).
 """
@@ -44,7 +51,7 @@ common ground to score another plan's prefixes on).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import comb
 from typing import Any
 
@@ -52,9 +59,11 @@ import numpy as np
 
 from trace_core.generation.backend import GenerationBackend, SamplingParams
 from trace_core.method.allocation import allocate_roots, nonzero_leaves_value, root_value
-from trace_core.method.allocators import uniform_counts
+from trace_core.method.allocators import Allocator, AllocatorConfig, RootPlan, uniform_counts
 from trace_core.method.environment import Environment, Prompt
+from trace_core.method.predictor import Predictor, quality
 from trace_core.method.rollout import rollout_batch
+from trace_core.method.sampling import Featurizer, plan_stage1, predict_nodes
 from trace_core.method.tree import RolloutTree
 
 
@@ -214,3 +223,40 @@ def measure_pool(
     return [
         PoolSample(a, b, half, float(v), int(m)) for a, b, v, m in zip(first, second, predicted, allocated, strict=True)
     ]
+
+
+def measured_stage1(
+    trees: Sequence[RolloutTree],
+    allocator: Allocator,
+    config: AllocatorConfig,
+    predictor: Predictor,
+    featurizer: Featurizer,
+    rng: np.random.Generator,
+    half: int,
+    backend: GenerationBackend,
+    env: Environment[Any],
+    params: SamplingParams,
+) -> tuple[list[RolloutTree], RootPlan, list[PoolSample]]:
+    """The oracle control's Stage 1: measure every pool prompt with 2 * half rollouts of the current
+    policy, allocate on the measured rates (recorded on the roots), and return the trees, the plan
+    and the measurement (each sample carrying the predictor's own v and the prompt's count)."""
+    roots = [(i, 0) for i in range(len(trees))]
+    predicted = predict_nodes(trees, roots, predictor, featurizer)
+    pool = [t.record for t in trees]
+    measured = measure_pool(pool, predicted.tolist(), [0] * len(trees), half, backend, env, params)
+    rates = [(m.successes_first + m.successes_second) / (2 * half) for m in measured]
+    planned, plan = plan_stage1(trees, allocator, config, predictor, featurizer, rng, measured=rates)
+    return planned, plan, [replace(m, allocated=c) for m, c in zip(measured, plan.counts, strict=True)]
+
+
+def pool_quality(pool: Sequence[PoolSample]) -> dict[str, float]:
+    """The predictor's v against the measured success of the whole pool (no range restriction to the
+    prompts an allocator chose): AUC, Brier and ECE, and the pool's mean measured success."""
+    rates = np.array([(m.successes_first + m.successes_second) / (2 * m.half) for m in pool])
+    q = quality(np.array([m.predicted for m in pool]), rates, np.array([2.0 * m.half for m in pool]))
+    return {
+        "headroom/pool_auc": q.auc,
+        "headroom/pool_brier": q.brier,
+        "headroom/pool_ece": q.ece,
+        "headroom/pool_success": float(rates.mean()) if len(rates) else float("nan"),
+    }

@@ -57,13 +57,25 @@ def plan_stage1(
     predictor: Predictor,
     featurizer: Featurizer,
     rng: np.random.Generator,
+    measured: Sequence[float] | None = None,
 ) -> tuple[list[RolloutTree], RootPlan]:
     """Predict v for every pool prompt (if the allocator uses it), and the chance two of its rollouts
     disagree where the predictor learns that, and allocate bare rollouts. Returns the pool's trees
-    with v recorded on their roots (new trees; the inputs are unchanged) and the plan."""
+    with v recorded on their roots (new trees; the inputs are unchanged) and the plan.
+
+    `measured`: each pool prompt's success rate measured by sampling it at the current policy (the
+    oracle control, outside any equal-cost comparison); Stage 1 allocates on it instead of the
+    predictor's v, and it is what the roots record."""
     if not allocator.roots_by_predictor:
+        if measured is not None:
+            raise ValueError("measured success rates steer only allocators whose Stage 1 uses the predictor")
         return list(trees), allocator.roots([predictor.config.prior] * len(trees), config, rng)
     roots = [(i, 0) for i in range(len(trees))]
+    if measured is not None:
+        if len(measured) != len(trees):
+            raise ValueError(f"{len(measured)} measured rates for a pool of {len(trees)} prompts")
+        rates = np.asarray(measured, dtype=np.float64)
+        return with_predictions(trees, roots, rates), allocator.roots([float(x) for x in rates], config, rng)
     v = predict_nodes(trees, roots, predictor, featurizer)
     learnt = predictor.config.mixedness and predictor.fitted  # else no second pass of the text encoder
     d = predictor.predict_mixedness(featurizer.features(trees, roots)) if learnt else None
