@@ -52,8 +52,14 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if not table.rows:
+        steered = (
+            f" (its Stage 1 was steered by trace.oracle_samples={s.trace.oracle_samples}: those measurements are "
+            "in the headroom_pool view, with no ledger)"
+            if s.trace.oracle_samples
+            else ""
+        )
         print(
-            f"run {s.run.name!r} has no headroom measurement: train it with `--set headroom.every=N` "
+            f"run {s.run.name!r} has no headroom measurement{steered}: train it with `--set headroom.every=N` "
             "(measures at iteration 0 and every N after)"
         )
         return 1

@@ -156,10 +156,14 @@ HEADROOM_COLUMNS = (
 def headroom_table(store: RolloutStore, run: str) -> queries.Table:
     """One row per measured iteration: expected mixed groups (and non-zero-advantage leaves) of the
     oracle's, the run's allocator's, the predictor's rule's and uniform's Stage 1 on the same pool
-    and budget, and the allocator's share of the oracle's gain over uniform."""
+    and budget, and the allocator's share of the oracle's gain over uniform. Empty for a run whose
+    Stage 1 the measurement itself steered (`trace.oracle_samples`): its allocator's plan was chosen
+    on those samples, so there is no unbiased ledger to score."""
     run_id = store.run_id(run)
     trace = store.run_settings(run_id)["trace"]
     rows = []
+    if trace.get("oracle_samples", 0):
+        return queries.Table(HEADROOM_COLUMNS, ())
     for iteration, pool in store.headroom(run_id).items():
         book = ledger(pool, trace["group_size"], trace["max_per_prompt"])
         success = sum(p.successes_first + p.successes_second for p in pool) / sum(2 * p.half for p in pool)

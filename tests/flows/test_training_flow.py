@@ -201,7 +201,7 @@ def test_measuring_headroom_trains_exactly_what_a_run_without_it_trains_and_stor
 
 
 def test_the_oracle_control_allocates_on_stored_measurements_that_a_retry_neither_repeats_nor_trains_on(
-    prefect_api, workspace, tmp_path, monkeypatch
+    prefect_api, workspace, tmp_path, monkeypatch, capsys
 ):
     runs = tmp_path / "runs"
     control = {"oracle_samples": 4}
@@ -233,6 +233,13 @@ def test_the_oracle_control_allocates_on_stored_measurements_that_a_retry_neithe
         assert sum(len(t.leaves()) for t in trees) == 16
         assert {"headroom/pool_auc", "headroom/pool_success"} <= set(store.stage_metrics(run, it))
     store.close()
+    # no ledger for such a run: `trace-rl headroom` says where its measurements are instead
+    from flows.cli import main
+
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(clean))
+    capsys.readouterr()
+    assert main(["headroom"]) == 1
+    assert "steered by trace.oracle_samples=4" in capsys.readouterr().out
 
 
 def _wait_for_stage(db: Path, run: str, iteration: int, stage: str, proc: subprocess.Popen, timeout: float) -> None:
