@@ -46,7 +46,9 @@ trained on; the predictor still learns from the run's own trees and still steers
 Measured (bench/results/oracle_roots, `trace` with 16 samples, 5 seeds from the step-1000 warm
 start, paired against `uniform`): effective ratio +0.173 [+0.119, +0.216] (1.28x), non-zero-advantage
 share +0.248 (1.40x), test EM +0.000 [-0.032, +0.026]: perfect root knowledge buys mixed trees, not
-accuracy, on the default task and model.
+accuracy, on the default task and model. The same control on `prompt_only` (all 64 leaves fresh
+rollouts on 22 prompts): test EM +0.032 [+0.005, +0.060], dev EM +0.038 [+0.027, +0.049]: perfect
+knowledge pays through prompt selection, not through continuations.
 
 Deviations: Stage 1 only (Stage 2's anchors exist only in the run's own trees, so there is no
 common ground to score another plan's prefixes on).
