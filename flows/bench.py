@@ -228,6 +228,8 @@ def _run_figures(history: list[dict[str, Any]], final: dict[str, Any], train_sec
         "effective_ratio": series("rollout/effective_ratio"),
         "nonzero_advantage_share": series("rollout/nonzero_advantage_share"),
         "mean_reward": series("rollout/mean_reward"),
+        # how many trees held both outcomes (the effective ratio is their share: it hides the count)
+        "mixed_trees": [r * n for r, n in zip(series("rollout/effective_ratio"), series("rollout/trees"), strict=True)],
         # the predictor at allocation time, scored on the bare rollouts that followed (NaN: not predicted)
         "root_auc": nan_series("predictor/root_auc"),
         "root_ece": nan_series("predictor/root_ece"),

@@ -52,6 +52,11 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
 
+def _stats_or_none(values: list[float]) -> dict[str, float] | None:
+    """Mean and std where there are values (rows recorded before a figure existed have none)."""
+    return _stats(values) if values else None
+
+
 def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, seconds: float) -> dict[str, Any]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in done:
@@ -63,6 +68,7 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "effective_ratio": _stats([float(np.mean(r["effective_ratio"])) for r in runs]),
             "nonzero_advantage_share": _stats([float(np.mean(r["nonzero_advantage_share"])) for r in runs]),
             "mean_training_reward": _stats([float(np.mean(r["mean_reward"])) for r in runs]),
+            "mixed_trees": _stats_or_none([float(np.mean(r["mixed_trees"])) for r in runs if r.get("mixed_trees")]),
             "dev_em": _stats([r["dev_em"] for r in runs]),
             "dev_f1": _stats([r["dev_f1"] for r in runs]),
             "test_em": _stats([r["test_em"] for r in runs]),
@@ -183,14 +189,14 @@ def _regime_lines(regime: str, rows: dict[str, Any]) -> list[str]:
     lines = [
         f"### Regime: {regime}",
         "",
-        "| allocator | effective ratio (a) | non-zero advantage (b) | training reward | dev EM before | "
-        "dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| allocator | effective ratio (a) | non-zero advantage (b) | mixed trees / it. | training reward | "
+        "dev EM before | dev EM | dev F1 | test EM | test F1 | generated tokens | leaves | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {_cell(r['effective_ratio'])} | {_cell(r['nonzero_advantage_share'])} | "
-            f"{_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
+            f"{_cell(r.get('mixed_trees'), 1)} | {_cell(r['mean_training_reward'])} | {_cell(r['dev_em_before'])} | "
             f"{_cell(r['dev_em'])} | {_cell(r['dev_f1'])} | {_cell(r['test_em'])} | "
             f"{_cell(r['test_f1'])} | {_cell(r['generated_tokens'], 0)} | {_cell(r['leaves'], 0)} | "
             f"{_cell(r['train_seconds'], 0)} |"

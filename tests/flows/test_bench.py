@@ -189,6 +189,27 @@ def test_the_table_gives_test_em_per_subset_when_the_runs_recorded_it():
     assert "test EM bfcl" not in plain  # one data source: no per-source table
 
 
+def test_the_table_counts_mixed_trees_per_iteration_and_leaves_older_rows_blank():
+    from flows.bench import _run_figures
+    from flows.bench_summary import markdown_table, summarise
+
+    history = [
+        {"iteration": -1, "eval/em": 0.3},
+        {"iteration": 0, "rollout/effective_ratio": 0.5, "rollout/trees": 16},
+        {"iteration": 1, "rollout/effective_ratio": 0.25, "rollout/trees": 24},
+    ]
+    final = {split: {"em": 0.4, "f1": 0.5} for split in ("dev", "test")}
+    figures = _run_figures(history, final, 1.0)
+    assert figures["mixed_trees"] == [8.0, 6.0]
+    oracle = {"share_of_oracle_per_iteration": [1.0]}
+    new = {**_finished_run("uniform", 0, {}), "mixed_trees": figures["mixed_trees"]}
+    table = markdown_table(summarise([new], oracle, "d", 1.0))
+    assert "| uniform | 0.500 ± 0.000 | 0.500 ± 0.000 | 7.0 ± 0.0 |" in table
+    old = _finished_run("uniform", 0, {})  # recorded before the count existed
+    table = markdown_table(summarise([old], oracle, "d", 1.0))
+    assert "| uniform | 0.500 ± 0.000 | 0.500 ± 0.000 | - |" in table
+
+
 @pytest.mark.slow
 def test_the_benchmark_runs_the_function_calling_family_and_scores_each_subset(prefect_api, tmp_path):
     pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-eval (make install adds it)")
