@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def screen(v: np.ndarray, first: int, rng: np.random.Generator) -> list[np.ndarr
     """Pairs for the first `first` prompts, then greedy one-step-ahead gains in mixed groups."""
     groups = [rng.random(2) < v[i] for i in range(first)]
     a, b = pair_prior(groups)
-    new_pair = 1 - all_agree(a, b, 1, 0, 1) * a / (a + b) - all_agree(a, b, 0, 1, 1) * b / (a + b)  # V(2)
+    new_pair = 2 * a * b / ((a + b) * (a + b + 1))  # P(a new prompt's pair is mixed) = 2 E[v (1 - v)]
     extra = [0] * first
     left = BUDGET - 2 * first
     while left > 0:
@@ -96,9 +97,7 @@ def score(groups: list[np.ndarray]) -> dict[str, float]:
 
 
 def run(a: float, b: float, iterations: int, rng: np.random.Generator) -> dict[str, dict[str, float]]:
-    policies = {f"uniform G={g}": None for g in (2, 3, 4, 8)} | {f"screen {n}": None for n in (16, 24)}
-    sums: dict[str, dict[str, float]] = {name: {"mixed": 0.0, "nonzero": 0.0, "prompts": 0.0} for name in policies}
-    sums["oracle selection"] = {"mixed": 0.0, "nonzero": 0.0, "prompts": 0.0}
+    sums: dict[str, Counter[str]] = {}
     for _ in range(iterations):
         v = rng.beta(a, b, POOL)
         drawn = {f"uniform G={g}": [rng.random(g) < v[i] for i in range(BUDGET // g)] for g in (2, 3, 4, 8)}
@@ -107,7 +106,7 @@ def run(a: float, b: float, iterations: int, rng: np.random.Generator) -> dict[s
         drawn["oracle selection"] = [rng.random(m) < v[i] for i, m in enumerate(counts) if m]
         for name, groups in drawn.items():
             for key, value in score(groups).items():
-                sums[name][key] += value / iterations
+                sums.setdefault(name, Counter())[key] += value / iterations
     return {
         name: {
             "mixed_groups": round(s["mixed"], 2),

@@ -52,9 +52,12 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
 
-def _stats_or_none(values: list[float]) -> dict[str, float] | None:
-    """Mean and std where there are values (rows recorded before a figure existed have none)."""
-    return _stats(values) if values else None
+def _stats_if_all(runs: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """Mean and std over runs of a per-iteration series, or None unless every run recorded it (rows
+    written before a figure existed have none, and a mean over some of the seeds would pass for all)."""
+    if not all(r.get(key) for r in runs):
+        return None
+    return _stats([float(np.mean(r[key])) for r in runs])
 
 
 def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, seconds: float) -> dict[str, Any]:
@@ -68,7 +71,7 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "effective_ratio": _stats([float(np.mean(r["effective_ratio"])) for r in runs]),
             "nonzero_advantage_share": _stats([float(np.mean(r["nonzero_advantage_share"])) for r in runs]),
             "mean_training_reward": _stats([float(np.mean(r["mean_reward"])) for r in runs]),
-            "mixed_trees": _stats_or_none([float(np.mean(r["mixed_trees"])) for r in runs if r.get("mixed_trees")]),
+            "mixed_trees": _stats_if_all(runs, "mixed_trees"),
             "dev_em": _stats([r["dev_em"] for r in runs]),
             "dev_f1": _stats([r["dev_f1"] for r in runs]),
             "test_em": _stats([r["test_em"] for r in runs]),

@@ -161,9 +161,9 @@ def headroom_table(store: RolloutStore, run: str) -> queries.Table:
     on those samples, so there is no unbiased ledger to score."""
     run_id = store.run_id(run)
     trace = store.run_settings(run_id)["trace"]
-    rows = []
     if trace.get("oracle_samples", 0):
         return queries.Table(HEADROOM_COLUMNS, ())
+    rows = []
     for iteration, pool in store.headroom(run_id).items():
         book = ledger(pool, trace["group_size"], trace["max_per_prompt"])
         success = sum(p.successes_first + p.successes_second for p in pool) / sum(2 * p.half for p in pool)

@@ -208,6 +208,8 @@ def test_the_table_counts_mixed_trees_per_iteration_and_leaves_older_rows_blank(
     old = _finished_run("uniform", 0, {})  # recorded before the count existed
     table = markdown_table(summarise([old], oracle, "d", 1.0))
     assert "| uniform | 0.500 ± 0.000 | 0.500 ± 0.000 | - |" in table
+    mixed = [new, {**old, "seed": 1}]  # a count from some seeds only would pass for all of them
+    assert "| uniform | 0.500 ± 0.000 | 0.500 ± 0.000 | - |" in markdown_table(summarise(mixed, oracle, "d", 1.0))
 
 
 @pytest.mark.slow
