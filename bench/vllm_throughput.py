@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from flows.families import SearchQA, TaskData
+from flows.families import SearchQA, TaskData, synthetic_spec
 from flows.settings import load_settings
 from trace_core.generation.backend import Completion, GenerationRequest, SamplingParams
 from trace_core.generation.hf_backend import TransformersBackend
@@ -66,7 +66,7 @@ from trace_core.method.tree import RolloutTree
 from trace_core.models.default_model import TinyModelSpec, build_model, count_parameters, load_policy, train_tokenizer
 from trace_core.search_agent.agent import SearchEnv
 from trace_core.search_agent.retrieval import BM25Retriever
-from trace_core.search_agent.synthetic_qa import SyntheticTaskSpec, generate_task
+from trace_core.search_agent.synthetic_qa import generate_task
 
 
 class Recorder:
@@ -163,12 +163,7 @@ def main() -> None:
     from vllm import LLM
 
     s = load_settings()
-    t = s.task
-    task = generate_task(
-        SyntheticTaskSpec(
-            t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test, t.max_hops
-        )
-    )
+    task = generate_task(synthetic_spec(s))
     data = TaskData(task.splits["train"], task.splits["dev"], task.splits["test"], task.corpus, Path("."))
     retriever = BM25Retriever(list(data.corpus))
     search_qa = SearchQA()

@@ -20,7 +20,10 @@ small-groups ("warm") regime; with `--late K` they run in the late regime
 instead, every variant of a seed starting from the same checkpoint of K iterations of `uniform`
 training (its predictor first learns from that pre-run's rollouts, as a resumed deployment could);
 `--regimes warm,late` runs both. Every variant is also compared with `uniform` seed by seed: the
-paired difference of (a), (b), dev and test EM with a bootstrap 95% interval (`paired_vs_uniform`).
+paired difference of the composite EM ((dev EM + test EM) / 2, the primary endpoint), (a), (b),
+dev and test EM with a paired Student-t 95% interval, p-value and minimal detectable effect, a
+verdict on the composite, and a percentile bootstrap interval as a secondary figure
+(`paired_vs_uniform`, `verdict`).
 
 Every run measures the oracle ledger (trace_core/method/headroom.py) at iteration 0 and every
 `headroom_every` iterations: the share of the oracle's Stage-1 gain over uniform its allocator

@@ -71,7 +71,7 @@ def cmd_warmstart(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.report import evaluate_run
 
-    result = evaluate_run(_settings(args), _log)
+    result = evaluate_run(_settings(args), _log, store_outcomes=not args.no_store)
     if args.out:
         write_json(Path(args.out), headline_figures(result))
         _log(f"written to {args.out}")
@@ -211,11 +211,12 @@ def _args_query(p: argparse.ArgumentParser) -> None:
     p.add_argument("tree_id", nargs="?", type=int, help="the tree to draw (query tree)")
     p.add_argument("--run", help="only this run")
     p.add_argument("--bins", type=int, default=10, help="calibration bins")
-    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--csv", help="also write the table to this CSV file (a new file, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="let --csv replace an existing file")
 
 
 def _args_runs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["list", "delete", "rename"])
+    p.add_argument("action", nargs="?", default="list", choices=["list", "delete", "rename"])
     p.add_argument("name", nargs="?", help="the run (delete, rename)")
     p.add_argument("new", nargs="?", help="rename: the new name")
     p.add_argument("--yes", action="store_true", help="delete: really delete")
@@ -223,7 +224,8 @@ def _args_runs(p: argparse.ArgumentParser) -> None:
 
 def _args_sql(p: argparse.ArgumentParser) -> None:
     p.add_argument("statement", help="a SELECT statement (runs on a read-only connection)")
-    p.add_argument("--csv", help="also write the result to this CSV file")
+    p.add_argument("--csv", help="also write the result to this CSV file (a new file, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="let --csv replace an existing file")
 
 
 def _args_db(p: argparse.ArgumentParser) -> None:
@@ -244,6 +246,12 @@ def _args_run(p: argparse.ArgumentParser) -> None:
 def _args_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the accuracy figures (EM, F1; sampled and greedy) to this JSON file")
     p.add_argument("--detail", help="write every figure (question counts, success histogram) to this JSON file")
+    p.add_argument(
+        "--no-store",
+        action="store_true",
+        help="do not write the per-question outcomes to the rollout database (for `dvc repro`: the database is "
+        "the train stage's output)",
+    )
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -303,6 +311,14 @@ def _one_option(flag: str, text: str) -> AddArguments:
     return lambda p: p.add_argument(flag, help=text)
 
 
+def _csv_options(text: str) -> AddArguments:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--csv", help=text)
+        p.add_argument("--overwrite", action="store_true", help="let --csv replace an existing file")
+
+    return add
+
+
 # name, function, help, the command's own arguments (besides --set)
 COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, AddArguments | None]] = [
     ("run", cmd_run, "prepare the task and model, then run the main job", _args_run),
@@ -328,7 +344,7 @@ COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, AddArguments
         "headroom",
         cmd_headroom,
         "the oracle ledger of a run: its Stage 1 against the oracle's and uniform's",
-        _one_option("--csv", "also write the ledger to this CSV file"),
+        _csv_options("also write the ledger to this CSV file (a new file, unless --overwrite)"),
     ),
     ("db", cmd_db, "show or upgrade the rollout database's schema", _args_db),
     ("runs", cmd_runs, "list, delete or rename runs (rows and folders)", _args_runs),

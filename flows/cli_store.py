@@ -14,11 +14,30 @@ if TYPE_CHECKING:
     from store.store import RolloutStore
 
 
+def csv_target(csv: str | None, store_url: str, overwrite: bool) -> None:
+    """Refuse a `--csv` path before anything runs: never the SQLite database being read, never an
+    existing file unless `overwrite`, never a folder or an empty path."""
+    if csv is None:
+        return
+    if not csv.strip():
+        raise SettingsError("--csv: an empty path")
+    path = Path(csv)
+    if store_url.startswith("sqlite:///"):
+        database = Path(store_url.removeprefix("sqlite:///"))
+        if path.exists() and database.exists() and path.resolve() == database.resolve():
+            raise SettingsError(f"--csv {csv}: that is the rollout database being read; choose another file")
+    if path.is_dir():
+        raise SettingsError(f"--csv {csv}: a folder, not a file")
+    if path.exists() and not overwrite and path.is_file():
+        raise SettingsError(f"--csv {csv}: the file exists; add --overwrite to replace it")
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from store import queries
     from store.db import check_connection, make_engine
 
     s = _settings(args)
+    csv_target(args.csv, s.store_url(), args.overwrite)
     if args.bins < 1:
         raise SettingsError(f"--bins must be at least 1, got {args.bins}")
     engine = make_engine(s.store_url(), read_only=True)
@@ -46,6 +65,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     from store.store import RolloutStore
 
     s = _settings(args)
+    csv_target(args.csv, s.store_url(), args.overwrite)
     store = RolloutStore(s.store_url(), create=False, read_only=True)
     try:
         table = headroom_table(store, s.run.name)
@@ -151,7 +171,9 @@ def _rename_run(store: RolloutStore, name: str, new: str, output_dir: Path) -> i
 def cmd_sql(args: argparse.Namespace) -> int:
     from store.user_sql import run_sql
 
-    table = run_sql(_settings(args).store_url(), args.statement)
+    url = _settings(args).store_url()
+    csv_target(args.csv, url, args.overwrite)
+    table = run_sql(url, args.statement)
     print(table.render())
     if args.csv:
         table.to_csv(args.csv)

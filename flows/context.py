@@ -54,7 +54,7 @@ class TrainContext:
         t, p = s.trace, s.policy
         self.allocator = make_allocator(t.allocator)
         self.allocator_config = AllocatorConfig(
-            t.budget, t.stage1_share, t.group_size, t.max_per_prompt, t.max_per_anchor, t.explore_share
+            t.budget, t.stage1_share, t.group_size, t.max_per_prompt, t.max_per_anchor, t.explore_share, t.root_split
         )
         self.policy_config = policy_config(s)
         # full fine-tuning with a KL penalty needs a frozen copy of the starting policy as reference

@@ -88,6 +88,38 @@ def family(s: Settings) -> TaskFamily:
     return FAMILIES.get(s.task.family)
 
 
+# the synthetic task's difficulty-mix keys, which change no task at these values
+_MIX_DEFAULTS: dict[str, Any] = {"hop_shares": [], "name_sharing": 3}
+
+
+def synthetic_spec(s: Settings) -> SyntheticTaskSpec:
+    """The synthetic task's spec from `[task]`."""
+    t = s.task
+    return SyntheticTaskSpec(
+        t.seed,
+        t.n_people,
+        t.n_orgs,
+        t.n_cities,
+        t.n_countries,
+        t.n_train,
+        t.n_dev,
+        t.n_test,
+        t.max_hops,
+        hop_shares=tuple(t.hop_shares),
+        name_sharing=t.name_sharing,
+    )
+
+
+def _spec_identity(spec: SyntheticTaskSpec) -> dict[str, Any]:
+    """What the generated files depend on; the mix keys only where they change the task."""
+    out = asdict(spec)
+    for key, default in _MIX_DEFAULTS.items():
+        value = list(out[key]) if isinstance(out[key], tuple) else out[key]
+        if value == default:
+            out.pop(key)
+    return out
+
+
 class SearchQA:
     """Multi-hop QA with a search tool (the default family)."""
 
@@ -97,10 +129,8 @@ class SearchQA:
         """Generate (or read) the task's questions and corpus."""
         t = s.task
         if t.source == "synthetic":
-            spec = SyntheticTaskSpec(
-                t.seed, t.n_people, t.n_orgs, t.n_cities, t.n_countries, t.n_train, t.n_dev, t.n_test, t.max_hops
-            )
-            directory, digest = t.data_dir, settings_hash(asdict(spec))
+            spec = synthetic_spec(s)
+            directory, digest = t.data_dir, settings_hash(_spec_identity(spec))
             if not is_built(directory, digest):
                 log(f"generating the synthetic task in {directory}")
                 directory.mkdir(parents=True, exist_ok=True)
@@ -155,6 +185,9 @@ class SearchQA:
     def identity(self, s: Settings) -> dict[str, Any]:
         # where the task's files live is not part of it (a relative or absolute data_dir is the same task)
         task = {k: v for k, v in s.task.model_dump(mode="json").items() if k not in ("data_dir", "family")}
+        for key, default in _MIX_DEFAULTS.items():  # the mix keys came later: at their defaults, same identity
+            if task.get(key) == default:
+                task.pop(key)
         return {"task": task, "agent": asdict(self.config(s))}
 
     def preflight(self, s: Settings) -> None:

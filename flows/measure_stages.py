@@ -1,5 +1,6 @@
 """The measuring stages of a training iteration: the oracle ledger of the pool (`measure_headroom`)
-and the dev evaluation (`evaluate`, with the predictor's held-out quality). Neither trains
+and the dev evaluation (`evaluate`, with the predictor's held-out quality, storing each dev
+question's per-sample outcomes as `eval_outcomes` rows of kind `in_flow`). Neither trains
 anything: their rollouts never reach the predictor, the policy update or a later stage's
 randomness."""
 
@@ -26,7 +27,9 @@ from trace_core.method.sampling import (
     predict_nodes,
 )
 from trace_core.method.tree import backed_up
-from trace_core.search_agent.evaluation import score_trees
+from trace_core.search_agent.evaluation import QuestionOutcome, score_trees
+
+Evaluated = tuple[dict[str, Any], tuple[QuestionOutcome, ...]]  # the iteration's metrics, the dev outcomes
 
 
 def headroom_due(s: Settings, it: int) -> bool:
@@ -61,9 +64,9 @@ def measure_headroom(ctx: TrainContext, it: int) -> None:
     run_stage(ctx, it, "measure_headroom", compute, write)
 
 
-def dev_evaluation(ctx: TrainContext, it: int) -> dict[str, float]:
+def dev_evaluation(ctx: TrainContext, it: int) -> tuple[dict[str, float], tuple[QuestionOutcome, ...]]:
     """Dev accuracy (avg@n EM and F1 at temperature 1) and, on the same held-out trees, the
-    predictor's quality: these questions are never trained on."""
+    predictor's quality: these questions are never trained on. Also each rollout's outcome."""
     s = ctx.s
     records = ctx.runtime.data.dev[: s.train.eval_questions]
     fresh_generation(ctx, it, "evaluate")
@@ -78,7 +81,7 @@ def dev_evaluation(ctx: TrainContext, it: int) -> dict[str, float]:
         _, target, weight, nodes = node_examples(trees, ctx.featurizer)
         q = quality(predict_nodes(trees, nodes, ctx.predictor, ctx.featurizer), target, weight)
         out.update({"predictor/dev_brier": q.brier, "predictor/dev_auc": q.auc, "predictor/dev_ece": q.ece})
-    return out
+    return out, report.outcomes
 
 
 def _eval_due(s: Settings, it: int) -> bool:
@@ -87,17 +90,21 @@ def _eval_due(s: Settings, it: int) -> bool:
 
 @task(name="evaluate", task_run_name="evaluate-it{it}", cache_policy=NO_CACHE)
 def evaluate(ctx: TrainContext, it: int) -> dict[str, Any]:
-    def compute() -> dict[str, Any]:
+    def compute() -> Evaluated:
         metrics = {k: v for k, v in ctx.store.stage_metrics(ctx.run_id, it).items() if v is not None}
+        outcomes: tuple[QuestionOutcome, ...] = ()
         if _eval_due(ctx.s, it):
-            metrics.update(dev_evaluation(ctx, it))
-        return metrics
+            dev, outcomes = dev_evaluation(ctx, it)
+            metrics.update(dev)
+        return metrics, outcomes
 
-    def write(w: StageWriter, metrics: dict[str, Any]) -> None:
+    def write(w: StageWriter, out: Evaluated) -> None:
+        metrics, outcomes = out
         w.iteration_metrics(metrics)
         w.stage_metrics({k: v for k, v in metrics.items() if k.startswith("eval/") or "/dev_" in k})
+        w.eval_outcomes("dev", outcomes)  # replaces an earlier attempt's rows (none when no evaluation was due)
 
-    metrics = run_stage(ctx, it, "evaluate", compute, write)
+    metrics, _ = run_stage(ctx, it, "evaluate", compute, write)
     _publish_artifact(ctx, it, metrics)
     return metrics
 

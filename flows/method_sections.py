@@ -45,6 +45,12 @@ class TraceSection(Section):
         ),
     )
     max_per_prompt: int = Field(8, ge=2, description="Cap on bare rollouts for one prompt (m_i).")
+    root_split: Literal["deep", "wide"] = Field(
+        "deep",
+        description="How a predicted Stage 1 settles its near-ties: 'deep' (the exact V_root optimum, which gives "
+        "the top prompts a third rollout) or 'wide' (as many distinct prompts at 2 rollouts as the budget allows, "
+        "then V_root).",
+    )
     max_per_anchor: int = Field(4, ge=1, description="Cap on continuations from one anchor (k_j).")
     advantage: str = Field(
         "vine",

@@ -72,6 +72,9 @@ class Section(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         if isinstance(value, bool) and field is not None and field.annotation in (int, float):
             raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        if field is not None and field.annotation is Path and isinstance(value, str) and not value.strip():
+            # an empty folder would mean the working directory: `--set task.data_dir=$DATA` with DATA unset
+            raise ValueError("an empty path (it would mean the current folder); give a folder")
         return value
 
 
@@ -133,11 +136,29 @@ class TaskSection(Section):
     n_train: int = Field(1500, ge=1, description="Training questions (synthetic).")
     n_dev: int = Field(200, ge=1, description="Development questions (synthetic).")
     n_test: int = Field(200, ge=1, description="Test questions (synthetic).")
-    max_hops: int = Field(3, ge=1, le=3, description="Longest reasoning chain of a synthetic question (1 to 3).")
+    max_hops: int = Field(3, ge=1, le=4, description="Longest reasoning chain of a synthetic question (1 to 4).")
+    hop_shares: list[float] = Field(
+        [],
+        description="Relative weight of each hop count 1..max_hops in the synthetic questions (one per count); "
+        "empty: every count equally likely.",
+    )
+    name_sharing: int = Field(
+        3, ge=1, le=40, description="People sharing each first name and each surname (higher: more near-miss names)."
+    )
     train_file: Path | None = Field(None, description="Question file (.jsonl/.parquet) when source='files'.")
     dev_file: Path | None = Field(None, description="Dev question file when source='files'.")
     test_file: Path | None = Field(None, description="Test question file when source='files'.")
     corpus_file: Path | None = Field(None, description="Corpus file of {id, contents} rows when source='files'.")
+
+    @model_validator(mode="after")
+    def _hop_shares_fit(self) -> TaskSection:
+        shares = self.hop_shares
+        if shares and (len(shares) != self.max_hops or min(shares) < 0 or sum(shares) <= 0):
+            raise ValueError(
+                f"task.hop_shares={shares}: give {self.max_hops} non-negative weights (hop counts 1..task.max_hops) "
+                "with a positive sum, or none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _files_given(self) -> TaskSection:

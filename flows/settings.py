@@ -142,6 +142,9 @@ _LATER_KEYS: dict[tuple[str, str], Any] = {
     ("predictor", "mixedness"): False,
     ("trace", "explore_share"): 0.0,
     ("trace", "oracle_samples"): 0,
+    ("trace", "root_split"): "deep",
+    ("task", "hop_shares"): [],
+    ("task", "name_sharing"): 3,
 }
 
 

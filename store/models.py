@@ -219,3 +219,24 @@ class HeadroomSample(Base):
     successes_second: Mapped[int]  # ... and the second half
     predicted: Mapped[float] = mapped_column(Float)  # the predictor's v at allocation time
     allocated: Mapped[int]  # the run's Stage-1 bare rollouts for this prompt
+
+
+class EvalOutcome(Base):
+    """One sampled rollout of an evaluation, for paired per-question analysis (the `eval_questions`
+    view aggregates them per question). kind: `in_flow` the training flow's dev evaluation of
+    `iteration` (-1: before training); `final` / `final_greedy` the final evaluation of the run's
+    published policy (`trace-rl evaluate`, the bench: avg@n at temperature 1 / one greedy sample), kept
+    under the iteration that published it. sample: the rollout's index among the question's samples."""
+
+    __tablename__ = "eval_outcomes"
+    __table_args__ = (UniqueConstraint("run_id", "iteration", "kind", "split", "data_source", "question_id", "sample"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    iteration: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(20))  # in_flow | final | final_greedy
+    split: Mapped[str] = mapped_column(String(10))  # dev | test
+    data_source: Mapped[str] = mapped_column(String(100))
+    question_id: Mapped[str] = mapped_column(String(200))  # the record's id (prompts.dataset_id)
+    sample: Mapped[int]
+    correct: Mapped[float] = mapped_column(Float)  # the rollout's reward: 1.0 exactly right, 0.0 not

@@ -7,11 +7,15 @@ a retried stage replaces its rows, a failure in the middle leaves nothing half-w
 `completed_stages` tells a restarted run where to resume.
 
 The writers themselves (`StageWriter`, the bulk tree insert) are in writer.py.
+
+The one write outside a stage is `record_final_evaluation`: the per-question outcomes of the final
+evaluation of a run's published policy, made after training (its lease long released). It writes only
+rows of its own kinds (`FINAL_KINDS`), which no stage writes, and replaces them in one transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +31,7 @@ from store.mapping import TaskRecord, read_trees, to_record
 from store.models import (
     Allocation,
     Checkpoint,
+    EvalOutcome,
     HeadroomSample,
     Iteration,
     Prompt,
@@ -38,6 +43,10 @@ from store.writer import CheckpointRecord, StageWriter, finite
 from trace_core.method.allocators import Anchor, PrefixPlan, RootPlan
 from trace_core.method.headroom import PoolSample
 from trace_core.method.tree import RolloutTree
+from trace_core.search_agent.evaluation import QuestionOutcome
+
+# the eval_outcomes kinds of a final evaluation: avg@n at temperature 1, and the greedy pass
+FINAL_KINDS = ("final", "final_greedy")
 
 
 @dataclass(frozen=True)
@@ -284,6 +293,39 @@ class RolloutStore:
             merged[f"time/{row.stage}"] = row.seconds
         return merged
 
+    # -- the final evaluation (outside the training flow) -----------------------------------------------
+
+    def published_iteration(self, run_id: int) -> int | None:
+        """The iteration whose policy the run published last (`runs/<name>/policy`, recorded as its
+        latest `export` checkpoint); None when it has published none."""
+        with self._sessions() as s:
+            return s.scalar(
+                select(func.max(Checkpoint.iteration)).where(Checkpoint.run_id == run_id, Checkpoint.kind == "export")
+            )
+
+    def record_final_evaluation(
+        self, run_id: int, iteration: int, outcomes: Mapping[tuple[str, str], Sequence[QuestionOutcome]]
+    ) -> None:
+        """Store a final evaluation of the policy published at `iteration`: `outcomes` by (kind, split),
+        kind one of FINAL_KINDS. One transaction that first deletes every final-evaluation row of
+        (run, iteration), so evaluating again replaces the earlier evaluation whole (a pass it no
+        longer makes included). Needs no lease: the training flow never writes these kinds."""
+        unknown = {kind for kind, _ in outcomes} - set(FINAL_KINDS)
+        if unknown:
+            raise ValueError(f"final evaluation kinds are {FINAL_KINDS}, not {sorted(unknown)}")
+        with transaction(self._sessions) as s:
+            s.execute(
+                delete(EvalOutcome).where(
+                    EvalOutcome.run_id == run_id,
+                    EvalOutcome.iteration == iteration,
+                    EvalOutcome.kind.in_(FINAL_KINDS),
+                )
+            )
+            writer = StageWriter(s, run_id, iteration)
+            for (kind, split), rows in outcomes.items():
+                writer.eval_outcomes(split, rows, kind)
+        self._fold_wal()
+
     # -- reads --------------------------------------------------------------------------------------
 
     def load_trees(self, run_id: int, iteration: int) -> list[RolloutTree]:
@@ -357,3 +399,18 @@ class RolloutStore:
         with self._sessions() as s:
             rows = s.scalars(select(Iteration).where(Iteration.run_id == run_id).order_by(Iteration.iteration)).all()
         return [{"iteration": r.iteration, **r.metrics} for r in rows]
+
+    def eval_outcomes(self, run_id: int, iteration: int, split: str, kind: str = "in_flow") -> list[QuestionOutcome]:
+        """The stored outcomes of one evaluation, in the order they were scored (question, then sample)."""
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(EvalOutcome)
+                .where(
+                    EvalOutcome.run_id == run_id,
+                    EvalOutcome.iteration == iteration,
+                    EvalOutcome.kind == kind,
+                    EvalOutcome.split == split,
+                )
+                .order_by(EvalOutcome.id)
+            ).all()
+        return [QuestionOutcome(r.question_id, r.sample, r.correct, r.data_source) for r in rows]

@@ -23,6 +23,7 @@ from store.mapping import TaskRecord, node_row, prompt_row
 from store.models import (
     Allocation,
     Checkpoint,
+    EvalOutcome,
     HeadroomSample,
     Iteration,
     Node,
@@ -37,6 +38,7 @@ from trace_core.method.headroom import PoolSample
 from trace_core.method.loss import UpdateStats
 from trace_core.method.predictor import FitReport, PredictorQuality
 from trace_core.method.tree import RolloutTree
+from trace_core.search_agent.evaluation import QuestionOutcome
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,32 @@ class StageWriter:
         ]
         if rows:
             self.s.execute(insert(_table(HeadroomSample)), rows)
+
+    def eval_outcomes(self, split: str, outcomes: Sequence[QuestionOutcome], kind: str = "in_flow") -> None:
+        """Replace the iteration's evaluation outcomes of (`kind`, `split`): one row per sampled rollout."""
+        self.s.execute(
+            delete(EvalOutcome).where(
+                EvalOutcome.run_id == self.run_id,
+                EvalOutcome.iteration == self.iteration,
+                EvalOutcome.kind == kind,
+                EvalOutcome.split == split,
+            )
+        )
+        rows = [
+            {
+                "run_id": self.run_id,
+                "iteration": self.iteration,
+                "kind": kind,
+                "split": split,
+                "data_source": o.data_source,
+                "question_id": o.question_id,
+                "sample": o.sample,
+                "correct": float(o.correct),
+            }
+            for o in outcomes
+        ]
+        if rows:
+            self.s.execute(insert(_table(EvalOutcome)), rows)
 
     def predictor_fit(self, fit: FitReport, before: PredictorQuality) -> None:
         """The refit's loss and size, and the quality of the predictions made before it (`before`)."""

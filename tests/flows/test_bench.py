@@ -73,8 +73,51 @@ def test_paired_differences_against_uniform_match_each_seeds_difference():
     # test EM: +0.05 and -0.01; effective ratio: 0.8 - 0.6 = +0.2 and 0.0
     assert entry["test_em"]["per_seed"] == [0.05, -0.01] and entry["test_em"]["mean"] == pytest.approx(0.02)
     assert entry["effective_ratio"]["per_seed"] == [0.2, 0.0]
-    low, high = entry["test_em"]["ci95"]
+    # the bootstrap (secondary) can only be as wide as the seeds disagree
+    low, high = entry["test_em"]["bootstrap_ci95"]
     assert -0.01 - 1e-9 <= low <= 0.02 <= high <= 0.05 + 1e-9
+    # the primary interval is the paired t one: sd = 0.06 / sqrt(2), half-width t_{0.975,1} * sd / sqrt(2)
+    # = 12.706 * 0.03 = 0.381
+    assert entry["test_em"]["ci95"] == pytest.approx([0.02 - 0.38118, 0.02 + 0.38118], abs=1e-4)
+    # composite EM: (0.5 + 0.45) / 2 - (0.5 + 0.40) / 2 = +0.025 and (0.5 + 0.49) / 2 - (0.5 + 0.50) / 2 = -0.005
+    assert entry["composite_em"]["per_seed"] == [0.025, -0.005] and entry["composite_em"]["n"] == 2
+    assert list(entry)[:3] == ["seeds", "interval", "composite_em"]
+
+
+def test_the_paired_t_interval_matches_the_hand_computed_case():
+    from flows.bench_summary import paired_t
+
+    # diffs 0.01, 0.03, -0.02, 0.04, 0.02: mean 0.08 / 5 = 0.016; squared deviations 0.000036, 0.000196,
+    # 0.001296, 0.000576, 0.000016 sum to 0.00212, sd = sqrt(0.00212 / 4) = 0.023022; se = sd / sqrt(5)
+    # = 0.010296; half-width t_{0.975,4} * se = 2.776 * 0.010296 = 0.028586: [-0.012586, +0.044586];
+    # t = 0.016 / 0.010296 = 1.554, two-sided p = 2 * P(T_4 > 1.554) = 0.195
+    t = paired_t([0.01, 0.03, -0.02, 0.04, 0.02])
+    assert t["n"] == 5 and t["mean"] == pytest.approx(0.016) and t["sd"] == pytest.approx(0.023022, abs=1e-6)
+    assert t["ci95"] == pytest.approx([-0.012586, 0.044586], abs=1e-5)
+    assert t["p"] == pytest.approx(0.195, abs=1e-3)
+    # 80% power: at least the approximation (t_{0.975,4} + t_{0.80,4}) * se = (2.776 + 0.941) * 0.010296
+    # = 0.0383, and the power at the mde is 80%
+    assert 0.0383 < t["mde"] < 0.0400
+    from flows.bench_summary import seeds_needed, t_power
+
+    assert t_power(t["mde"], t["sd"], 5) == pytest.approx(0.80, abs=1e-6)
+    needed = seeds_needed(t["mde"], t["sd"])
+    assert needed == 5 and t_power(t["mde"], t["sd"], 4) < 0.80
+    one = paired_t([0.03])  # one seed: no interval, no test
+    assert one["mean"] == 0.03 and np.isnan(one["ci95"][0]) and np.isnan(one["p"]) and np.isnan(one["mde"])
+
+
+def test_the_verdict_adopts_rejects_or_names_the_detectable_effect():
+    from flows.bench_summary import verdict
+
+    def entry(low, high, mde=0.04):
+        return {"composite_em": {"mean": (low + high) / 2, "ci95": [low, high], "mde": mde, "n": 5}}
+
+    assert verdict(entry(0.001, 0.05)) == "adopt"  # lower bound above 0
+    assert verdict(entry(-0.06, 0.009)) == "does not pay off"  # upper bound below +0.01
+    assert verdict(entry(-0.02, 0.03)) == "inconclusive, detectable effect 0.040"
+    assert verdict(entry(-0.02, 0.009)["composite_em"]) == "does not pay off"  # the composite entry itself
+    assert verdict(entry(-0.02, 0.015), threshold=0.02) == "does not pay off"
 
 
 def test_benchmark_v2_runs_both_regimes_seed_by_seed():
@@ -210,6 +253,39 @@ def test_the_table_counts_mixed_trees_per_iteration_and_leaves_older_rows_blank(
     assert "| uniform | 0.500 ± 0.000 | 0.500 ± 0.000 | - |" in table
     mixed = [new, {**old, "seed": 1}]  # a count from some seeds only would pass for all of them
     assert "| uniform | 0.500 ± 0.000 | 0.500 ± 0.000 | - |" in markdown_table(summarise(mixed, oracle, "d", 1.0))
+
+
+def test_the_table_leads_with_composite_em_and_pairs_it_with_a_t_interval_and_a_verdict():
+    from flows.bench_summary import markdown_table, summarise
+
+    oracle = {"share_of_oracle_per_iteration": [1.0]}
+    done = []
+    # per seed: trace's dev and test EM above uniform's by +0.02/+0.04, +0.03/+0.05, +0.01/+0.03
+    for seed, (dev, test) in enumerate([(0.02, 0.04), (0.03, 0.05), (0.01, 0.03)]):
+        done.append({**_finished_run("uniform", seed, {}), "iterations": 2, "nonzero_advantage_share": [0.25, 0.75]})
+        trace = {**_finished_run("trace", seed, {}), "dev_em": 0.3 + dev, "test_em": 0.3 + test}
+        done.append({**trace, "iterations": 2, "nonzero_advantage_share": [0.5, 1.0]})
+    summary = summarise(done, oracle, "d", 1.0)
+    rows = summary["allocators"]["small-groups"]
+    assert rows["trace"]["composite_em"]["mean"] == pytest.approx(0.33)  # ((0.32 + 0.34) + ...) / 6
+    # non-zero-advantage leaves per iteration: mean share x 16 leaves / 2 iterations
+    assert rows["uniform"]["nonzero_advantage_leaves"]["mean"] == pytest.approx(0.5 * 16 / 2)
+    assert rows["trace"]["nonzero_advantage_leaves"]["mean"] == pytest.approx(0.75 * 16 / 2)
+    table = markdown_table(summary)
+    assert "| dev EM before | composite EM | dev EM |" in table and "| non-zero-advantage leaves / it. |" in table
+    # (a), (b), mixed trees (not recorded), non-zero-advantage leaves, reward, dev EM before, composite EM
+    uniform = "| uniform | 0.500 ± 0.000 | 0.500 ± 0.000 | - | 4.0 ± 0.0 | 0.400 ± 0.000 | 0.300 ± 0.000 | 0.300 ± 0"
+    assert uniform in table
+    # composite differences +0.03, +0.04, +0.02: mean +0.03, sd 0.01, t interval 0.03 +- 4.303 * 0.01 / sqrt(3)
+    composite = summary["paired_vs_uniform"]["small-groups/trace"]["composite_em"]
+    assert composite["ci95"] == pytest.approx([0.03 - 0.024841, 0.03 + 0.024841], abs=1e-5)
+    assert "### Paired against uniform (same seed and start): mean difference [paired Student-t 95% interval]" in table
+    assert "| regime / variant | n | composite EM | effective ratio (a) |" in table
+    assert "| small-groups/trace | 3 | +0.030 [+0.005, +0.055] |" in table
+    assert summary["verdicts"] == {"small-groups/trace": "adopt"}
+    assert "- small-groups/trace: adopt" in table
+    secondary = table.split("bootstrap 95%, secondary")[1]
+    assert "| small-groups/trace | 3 | +0.030 [" in secondary
 
 
 @pytest.mark.slow

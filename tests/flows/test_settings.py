@@ -53,6 +53,10 @@ def test_a_settings_file_can_be_named_by_environment_variable(monkeypatch, tmp_p
         ("model.device=tpu9", "model.device: 'tpu9' is not a torch device"),
         ("model.path=/tmp", "model.path is set but preset='tiny' ignores it"),
         ('orchestration.cron="not a cron"', "orchestration.cron: 'not a cron' is not a cron schedule"),
+        ("task.hop_shares=[1.0, 2.0]", "task.hop_shares=[1.0, 2.0]: give 3 non-negative weights"),
+        ("trace.root_split=narrow", "trace.root_split: Input should be 'deep' or 'wide'"),
+        ("task.data_dir=", "task.data_dir: an empty path"),
+        ('run.output_dir=" "', "run.output_dir: an empty path"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key_and_the_reason(override, message):
@@ -152,6 +156,18 @@ def test_keys_added_later_leave_the_identity_of_runs_that_predate_them_unless_us
     assert exploring.identity()["trace"]["explore_share"] == 0.25
     with pytest.raises(SettingsError, match="explore_share"):
         load_settings(["trace.explore_share=1.0"])
+
+
+def test_the_difficulty_mix_and_root_split_keys_leave_todays_runs_and_tiny_model_as_they_were():
+    from flows.pipeline import tiny_model_digest
+
+    plain = load_settings([])
+    assert "hop_shares" not in plain.identity()["task"] and "root_split" not in plain.identity()["trace"]
+    spelt_out = load_settings(["task.hop_shares=[]", "task.name_sharing=3", "trace.root_split=deep"])
+    assert spelt_out.identity() == plain.identity() and tiny_model_digest(spelt_out) == tiny_model_digest(plain)
+    mixed = load_settings(["task.max_hops=4", "task.hop_shares=[0.4, 0.1, 0.1, 0.4]"])
+    assert mixed.identity()["task"]["hop_shares"] == [0.4, 0.1, 0.1, 0.4]
+    assert tiny_model_digest(mixed) != tiny_model_digest(plain)
 
 
 def test_the_headroom_measurement_is_not_part_of_a_runs_identity():

@@ -42,3 +42,21 @@ def test_calibration_with_no_bins_is_a_one_line_error(store, capsys):
     _seed(store)
     assert main(["query", "calibration", "--bins", "0", "--set", f"store.url={store.url}"]) == 2
     assert "--bins must be at least 1" in capsys.readouterr().err
+
+
+def test_csv_never_overwrites_the_database_it_reads_or_an_existing_file_unless_told(store, capsys, tmp_path):
+    _seed(store)
+    url = f"store.url={store.url}"
+    if store.url.startswith("sqlite:///"):
+        database = store.url.removeprefix("sqlite:///")
+        before = open(database, "rb").read()
+        assert main(["sql", "SELECT 1 AS one", "--set", url, "--csv", database]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the rollout database being read" in err
+        assert open(database, "rb").read() == before
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my own data\n")
+    assert main(["sql", "SELECT 1 AS one", "--set", url, "--csv", str(mine)]) == 2
+    assert "add --overwrite" in capsys.readouterr().err and mine.read_text() == "my own data\n"
+    assert main(["sql", "SELECT 1 AS one", "--set", url, "--csv", str(mine), "--overwrite"]) == 0
+    assert mine.read_text().splitlines()[0] == "one"

@@ -35,6 +35,13 @@ def test_runs_are_listed_with_status_iterations_and_allocator(store, tmp_path, c
     assert rows == [["a", "running", "1", "uniform"], ["b", "running", "1", "uniform"]]
 
 
+def test_a_bare_runs_command_lists_the_runs(store, tmp_path, capsys):
+    _seed(store, tmp_path)
+    assert main(["runs", *_args(store, tmp_path)]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert names == ["a", "b"]
+
+
 def test_deleting_a_run_needs_yes_and_removes_its_rows_and_folder_only(store, tmp_path, capsys):
     _seed(store, tmp_path)
     assert main(["runs", "delete", "a", *_args(store, tmp_path)]) == 2

@@ -100,3 +100,52 @@ def test_without_an_exploration_share_the_plan_is_the_rules_and_draws_nothing():
 def test_an_exploration_share_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="explore_share"):
         AllocatorConfig(explore_share=1.0)
+
+
+def _lexicographic_wide(predicted, budget, cap):
+    """Slow reference for root_split='wide': over every allocation m_i in {0, 2..cap} spending the
+    budget, the most prompts with V_root(v, 2) > 0 chosen, then the largest sum of V_root."""
+    import itertools
+
+    from trace_core.method.allocation import root_value
+
+    best = None
+    for counts in itertools.product([0, *range(2, cap + 1)], repeat=len(predicted)):
+        if sum(counts) != budget:
+            continue
+        chosen = sum(1 for v, m in zip(predicted, counts) if m and root_value(v, 2) > 0)
+        key = (chosen, round(sum(root_value(v, m) for v, m in zip(predicted, counts)), 9))
+        best = key if best is None or key > best else best
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_wide_root_split_matches_the_lexicographic_brute_force(seed):
+    from trace_core.method.allocation import root_value
+    from trace_core.method.allocators import stage1_counts
+
+    rng = np.random.default_rng(seed)
+    predicted = [float(x) for x in rng.random(6)]
+    budget = int(rng.integers(2, 13))
+    counts = stage1_counts(predicted, None, budget, 4, "wide")
+    chosen = sum(1 for v, m in zip(predicted, counts) if m and root_value(v, 2) > 0)
+    value = round(sum(root_value(v, m) for v, m in zip(predicted, counts)), 9)
+    assert sum(counts) == budget and (chosen, value) == _lexicographic_wide(predicted, budget, 4)
+
+
+def test_a_wide_root_split_trains_on_more_distinct_prompts_than_a_deep_one():
+    # V_root(v, 3) / 3 = V_root(v, 2) / 2 = v (1 - v): 'deep' gives the best-ranked prompts a third
+    # rollout, 'wide' spends 32 leaves as 16 pairs on the 16 best-ranked prompts
+    rng = np.random.default_rng(0)
+    predicted = tuple(float(x) for x in rng.uniform(0.2, 0.8, 64))
+    deep = make_allocator("trace").roots(predicted, AllocatorConfig(budget=64), rng)
+    wide = make_allocator("trace").roots(predicted, AllocatorConfig(budget=64, root_split="wide"), rng)
+    assert sum(1 for m in wide.counts if m) == 16 and set(wide.counts) == {0, 2}
+    assert sum(1 for m in deep.counts if m) < 16
+    ranked = sorted(range(64), key=lambda i: -predicted[i] * (1 - predicted[i]))
+    assert {i for i, m in enumerate(wide.counts) if m} == set(ranked[:16])
+
+
+def test_an_unknown_root_split_is_refused_naming_the_valid_ones():
+    with pytest.raises(ValueError, match="deep, wide"):
+        AllocatorConfig(root_split="narrow")

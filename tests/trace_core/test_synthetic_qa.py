@@ -36,3 +36,46 @@ def test_person_names_overlap_so_retrieval_sees_near_misses(small_task):
     people = [d.title for d in small_task.corpus if "was born in" in d.text]
     surnames = Counter(name.split()[-1] for name in people)
     assert max(surnames.values()) >= 2
+
+
+def _mix(**changes):
+    from dataclasses import replace
+
+    return generate_task(replace(SMALL_TASK, **changes))
+
+
+def test_hop_shares_skew_the_mix_toward_the_weighted_hop_counts():
+    task = _mix(max_hops=4, hop_shares=(0.5, 0.0, 0.0, 0.5), n_people=60, n_train=300)
+    hops = Counter(r.hops for r in task.splits["train"])
+    assert set(hops) == {1, 4}  # zero weight: never drawn
+    assert 0.4 < hops[1] / sum(hops.values()) < 0.6
+
+
+def test_four_hop_questions_chain_four_documented_facts_to_the_gold_answer():
+    task = _mix(max_hops=4, hop_shares=(0.0, 0.0, 0.0, 1.0), n_people=60, n_train=100)
+    docs = {d.title: d.text for d in task.corpus}
+    for r in task.splits["train"]:
+        assert r.hops == 4 and len(r.chain) == 4 and r.chain[-1].answer == r.golden_answers[0]
+        assert all(step.fact in docs[step.query] for step in r.chain)
+        assert "hop" not in r.question.lower()  # difficulty shows only in the wording of the relation chain
+
+
+def test_more_name_sharing_means_fewer_distinct_surnames():
+    def surnames(task):
+        return {d.title.split()[-1] for d in task.corpus if "was born in" in d.text}
+
+    assert len(surnames(_mix(n_people=60, name_sharing=5))) < len(surnames(_mix(n_people=60, name_sharing=3)))
+
+
+def test_a_name_sharing_that_leaves_too_few_name_pairs_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="name_sharing=8"):
+        _mix(name_sharing=8)
+
+
+def test_a_hop_mix_with_the_wrong_length_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="one weight per hop count"):
+        _mix(max_hops=3, hop_shares=(1.0, 1.0))

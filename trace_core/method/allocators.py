@@ -35,6 +35,13 @@ Deviations:
 2. DAPO resamples until a fixed number of mixed groups is collected; at a fixed leaf budget it
    gets one refill round.
 3. `explore_share` is ours (the paper's Stage 1 is the rule alone); 0 by default.
+4. `root_split` (ours): V_root(v, 3) / 3 = V_root(v, 2) / 2 = v (1 - v), so a third rollout of a
+   prompt is worth per leaf exactly what a second prompt's pair is worth at the same v; the exact
+   optimum ('deep', the paper's objective) gives the best-ranked prompts a third rollout instead of
+   adding lower-ranked prompts, so a noisy ranking decides how many distinct prompts are trained
+   on. 'wide' maximises the number of chosen prompts first (2 rollouts each), then V_root: a bonus
+   of 1 per chosen prompt with V_root(v, 2) > 0, more than any V_root gain 2 leaves can buy
+   elsewhere (at most 2 max v (1 - v) = 0.5).
 """
 
 from __future__ import annotations
@@ -57,13 +64,18 @@ from trace_core.method.allocation import (
 )
 from trace_core.registry import Registry
 
+ROOT_SPLITS = ("deep", "wide")
+# 'wide': the bonus per chosen prompt, above any V_root gain that 2 leaves buy on other prompts (deviation 4)
+WIDE_BONUS = 1.0
+
 
 @dataclass(frozen=True)
 class AllocatorConfig:
     """budget: leaves per iteration (M). stage1_share: fraction of M for bare rollouts where an
     allocator has two stages. group_size: G, rollouts per prompt for the uniform-style stages.
     max_per_prompt / max_per_anchor: caps on m_i and k_j. explore_share: fraction of a predicted
-    Stage 1's leaves spent on pool prompts drawn at random, 2 rollouts each (0: none)."""
+    Stage 1's leaves spent on pool prompts drawn at random, 2 rollouts each (0: none). root_split:
+    'deep' (the exact V_root optimum) or 'wide' (most distinct prompts first; deviation 4)."""
 
     budget: int = 64
     stage1_share: float = 0.5
@@ -71,6 +83,7 @@ class AllocatorConfig:
     max_per_prompt: int = 8
     max_per_anchor: int = 4
     explore_share: float = 0.0
+    root_split: str = "deep"
 
     def __post_init__(self) -> None:
         if self.budget < 2:
@@ -83,6 +96,8 @@ class AllocatorConfig:
             raise ValueError("max_per_anchor must be >= 1")
         if not 0 <= self.explore_share < 1:
             raise ValueError(f"explore_share must be in [0, 1), got {self.explore_share}")
+        if self.root_split not in ROOT_SPLITS:
+            raise ValueError(f"root_split must be one of {', '.join(ROOT_SPLITS)}, got {self.root_split!r}")
 
     @property
     def stage1_budget(self) -> int:
@@ -127,12 +142,18 @@ def root_plan(predicted: Sequence[float], counts: Sequence[int], mixedness: Sequ
 
 
 def stage1_counts(
-    predicted: Sequence[float], mixedness: Sequence[float] | None, budget: int, cap: int
+    predicted: Sequence[float], mixedness: Sequence[float] | None, budget: int, cap: int, split: str = "deep"
 ) -> tuple[int, ...]:
-    """The exact Stage-1 split on V_root(v, m), or on V_mix(v, d, m) when d is given."""
-    if mixedness is None:
+    """The exact Stage-1 split on V_root(v, m), or on V_mix(v, d, m) when d is given; with
+    split='wide', the most distinct prompts first (deviation 4)."""
+    if mixedness is None and split == "deep":
         return allocate_roots(predicted, budget, cap)
-    table = [[mixed_value(v, d, m) for m in range(cap + 1)] for v, d in zip(predicted, mixedness, strict=True)]
+    if mixedness is None:
+        table = [[root_value(v, m) for m in range(cap + 1)] for v in predicted]
+    else:
+        table = [[mixed_value(v, d, m) for m in range(cap + 1)] for v, d in zip(predicted, mixedness, strict=True)]
+    if split == "wide":
+        table = [[x + WIDE_BONUS if m >= 2 and row[2] > 1e-12 else x for m, x in enumerate(row)] for row in table]
     return allocate_by_table(table, budget, cap)
 
 
@@ -279,7 +300,9 @@ class _Stage1:
         explore = explored_prompts(len(predicted), budget, config.explore_share, rng)
         rest = [i for i in range(len(predicted)) if i not in explore]
         d = None if mixedness is None else [mixedness[i] for i in rest]
-        chosen = stage1_counts([predicted[i] for i in rest], d, budget - 2 * len(explore), config.max_per_prompt)
+        chosen = stage1_counts(
+            [predicted[i] for i in rest], d, budget - 2 * len(explore), config.max_per_prompt, config.root_split
+        )
         counts = [2 if i in explore else 0 for i in range(len(predicted))]
         for i, m in zip(rest, chosen, strict=True):
             counts[i] = m

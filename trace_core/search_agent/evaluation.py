@@ -10,6 +10,10 @@ Any task family's trees can be scored: EM is the reward (for function calling, B
 checker: accuracy avg@n); F1 needs answer strings, so for a record without `golden_answers` it is
 the reward too.
 
+`outcomes` keeps every rollout's reward by (data source, question id, sample), the sample being the
+leaf's order within its tree, so two evaluations of the same questions can be compared question by
+question (paired) rather than only through their means.
+
 Deviations: none.
 """
 
@@ -26,10 +30,22 @@ from trace_core.search_agent.reward import f1_score
 
 
 @dataclass(frozen=True)
+class QuestionOutcome:
+    """One sampled rollout of an evaluation: the question (its record's `id`, within `data_source`),
+    the sample's index (its leaf's order within the question's tree) and its reward (1.0 exactly right)."""
+
+    question_id: str
+    sample: int
+    correct: float
+    data_source: str
+
+
+@dataclass(frozen=True)
 class EvalReport:
     """em / f1: means over all sampled rollouts. success: per question, the share of its n rollouts
     that were exactly right. never / always / mixed: how many questions had 0, n, or in-between
-    successes. generated_tokens: policy tokens sampled for the evaluation."""
+    successes. generated_tokens: policy tokens sampled for the evaluation. outcomes: every rollout's
+    reward, question by question, in tree order and leaf order within each tree."""
 
     n: int
     em: float
@@ -40,6 +56,7 @@ class EvalReport:
     mixed: int
     generated_tokens: int
     by_source: tuple[tuple[str, float], ...] = ()
+    outcomes: tuple[QuestionOutcome, ...] = ()
 
     def histogram(self) -> dict[str, int]:
         return {"never": self.never, "mixed": self.mixed, "always": self.always}
@@ -68,6 +85,7 @@ def score_trees(trees: Sequence[RolloutTree], n: int) -> EvalReport:
     f1s: list[float] = []
     success: list[float] = []
     sources: dict[str, list[float]] = {}
+    outcomes: list[QuestionOutcome] = []
     tokens = 0
     for tree in trees:
         leaves = tree.leaves()
@@ -76,6 +94,8 @@ def score_trees(trees: Sequence[RolloutTree], n: int) -> EvalReport:
         f1s.extend(_f1(leaf, tree.record) for leaf in leaves)
         sources.setdefault(tree.record.data_source, []).extend(rewards)
         success.append(sum(rewards) / len(rewards))
+        record = tree.record
+        outcomes.extend(QuestionOutcome(record.id, i, r, record.data_source) for i, r in enumerate(rewards))
         tokens += sum(node.generated_tokens for node in tree)
     return EvalReport(
         n=n,
@@ -87,4 +107,5 @@ def score_trees(trees: Sequence[RolloutTree], n: int) -> EvalReport:
         mixed=sum(0 < s < 1 for s in success),
         generated_tokens=tokens,
         by_source=tuple((k, sum(v) / len(v)) for k, v in sorted(sources.items())),
+        outcomes=tuple(outcomes),
     )

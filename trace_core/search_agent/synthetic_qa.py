@@ -80,7 +80,18 @@ TEMPLATES: list[tuple[tuple[str, ...], str]] = [
     (("works_for", "founded_by", "born_in"), "Where was the founder of the employer of {e} born?"),
     (("founded_by", "born_in", "city_in"), "In which country was the founder of {e} born?"),
     (("mentor", "works_for", "based_in"), "Where is the employer of the mentor of {e} based?"),
+    (("mentor", "works_for", "based_in", "city_in"), "In which country is the employer of the mentor of {e} based?"),
+    (
+        ("mentor", "works_for", "founded_by", "born_in"),
+        "Where was the founder of the employer of the mentor of {e} born?",
+    ),
+    (("founded_by", "mentor", "mentor", "born_in"), "Where was the mentor of the mentor of the founder of {e} born?"),
+    (
+        ("works_for", "founded_by", "mentor", "works_for"),
+        "Which organisation does the mentor of the founder of the employer of {e} work for?",
+    ),
 ]
+MAX_HOPS = max(len(rels) for rels, _ in TEMPLATES)
 
 
 @dataclass(frozen=True)
@@ -96,10 +107,27 @@ class SyntheticTaskSpec:
     n_dev: int = 200
     n_test: int = 200
     max_hops: int = 3
+    # relative weight of each hop count 1..max_hops (empty: every hop count equally likely)
+    hop_shares: tuple[float, ...] = ()
+    # people sharing each first name and each surname (higher: more near-miss person documents)
+    name_sharing: int = 3
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_hops <= 3:
-            raise ValueError(f"max_hops must be 1, 2 or 3, got {self.max_hops}")
+        if not 1 <= self.max_hops <= MAX_HOPS:
+            raise ValueError(f"max_hops must be 1 to {MAX_HOPS}, got {self.max_hops}")
+        if self.hop_shares:
+            if len(self.hop_shares) != self.max_hops:
+                raise ValueError(
+                    f"hop_shares needs one weight per hop count 1..{self.max_hops}, got {len(self.hop_shares)}"
+                )
+            if min(self.hop_shares) < 0 or sum(self.hop_shares) <= 0:
+                raise ValueError(f"hop_shares must be non-negative with a positive sum, got {list(self.hop_shares)}")
+        parts = max(2, self.n_people // max(self.name_sharing, 1))
+        if self.name_sharing < 1 or parts * parts < 2 * self.n_people:
+            raise ValueError(
+                f"name_sharing={self.name_sharing}: must be >= 1 and leave at least twice as many first-name and "
+                f"surname pairs ({parts}^2) as people ({self.n_people})"
+            )
 
 
 @dataclass(frozen=True)
@@ -127,8 +155,8 @@ class _Names:
 
 def _entities(spec: SyntheticTaskSpec, rng: random.Random) -> dict[str, list[str]]:
     names = _Names(rng)
-    firsts = [names.word(2) for _ in range(max(2, spec.n_people // 3))]
-    lasts = [names.word(rng.choice([1, 2])) for _ in range(max(2, spec.n_people // 3))]
+    firsts = [names.word(2) for _ in range(max(2, spec.n_people // spec.name_sharing))]
+    lasts = [names.word(rng.choice([1, 2])) for _ in range(max(2, spec.n_people // spec.name_sharing))]
     people: list[str] = []
     while len(people) < spec.n_people:  # shared first names and surnames make near-miss documents
         full = f"{rng.choice(firsts)} {rng.choice(lasts)}"
@@ -199,13 +227,18 @@ def generate_task(spec: SyntheticTaskSpec = SyntheticTaskSpec()) -> SyntheticTas
         if len(tpl[0]) <= spec.max_hops:
             by_hops.setdefault(len(tpl[0]), []).append(tpl)
     wanted = spec.n_train + spec.n_dev + spec.n_test
+    hops = sorted(by_hops)
     questions: dict[str, QARecord] = {}
     attempts = 0
     while len(questions) < wanted:
         attempts += 1
         if attempts > 50 * wanted:
             raise ValueError(f"the knowledge base is too small for {wanted} distinct questions")
-        template = rng.choice(by_hops[rng.choice(sorted(by_hops))])
+        if spec.hop_shares:  # the default path below draws exactly as before the mix existed
+            hop = rng.choices(hops, weights=spec.hop_shares)[0]
+        else:
+            hop = rng.choice(hops)
+        template = rng.choice(by_hops[hop])
         start = rng.choice(ents[RELATIONS[template[0][0]][0]])
         record = _question(template, start, facts, qid="")
         questions.setdefault(record.question, record)
