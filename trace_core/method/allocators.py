@@ -21,10 +21,8 @@ stage; Stage 2 always spends exactly what is left, so every allocator spends M.
 - `explore_share` (any allocator whose Stage 1 uses the predictor): that share of Stage 1's leaves
   goes first to pool prompts drawn at random, 2 rollouts each, and the rule spends the rest on the
   others, so the predictor also learns from prompts the rule would never choose (its own choices
-  are range-restricted: bench/selection.py measures what that costs it). Measured live at 0.25
-  (bench/results/ablation, seeds 0 and 1, against `trace` alone): effective ratio 0.554 / 0.483
-  against 0.623 / 0.605, non-zero-advantage share 0.645 / 0.581 against 0.687 / 0.681, and no
-  better predictor on the measured pools (AUC 0.686 against 0.790). Off by default.
+  are range-restricted: bench/selection.py measures what that costs it). Off by default
+  (docs/results.md).
 - `active_roots` / `active_prefixes`: the stage ablation, TRACE's rule in one stage only (random
   prefixes after predicted roots; predicted prefixes after uniform roots).
 
