@@ -1,7 +1,7 @@
 """Add root_auc_pooled / root_ece_pooled (iterations >= 5) to a bench's runs.jsonl from its rollout
 database, for runs finished before flows/bench.py recorded them (the same `pooled_quality`).
 
-    PYTHONPATH=. python bench/results/stage1_share/backfill_pooled.py <bench folder>
+    PYTHONPATH=. python bench/backfill_pooled.py <bench folder>
 """
 
 import json

@@ -1,7 +1,8 @@
 """Paired per-seed differences of a bench's variants against any base variant (not only `uniform`):
-the bench's own `paired_vs_uniform` with the base's rows standing in for uniform's.
+the bench's own `paired_vs_uniform` with the base's rows standing in for uniform's. The interval
+printed is `paired_vs_uniform`'s `ci95` (the paired Student-t 95% interval).
 
-    PYTHONPATH=. python bench/results/oracle_roots/paired.py bench/results/oracle_roots/runs.jsonl trace
+    PYTHONPATH=. python bench/paired.py bench/results/oracle_roots/runs.jsonl trace
 """
 
 import json

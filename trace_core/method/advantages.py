@@ -26,7 +26,7 @@ shared by several leaves appears in several paths).
 
 All give zero advantage to every turn of an all-same tree (every value is equal, std is 0).
 
-Default: `vine`, by measurement (bench/results/vine; README, "Credit where the tree branched").
+Default: `vine`, by measurement (bench/results/vine; docs/results.md, "Credit where the tree branched").
 Warm regime, KL recipe, 20 iterations of 64 leaves, seeds 0-4, `trace` with `vine` against `trace`
 with `grpo` (bench/results/kl_warm) on the same start: test EM +0.027 [-0.008, +0.063] (per seed
 +0.010, -0.011, +0.066, +0.085, -0.015), dev EM +0.016 [-0.022, +0.053], effective ratio +0.024,

@@ -1,7 +1,7 @@
 """Weighted logistic regression in float64, the estimator under the `online` predictor and the
 mixedness model: L-BFGS from zeros, so every fit is deterministic given its data.
 
-Deviations: none (not a method of the paper: its predictor is not public, METHOD.md)."""
+Deviations: none (not a method of the paper: its predictor is not public, docs/method.md)."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ V_root(v, m) as d -> 2 v (1 - v).
 
 Deviations: the paper's V_root treats v as the prompt's known success; V_mix does not.
 
-Measured (bench/results/mixedness/, seed 0 of both bench regimes; see the README). Replayed on the
+Measured (bench/results/mixedness/, seed 0 of both bench regimes; see docs/results.md). Replayed on the
 runs' own data, the paper's value forecast 0.70 to 0.72 mixed groups where 0.38 to 0.45 came; the
 ratio form forecast 0.40 to 0.41 (group Brier 0.242 / 0.276 against 0.348 / 0.302), and took +0.55
 and +0.42 of the oracle's Stage-1 gain against +0.52 and +0.26 (direct form +0.51 and +0.60; a

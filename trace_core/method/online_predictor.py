@@ -58,7 +58,7 @@ the model cannot place (solved or hopeless) as one of middling difficulty; a sin
 for every prompt cannot fix that (it never changes which prompts rank first). Predicting mixedness
 itself, per prompt, is `predictor.mixedness` (trace_core/method/mixedness.py, measured there).
 
-Deviations from the paper: its predictor is not public (METHOD.md). Ours is a generalised linear
+Deviations from the paper: its predictor is not public (docs/method.md). Ours is a generalised linear
 model rather than a neural network, and is recalibrated online.
 """
 

@@ -8,7 +8,7 @@ token ids of its prefix and is never re-tokenised.
 
 Backup (`backup`): a terminal node's value is its reward; any other node's value is the success
 rate over all leaves below it, i.e. the leaf-count-weighted mean of its children's values
-(METHOD.md, "Targets"). The leaf count is kept as the node's weight for the predictor.
+(docs/method.md, "The predictor"). The leaf count is kept as the node's weight for the predictor.
 
 Launched targets (`launched_targets`), the predictor's alternative (`predictor.targets`): a node's
 success rate over only the leaves whose rollout was *sampled from that node or from above it*. The
@@ -31,7 +31,7 @@ gain went either way. Adopted as the default (`predictor.targets`).
 Outcomes at allocation time (`stage1_outcomes`, `allocation_outcomes`): each prediction against
 the success of the bare (Stage-1) leaves below its node, the only leaves not chosen by an outcome.
 
-Deviations: none for `backup`; `launched_targets` is ours (METHOD.md leaves the predictor open).
+Deviations: none for `backup`; `launched_targets` is ours (the paper leaves the predictor open: docs/method.md).
 """
 
 from __future__ import annotations
