@@ -236,7 +236,7 @@ def prepare_model(s: Settings, data: TaskData, tools: Any, log: Log = print) -> 
             convert_gguf(smollm2_gguf_path(), out)
         log(
             "SmolLM2-135M-Instruct gets no warm start here (too slow on CPU): on the synthetic task expect "
-            "reward 0, invalid actions and no-op updates until it uses <search>/<answer> (see the README)"
+            "reward 0, invalid actions and no-op updates until it uses <search>/<answer> (see docs/models.md)"
         )
         return out
     return build_tiny_model(s, data, tools, log)

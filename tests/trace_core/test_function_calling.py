@@ -36,9 +36,14 @@ def _sample(episodes, per_subset=6):
 
 
 def _truth_steps(record):
-    """The ground truth as model steps: one call per step, every turn."""
+    """The ground truth as model steps: one call per step (arguments by keyword), every turn."""
+    from trace_core.function_calling.env import keyword_call
+
     methods = public_methods(record.classes)
-    return [[[call] for text in turn for call in parse_calls(text, methods)] for turn in record.ground_truth]
+    return [
+        [[call] for text in turn for call in parse_calls(keyword_call(text, record.classes), methods)]
+        for turn in record.ground_truth
+    ]
 
 
 def test_ground_truth_replays_pass_the_official_checker_and_dropping_a_call_fails_it(episodes):
@@ -83,45 +88,68 @@ UNSAFE = [
     "[x for x in ().__class__.__base__.__subclasses__()]",
     "eval(\"open('pwned.txt', 'w')\")",
     "cd(folder='a', folder='b')",
+    "echo(content=open(file='pwned.txt', mode='w'), file_name='x')",
+    "cd(folder=__import__('os').system('touch pwned.txt') + 1)",
+    "json.dumps(obj=1)",
 ]
 
 
 @pytest.mark.parametrize("text", UNSAFE)
-def test_every_unsafe_call_is_refused_and_nothing_is_written(text, tmp_path, monkeypatch, episodes):
+def test_every_unsafe_call_is_refused_or_harmless_and_nothing_is_written(text, tmp_path, monkeypatch, episodes):
     monkeypatch.chdir(tmp_path)
     record = episodes["base"][0]
-    with pytest.raises(CallError):
-        parse_calls(text, public_methods(record.classes))
+    methods = public_methods(record.classes)
+    try:
+        calls = parse_calls(text, methods)
+    except CallError:
+        calls = []
+    # what may run is a method of the episode's APIs with literal arguments (a string, at worst)
+    assert all(c.error is not None or (c.name in methods and c.text == c.render()) for c in calls)
+    state = ScenarioState(record.config(), record.classes)
+    assert all(isinstance(state.execute(c), str) for c in calls)
+    # and BFCL's checker, which executes what it is given, gets nothing that could write either
+    steps = [[calls] if calls else []] + [[] for _ in record.ground_truth[1:]]
+    assert official_check(steps, record.ground_truth, record.entry())[0] is False
     assert list(tmp_path.iterdir()) == []
 
 
-def test_calls_parse_to_literals_and_render_back_canonically():
+def test_calls_decode_as_bfcls_decoder_decodes_them():
+    allowed = {"cd", "sort", "ls", "wc", "mkdir"}
     calls = parse_calls(
-        "[cd(folder='document'), sort('a.pdf'), ls(a=True), wc(file_name='x', mode=-1)]", {"cd", "sort", "ls", "wc"}
+        "[cd(folder='document'), sort('a.pdf'), ls(a=1+1), wc(file_name=x, mode=-1), rm(file_name='a')]", allowed
     )
     assert calls == [
-        Call("cd", (), (("folder", "document"),)),
-        Call("sort", ("a.pdf",)),
-        Call("ls", (), (("a", True),)),
-        Call("wc", (), (("file_name", "x"), ("mode", -1))),
+        Call("cd", (("folder", "document"),)),
+        Call("sort", (), "sort()"),  # positional arguments are dropped, as BFCL's decoder drops them
+        Call("ls", (("a", 2),)),  # arithmetic computed
+        Call("wc", (("file_name", "x"), ("mode", -1))),  # a bare name is its text
+        Call("rm", (), "rm(file_name='a')", "name 'rm' is not defined"),  # fails alone; the others run
     ]
-    assert [c.render() for c in calls] == [
+    assert [c.text for c in calls] == [
         "cd(folder='document')",
-        "sort('a.pdf')",
-        "ls(a=True)",
+        "sort()",
+        "ls(a=2)",
         "wc(file_name='x', mode=-1)",
+        "rm(file_name='a')",
     ]
     assert parse_calls("pwd()", {"pwd"}) == [Call("pwd")]
-    with pytest.raises(CallError, match="unknown function 'rm'"):
-        parse_calls("rm(file_name='a')", {"cd"})
-    with pytest.raises(CallError):
-        parse_calls("The file is moved.", {"cd"})
+    assert parse_calls("cd(folder='a'), ls()", allowed) == [Call("cd", (("folder", "a"),)), Call("ls")]
+    for text in (
+        "The file is moved.",
+        "[]",
+        "cd(folder=f'{1}')",
+        "cd(folder={})",
+        "[cd(folder='a'), 'x']",
+        "cd(x=2**10**9)",
+    ):
+        with pytest.raises(CallError):
+            parse_calls(text, allowed)
 
 
 def test_an_api_error_is_an_observation_not_an_exception(episodes):
     record = episodes["base"][0]
     state = ScenarioState(record.config(), record.classes)
-    out = state.execute(Call("cd", (), (("no_such_argument", 1),)))
+    out = state.execute(Call("cd", (("no_such_argument", 1),)))
     assert out.startswith(apis.ERROR_PREFIX)
 
 
@@ -148,7 +176,7 @@ def test_checks_never_share_api_instances_and_leave_nothing_behind(episodes):
     before = set(vars(multi_turn_utils))
     steps = _truth_steps(record)
     wrong = copy.deepcopy(steps)
-    wrong[0] = [[Call("mkdir", (), (("dir_name", "elsewhere"),))]] + wrong[0]
+    wrong[0] = [[Call("mkdir", (("dir_name", "elsewhere"),))]] + wrong[0]
     # the wrong episode writes state under its own key: the correct ones after it still pass
     results = [official_check(s, record.ground_truth, record.entry())[0] for s in (steps, wrong, steps, steps)]
     assert results == [True, False, True, True]
@@ -233,10 +261,15 @@ def test_a_step_from_a_stored_prefix_gets_the_observation_of_the_sequential_epis
 
 
 @pytest.mark.parametrize("text", UNSAFE)
-def test_an_unsafe_step_is_a_format_error_observation_and_runs_nothing(fc_env, episodes, text, tmp_path, monkeypatch):
+def test_an_unsafe_step_gets_an_error_observation_and_runs_nothing(fc_env, episodes, text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = fc_env.step([episodes["base"][0]], [f"<call>{text}</call>"], [1], ["stop"])[0]
-    assert result.parsed.action == "invalid" and "Invalid step" in result.observation and not result.terminal
+    assert not result.terminal
+    if result.parsed.action == "invalid":
+        assert "Invalid step" in result.observation
+    else:  # decoded as BFCL decodes it: each call an error, or a method given a string
+        assert all(c.error is not None or c.name == "cd" for c in result.parsed.calls)
+        assert "Error during execution" in result.observation or "No such file or directory" in result.observation
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,37 +10,44 @@ A step is one tree node (one thought-action-observation turn of the method).
 
 State: the API state before a step is the initial state with every call of the earlier steps on
 the path executed in order (`apis.replay`), rebuilt from the path's texts (`history`), so a
-continuation from any stored prefix sees exactly the state a from-scratch episode would. Replay,
-not a copy kept per node: both were exact on 4,625 prefixes (bench/results/fc_branching.json) and a
-replay takes a median 0.32 ms, while a copy per node would hold every tree's backend objects in
-memory and could not cross a process or a crash (the store keeps texts, not Python objects).
-Each step's `details` (kept with its node in the store) are its calls, their outputs as the
-policy saw them, and the digest of the API state after the step (`ScenarioState.digest`).
+continuation from any stored prefix sees exactly the state a from-scratch episode would
+(`bench/fc_branching.py` compares both). Replay, not a copy kept per node: a copy per node would
+hold every tree's backend objects in memory and could not cross a process or a crash (the store
+keeps texts, not Python objects). Each step's `details` (kept with its node in the store) are its
+calls (as decoded), their outputs as the policy saw them, and the digest of the API state after
+the step (`ScenarioState.digest`).
 
 Reward (binary, the paper's): BFCL's official multi-turn checker on the episode's calls, turn by
-turn (state and execution-result checks after every user turn). Any public method of the
-episode's APIs may be called, as in BFCL (the prompt documents only those BFCL offers at the turn:
-one `miss_func` ground truth itself calls a function before it is offered). A step that is not a
-valid call list (an unknown function, a non-literal argument, anything not a call) calls
-nothing and gets the parser's message as its observation (`calls.parse_calls`); the policy's text is
+turn (state and execution-result checks after every user turn), given the calls as BFCL's runner
+gives them: each call step's text decoded by BFCL's decoder (`calls.decode_step`: keyword
+arguments only, so a positional argument is dropped), a step that does not decode left out. Any
+public method of the episode's APIs may be called, as in BFCL (the prompt documents only those
+BFCL offers at the turn: one `miss_func` ground truth itself calls a function before it is
+offered). Within a step each call runs on its own: one that cannot run (an unknown function, a
+non-literal argument) gets an error as its output and the others run, as in BFCL. A step that does
+not decode calls nothing and gets the decoder's message as its observation; the policy's text is
 never executed. An episode that reaches `max_turns` steps ends there and is checked as it stands
 (the turns it did not reach have no calls, so it fails unless they needed none).
+
+Warm start: `expert_steps` writes the ground truth as steps, one call each, every argument by
+keyword (BFCL's ground truth passes some positionally, which its own decoder would drop).
 
 Prompts: the instruction, the functions of the episode's APIs, then the first user turn; with
 `docs="compact"` (default) one line per function (name, parameters, `?` marking optional ones,
 and the first sentence of its own description); `docs="official"` gives BFCL's JSON documentation
-(about 7,000 tokens: for long-context models). Over the 800 episodes' first turns the compact docs
-take a median of 2,092 characters (max 2,938), the official ones 29,099 (max 42,961). The
-tokenizer's chat template wraps the prompt when it has one.
+(for long-context models). The tokenizer's chat template wraps the prompt when it has one.
 
 Deviations:
 1. BFCL shows the model its documentation as a system prompt in the model's native tool format
    and lets it answer in several formats; one plain-text format with tags here, so a small model
    trained from scratch can learn it.
+2. In BFCL a step that does not decode ends the user turn (the text is taken as the reply); here
+   only `<reply>` ends it, and the step gets an error observation. Neither counts for the reward.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +57,7 @@ from typing import Any, ClassVar, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from trace_core.function_calling.apis import API_MODULES, ScenarioState, official_check, public_methods
+from trace_core.function_calling.apis import API_MODULES, ScenarioState, official_check, public_methods, signature
 from trace_core.function_calling.calls import Call, CallError, parse_calls
 from trace_core.function_calling.data import FCRecord
 from trace_core.generation.backend import FinishReason
@@ -116,13 +123,27 @@ def parse_step(text: str, allowed: set[str] | frozenset[str], finish_reason: Fin
         return FCTurn("invalid", body, error=str(err))
 
 
+def keyword_call(text: str, classes: Sequence[str]) -> str:
+    """A ground-truth call (BFCL's text, literal arguments) with every argument by keyword: a
+    positional one gets its parameter's name from the method's signature."""
+    node = ast.parse(text.strip(), mode="eval").body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise ValueError(f"not a call of a function by name: {text!r}")
+    params = list(signature(classes, node.func.id).parameters)
+    if len(node.args) > len(params):
+        raise ValueError(f"{text!r}: more positional arguments than {node.func.id} has parameters")
+    parts = [f"{params[i]}={ast.get_source_segment(text.strip(), a)}" for i, a in enumerate(node.args)]
+    parts += [f"{k.arg}={ast.get_source_segment(text.strip(), k.value)}" for k in node.keywords]
+    return f"{node.func.id}({', '.join(parts)})"
+
+
 def expert_steps(record: FCRecord, reply: str = "done") -> list[str]:
-    """The ground truth as the policy's steps: one `<call>` step per ground-truth call, then a reply
-    ending each user turn (the warm start's trajectories)."""
+    """The ground truth as the policy's steps: one `<call>` step per ground-truth call (arguments by
+    keyword, `keyword_call`), then a reply ending each user turn (the warm start's trajectories)."""
     return [
         text
         for turn in record.ground_truth
-        for text in [*(f"<call>[{c}]</call>" for c in turn), f"<reply>{reply}</reply>"]
+        for text in [*(f"<call>[{keyword_call(c, record.classes)}]</call>" for c in turn), f"<reply>{reply}</reply>"]
     ]
 
 
@@ -228,7 +249,7 @@ class FunctionCallingEnv(TextEnvironment):
             outputs = [state.execute(c)[: self.config.max_output_chars] for c in step.calls]
         elif step.action == "reply":
             episode.turn += 1
-        details = {"calls": [c.render() for c in step.calls], "outputs": outputs, "state": state.digest()}
+        details = {"calls": [c.text for c in step.calls], "outputs": outputs, "state": state.digest()}
         if episode.turn >= len(record.turns) or depth >= self.config.max_turns:
             return step, "", True, self._reward(record, episode), details
         if step.action == "reply":

@@ -1,6 +1,6 @@
 """initial schema: runs, iterations, stages, prompts, trees, nodes, allocations, fits, updates, checkpoints
 
-Also creates the analysis views (documented in the README): effective_ratio, leaf_paths,
+Also creates the analysis views (documented in docs/database.md): effective_ratio, leaf_paths,
 anchor_outcomes.
 
 Revision ID: 0001
