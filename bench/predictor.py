@@ -50,8 +50,9 @@ sys.path.insert(0, str(ROOT))
 
 from store.store import RolloutStore  # noqa: E402
 from trace_core.method.allocation import allocate_roots  # noqa: E402
+from trace_core.method.mlp_predictor import SuccessPredictor  # noqa: E402
 from trace_core.method.online_predictor import OnlinePredictor  # noqa: E402
-from trace_core.method.predictor import PredictorConfig, PredictorQuality, SuccessPredictor, quality  # noqa: E402
+from trace_core.method.predictor import PredictorConfig, PredictorQuality, quality  # noqa: E402
 from trace_core.method.sampling import node_examples  # noqa: E402
 from trace_core.method.tree import stage1_outcomes  # noqa: E402
 from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402

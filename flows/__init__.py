@@ -13,12 +13,17 @@ for _key, _value in {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    # one line per task run would bury the training progress; states stay visible in the UI
-    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
     # transformers' "Loading weights" / "Writing model shards" bars, dozens per run, among the progress lines
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }.items():
     os.environ.setdefault(_key, _value)
+
+# One line per task run ("Finished in state Completed()") would bury the training progress: the task-run
+# logger passes warnings, errors and the retry lines ("Task run failed ... - Retry 1/2 will start 2 second(s)
+# from now"), to the console and to the run's log in Prefect's UI alike; states stay visible in the UI.
+logging.getLogger("prefect.task_runs").addFilter(
+    lambda record: record.levelno >= logging.WARNING or "Retry " in str(record.msg)
+)
 
 # bm25s logs each index build at DEBUG, which Prefect's handlers would print among the progress lines;
 # it sets its logger to DEBUG when imported, so a level set here would not last: a filter does

@@ -140,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from flows.bench import run_bench, variant_overrides
     from flows.bench_summary import markdown_table
+    from store.store import RolloutStore
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     for variant in variants or []:
@@ -148,8 +149,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SettingsError("--late needs --variants: the late regime runs the chosen variants from a shared pre-run")
     if args.with_warm and not args.late:
         raise SettingsError("--with-warm adds the warm regime to --late K; without --late the warm regime runs alone")
-    overrides = list(args.set or [])
-    load_settings(overrides)  # refuse bad settings before anything trains
+    overrides = _secrets_to_environment(list(args.set or []))  # as `run` does: no password in Prefect's database
+    s = load_settings(overrides)  # refuse bad settings before anything trains
+    if s.store.url.get_secret_value():
+        RolloutStore(s.store_url()).close()  # an unreachable, foreign or newer database: one line, before the flow
     summary = run_bench(
         "quick" if args.quick else "default",
         Path(args.out),
@@ -223,14 +226,38 @@ def _args_runs(p: argparse.ArgumentParser) -> None:
 
 
 def _args_sql(p: argparse.ArgumentParser) -> None:
-    p.add_argument("statement", help="a SELECT statement (runs on a read-only connection)")
-    p.add_argument("--csv", help="also write the result to this CSV file (a new file, unless --overwrite)")
+    p.add_argument(
+        "statement",
+        help="one SELECT statement calling only ordinary SQL functions (the allow-list in docs/database.md); it "
+        "runs on a read-only connection",
+    )
+    p.add_argument("--csv", help="also write the result to this CSV file (every row; a new file, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="let --csv replace an existing file")
+    p.add_argument(
+        "--limit",
+        type=_at_least(0),
+        default=10000,
+        help="print at most this many rows (default 10000; 0: all); --csv still writes every row",
+    )
+    p.add_argument(
+        "--allow-superuser",
+        action="store_true",
+        help="PostgreSQL: run even when store.url connects as a superuser (refused otherwise; "
+        "`trace-rl db create-reader ROLE` makes a read-only role)",
+    )
 
 
 def _args_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["upgrade", "status", "backup"])
-    p.add_argument("target", nargs="?", help="backup: the file to copy the SQLite database to")
+    p.add_argument(
+        "action",
+        choices=["upgrade", "status", "backup", "create-reader"],
+        help="create-reader: make a PostgreSQL role that can only read the store, for `trace-rl sql`",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="backup: the file to copy the SQLite database to; create-reader: the new role's name",
+    )
     p.add_argument(
         "--adopt",
         action="store_true",
@@ -346,7 +373,12 @@ COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, AddArguments
         "the oracle ledger of a run: its Stage 1 against the oracle's and uniform's",
         _csv_options("also write the ledger to this CSV file (a new file, unless --overwrite)"),
     ),
-    ("db", cmd_db, "show or upgrade the rollout database's schema", _args_db),
+    (
+        "db",
+        cmd_db,
+        "show or upgrade the rollout database's schema, back it up, or create a read-only role",
+        _args_db,
+    ),
     ("runs", cmd_runs, "list, delete or rename runs (rows and folders)", _args_runs),
     ("serve", cmd_serve, "serve the training flow as a Prefect deployment (scheduled by settings)", None),
     ("bench", cmd_bench, "train every allocator at equal budget over seeds and report the comparison", _args_bench),

@@ -169,12 +169,18 @@ def _rename_run(store: RolloutStore, name: str, new: str, output_dir: Path) -> i
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from store.user_sql import run_sql
+    """Print one read-only query's rows (at most --limit, control characters shown as escapes), and
+    write every row to --csv."""
+    from store.user_sql import printable, run_sql
 
     url = _settings(args).store_url()
     csv_target(args.csv, url, args.overwrite)
-    table = run_sql(url, args.statement)
-    print(table.render())
+    table = run_sql(url, args.statement, allow_superuser=args.allow_superuser)
+    shown, hidden = printable(table, args.limit)
+    print(shown.render())
+    if hidden:
+        where = f"all of them are in {args.csv}" if args.csv else "use --csv FILE for all of them"
+        print(f"({hidden} more rows not shown; {where}, --limit N to print more, or LIMIT in the query)")
     if args.csv:
         table.to_csv(args.csv)
     return 0
@@ -193,6 +199,20 @@ def cmd_db(args: argparse.Namespace) -> int:
     )
 
     url = _settings(args).store_url()
+    if args.action == "create-reader":  # the PostgreSQL role `trace-rl sql` should connect as
+        from store.user_sql import create_reader
+
+        if not args.target:
+            raise SettingsError("`trace-rl db create-reader` needs the new role's name: trace-rl db create-reader ROLE")
+        refuse_foreign(url)
+        reader_url = create_reader(url, args.target)
+        print(
+            f"created role {args.target!r}: it can log in and read the rollout database (SELECT on its tables and "
+            "views, also future ones) and nothing else; every transaction is read-only. Run `trace-rl sql` with "
+            "(the password is shown only this once):"
+        )
+        print(f"  TRACE_STORE__URL='{reader_url}'")
+        return 0
     if args.action == "backup":
         if not args.target:
             raise SettingsError("`trace-rl db backup` needs the file to copy to: trace-rl db backup PATH")

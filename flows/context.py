@@ -191,7 +191,7 @@ def _initial_checkpoints(ctx: TrainContext) -> None:
     for kind, state in (("policy", policy_state(ctx)), ("predictor", ctx.predictor.state_dict())):
         if not ctx.store.checkpoints(ctx.run_id, kind):
             path = checkpoint_path(ctx, kind, -1)
-            digest = write_atomic(state, path)
+            digest = write_atomic(state, path, ctx.store.fence)
             with ctx.store.stage(ctx.run_id, -1, f"initial_{kind}") as w:
                 w.checkpoint(CheckpointRecord(kind, str(path), digest))
 

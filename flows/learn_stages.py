@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.checkpoints import write_atomic
+from flows.checkpoints import publish_directory, write_atomic
 from flows.context import (
     TrainContext,
     checkpoint_path,
@@ -40,7 +40,11 @@ def refit_predictor(ctx: TrainContext, it: int) -> None:
         if fit is None:  # a backed-up iteration always has its bare rollouts' roots
             raise RuntimeError(f"iteration {it} gave the predictor no examples")
         path = checkpoint_path(ctx, "predictor", it)
-        return before, fit, CheckpointRecord("predictor", str(path), write_atomic(ctx.predictor.state_dict(), path))
+        return (
+            before,
+            fit,
+            CheckpointRecord("predictor", str(path), write_atomic(ctx.predictor.state_dict(), path, ctx.store.fence)),
+        )
 
     def write(w: StageWriter, out: tuple[Any, Any, CheckpointRecord]) -> None:
         before, fit, record = out
@@ -77,7 +81,7 @@ def update_policy(ctx: TrainContext, it: int) -> None:
         return (
             stats,
             nonzero_share(paths),
-            CheckpointRecord("policy", str(path), write_atomic(policy_state(ctx), path)),
+            CheckpointRecord("policy", str(path), write_atomic(policy_state(ctx), path, ctx.store.fence)),
         )
 
     def write(w: StageWriter, out: tuple[Any, float, CheckpointRecord]) -> None:
@@ -109,13 +113,12 @@ def checkpoint(ctx: TrainContext, it: int) -> None:
 
     def compute() -> CheckpointRecord:
         target = ctx.run_dir / "policy"
-        tmp = ctx.run_dir / "policy.partial"
-        ctx.policy.save_pretrained(tmp)
-        ctx.runtime.env.tokenizer.save_pretrained(tmp)
-        digest = _directory_digest(tmp)
-        if target.exists() or target.is_symlink():
-            _remove_tree(target, ctx.run_dir)
-        tmp.replace(target)
+
+        def save(folder: Path) -> None:
+            ctx.policy.save_pretrained(folder)
+            ctx.runtime.env.tokenizer.save_pretrained(folder)
+
+        digest = publish_directory(save, target, ctx.store.fence)
         _prune(ctx)
         return CheckpointRecord("export", str(target), digest)
 
@@ -123,29 +126,6 @@ def checkpoint(ctx: TrainContext, it: int) -> None:
         w.checkpoint(record)
 
     run_stage(ctx, it, "checkpoint", compute, write)
-
-
-def _directory_digest(directory: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _remove_tree(path: Path, run_dir: Path) -> None:
-    """Delete the run's previous export; never anything outside the run's own folder (a symlink
-    placed there is unlinked, not followed)."""
-    import shutil
-
-    if path.is_symlink():
-        path.unlink()
-        return
-    if path.resolve().parent != run_dir.resolve():
-        raise RuntimeError(f"refusing to delete {path}: it is not inside the run's folder {run_dir}")
-    shutil.rmtree(path)
 
 
 def _prune(ctx: TrainContext) -> None:

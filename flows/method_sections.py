@@ -17,7 +17,6 @@ from pydantic import (
 from flows.sections import Section
 from trace_core.method.advantages import ADVANTAGES
 from trace_core.method.allocators import ALLOCATORS, make_allocator
-from trace_core.method.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')
 from trace_core.method.predictor import PREDICTORS
 
 

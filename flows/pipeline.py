@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-import trace_core.generation.hf_backend
-import trace_core.generation.vllm_backend  # noqa: F401  (registers the 'vllm' backend; imports vllm only when one is built)
 from flows.builds import is_built, mark_built, settings_hash
 from flows.families import TaskData, family
 from flows.settings import Settings

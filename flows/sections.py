@@ -22,8 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-import trace_core.generation.hf_backend
-import trace_core.generation.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
 from trace_core.function_calling.env import DEFAULT_INSTRUCTION as FC_INSTRUCTION
 from trace_core.generation.backend import BACKENDS
 from trace_core.search_agent.agent import DEFAULT_INSTRUCTION
@@ -309,7 +307,18 @@ class BackendSection(Section):
 
 class OrchestrationSection(Section):
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed stage task before the run fails.")
-    retry_delay_s: float = Field(0.0, ge=0, description="Seconds between a stage's retries.")
+    retry_delay_s: float = Field(
+        2.0, ge=0, description="Seconds before a failed stage's first retry; each later retry waits twice as long."
+    )
+    retry_jitter: float = Field(
+        0.5, ge=0, le=1, description="Each retry's wait varies by up to this fraction, so processes retry apart."
+    )
+
+    def retry_options(self) -> dict[str, Any]:
+        """Prefect task options: `retries`, exponential back-off delays and their jitter."""
+        delays = [self.retry_delay_s * 2**attempt for attempt in range(max(self.retries, 1))]
+        return {"retries": self.retries, "retry_delay_seconds": delays, "retry_jitter_factor": self.retry_jitter}
+
     deployment: str = Field("default", min_length=1, description="Deployment name for `trace-rl serve`.")
     lease_ttl_s: float = Field(
         60.0,

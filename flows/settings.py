@@ -26,8 +26,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-import trace_core.generation.hf_backend
-import trace_core.generation.vllm_backend  # noqa: F401  (registers 'vllm'; imports vllm only when one is built)
 from flows.errors import SettingsError
 from flows.method_sections import HeadroomSection, PolicySection, PredictorSection, TraceSection, TrainSection
 from flows.sections import (
@@ -42,7 +40,6 @@ from flows.sections import (
     TaskSection,
     WarmStartSection,
 )
-from trace_core.method.online_predictor import OnlinePredictor  # noqa: F401  (registers 'online')
 
 SETTINGS_FILE_ENV = "TRACE_SETTINGS_FILE"
 

@@ -200,9 +200,7 @@ class RayShards:
         self.model_dir = model_dir.resolve()
         self.count = s.orchestration.rollout_shards
         self.local = not s.orchestration.ray_address  # workers on this machine reach its temporary API
-        self.task = grow_shard.with_options(
-            retries=s.orchestration.retries, retry_delay_seconds=s.orchestration.retry_delay_s
-        )
+        self.task = grow_shard.with_options(**s.orchestration.retry_options())
 
     def grow(
         self,

@@ -154,8 +154,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _train(ctx: TrainContext) -> list[dict[str, Any]]:
     s = ctx.s
-    retry = {"retries": s.orchestration.retries, "retry_delay_seconds": s.orchestration.retry_delay_s}
-    tasks = {name: t.with_options(**retry) for name, t in STAGE_TASKS.items()}
+    tasks = {name: t.with_options(**s.orchestration.retry_options()) for name, t in STAGE_TASKS.items()}
     history = []
     if "evaluate" not in ctx.store.completed_stages(ctx.run_id, -1):
         ctx.log(

@@ -37,10 +37,15 @@ class StoreError(RuntimeError):
 
 
 def parse_url(url: str) -> URL:
+    """`url` parsed; a bare `postgresql://` means psycopg 3, the project's driver (SQLAlchemy 2.0
+    would otherwise pick psycopg2, which is not installed)."""
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
         raise StoreError("store.url is not a database URL (expected e.g. sqlite:///runs/x/rollouts.db)") from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
 
 
 def render_url(url: str | URL) -> str:

@@ -10,6 +10,10 @@ run only while it owns the lease:
 - every stage transaction calls `verify`, which locks the run's row (PostgreSQL `FOR UPDATE`; on
   SQLite the database's single writer lock does it) and fails if another process took the lease: a
   writer that lost its lease (suspended past the TTL, say) can never commit over its successor;
+- files are fenced like rows: a stage writes its checkpoint and export files under temporary names
+  and renames them into place inside `fence`, which renews the lease only if this process still
+  holds it and keeps the run's row locked (PostgreSQL row lock; SQLite write lock) while the
+  renames run; a writer that lost its lease leaves the published files as they are;
 - `release` records how the run ended (`done`, `failed`, `interrupted`) and frees the lease.
 """
 
@@ -19,6 +23,8 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -135,6 +141,28 @@ class RunLease:
                 f"run {self.name!r} lost its lease to {holder or 'nobody'}; this process stops writing "
                 "(another process resumed the run)"
             )
+
+    @contextmanager
+    def fence(self) -> Iterator[None]:
+        """Publish files inside this block: it starts by renewing the lease where this process
+        still owns it (a compare-and-swap UPDATE of the run's row, which holds the row's lock, or
+        SQLite's write lock, until the block ends, so no other process can take the lease while
+        files are renamed into place), else raises RunLeaseError before anything is published."""
+        with transaction(self.sessions) as s:
+            held = _rowcount(
+                s.execute(
+                    update(Run)
+                    .where(Run.id == self.run_id, Run.lease_owner == self.owner)
+                    .values(lease_expires_at=self._expiry())
+                )
+            )
+            if held != 1:
+                holder = s.scalar(select(Run.lease_owner).where(Run.id == self.run_id))
+                raise RunLeaseError(
+                    f"run {self.name!r} lost its lease to {holder or 'nobody'}; this process leaves the published "
+                    "files as they are and stops writing (another process resumed the run)"
+                )
+            yield
 
     def release(self, status: str) -> None:
         """Record how the run ended and free the lease (a no-op where another process owns it)."""

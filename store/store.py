@@ -16,7 +16,7 @@ rows of its own kinds (`FINAL_KINDS`), which no stage writes, and replaces them 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -163,6 +163,12 @@ class RolloutStore:
         self._lease = lease
         return lease
 
+    def fence(self) -> AbstractContextManager[object]:
+        """Publish a file inside this block: it holds the run's lease (`RunLease.fence`) while the file
+        is renamed into place, and refuses (RunLeaseError) where another process took the run. Without
+        a lease (analysis, tests) it fences nothing."""
+        return self._lease.fence() if self._lease is not None else nullcontext()
+
     def release_lease(self, status: str) -> None:
         """Record the run's end (`done`, `failed`, `interrupted`) and let another process write it."""
         if self._lease is not None:
@@ -173,11 +179,8 @@ class RolloutStore:
         """Every run of the database, oldest first."""
         with self._sessions() as s:
             rows = s.scalars(select(Run).order_by(Run.id)).all()
-            done = dict(
-                s.execute(
-                    select(Iteration.run_id, func.count()).where(Iteration.iteration >= 0).group_by(Iteration.run_id)
-                ).all()
-            )
+            counts = select(Iteration.run_id, func.count()).where(Iteration.iteration >= 0).group_by(Iteration.run_id)
+            done: dict[int, int] = {run_id: n for run_id, n in s.execute(counts).tuples()}
         return [
             RunSummary(
                 r.name,

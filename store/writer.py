@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from sqlalchemy import Table, and_, delete, insert, select, update
@@ -34,11 +34,13 @@ from store.models import (
     utcnow,
 )
 from trace_core.method.allocators import PrefixPlan, RootPlan
-from trace_core.method.headroom import PoolSample
-from trace_core.method.loss import UpdateStats
-from trace_core.method.predictor import FitReport, PredictorQuality
 from trace_core.method.tree import RolloutTree
-from trace_core.search_agent.evaluation import QuestionOutcome
+
+if TYPE_CHECKING:  # annotations only: writing rows needs neither torch nor the evaluation code
+    from trace_core.method.headroom import PoolSample
+    from trace_core.method.loss import UpdateStats
+    from trace_core.method.predictor import FitReport, PredictorQuality
+    from trace_core.search_agent.evaluation import QuestionOutcome
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The import direction of the layers: trace_core is pure; flows may use everything."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,14 @@ def test_trace_core_is_grouped_by_concern_with_only_helpers_at_the_top():
 def test_the_method_never_imports_a_task_family_and_backends_never_import_the_method(path):
     group = path.parent.name
     assert _imported_groups(path) - HELPERS <= ALLOWED_GROUPS[group], f"{group} may import only {ALLOWED_GROUPS[group]}"
+
+
+def test_the_image_gives_any_uid_a_writable_home_for_prefect_and_the_model_cache():
+    """`docker run --user "$(id -u):$(id -g)"` runs as a uid the image does not know: HOME would be `/`
+    and Prefect's temporary server could not create its database. HOME, PREFECT_HOME and HF_HOME lie
+    in a folder every uid may write (sticky, like /tmp)."""
+    text = (ROOT / "Dockerfile").read_text()
+    env = dict(re.findall(r"^\s*(HOME|PREFECT_HOME|HF_HOME)=(\S+?)\s*\\?$", text, re.M))
+    assert set(env) == {"HOME", "PREFECT_HOME", "HF_HOME"}
+    assert all(path.startswith(env["HOME"]) for path in env.values())
+    assert re.search(rf"chmod 1777 {re.escape(env['HOME'])}\b", text)

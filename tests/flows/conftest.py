@@ -21,7 +21,7 @@ TINY = {
     **tiny_sections(),
     "trace": {"budget": 16, "pool_size": 10, "group_size": 2},
     "train": {"iterations": 2, "eval_every": 1, "eval_questions": 4, "eval_samples": 2},
-    "orchestration": {"retries": 1},
+    "orchestration": {"retries": 1, "retry_delay_s": 0.01},
 }
 
 

@@ -100,6 +100,27 @@ def test_the_help_of_every_command_needs_neither_torch_nor_prefect():
     assert out.strip().splitlines()[-1] == "[]"
 
 
+def test_the_analysis_commands_read_settings_and_the_database_without_torch_or_transformers(tmp_path):
+    """`settings`, `runs`, `query`, `sql` and `db status` build the full settings (every registry name
+    validated) and read the store, yet import no model code: they answer in a second or two."""
+    import subprocess
+    import sys
+
+    url = f"store.url=sqlite:///{tmp_path / 'rollouts.db'}"
+    assert main(["db", "upgrade", "--set", url]) == 0
+    probe = (
+        "import sys\nfrom flows.cli import main\n"
+        f"url = {url!r}\n"
+        "for argv in (['settings'], ['runs'], ['query', 'effective-ratio'], ['sql', 'SELECT 1 AS one'], "
+        "['db', 'status']):\n"
+        "    assert main([*argv, '--set', url]) == 0, argv\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bm25s') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -185,3 +206,17 @@ def test_dvc_plot_files_hold_no_blank_cells(tmp_path):
     assert "predictor/root_auc" not in train[0] and "eval/em" not in train[0]  # not every iteration has them
     assert [(r["iteration"], r["eval/em"]) for r in dev] == [("-1", "0.3"), ("1", "0.4")]
     assert all(v != "" for r in train + dev for v in r.values())
+
+
+def test_bench_keeps_the_database_password_out_of_prefect_and_says_in_one_line_when_it_is_unreachable(
+    workdir, capsys, monkeypatch
+):
+    import os
+
+    monkeypatch.setenv("TRACE_STORE__URL", "")  # so that the URL the command moves there is undone afterwards
+    url = "postgresql://me:hunter2@127.0.0.1:1/db"
+    code = main(["bench", "--quick", "--variants", "uniform", "--seeds", "1", "--set", f"store.url={url}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "127.0.0.1:1" in err and "hunter2" not in err
+    assert os.environ["TRACE_STORE__URL"] == url  # where `run` puts it too: the flow's environment, not its parameters
+    assert not (workdir / "bench").exists()

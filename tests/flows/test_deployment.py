@@ -78,18 +78,10 @@ def _run_done(db: Path, name: str) -> bool:
         engine.dispose()
 
 
-@pytest.mark.slow
-def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(workspace, tmp_path):
+def _start_server(tmp_path: Path, settings: Path) -> tuple[str, dict[str, str], subprocess.Popen]:
+    """A Prefect server on a free local port with its own home; the environment that reaches it."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    settings = write_settings(
-        tmp_path / "settings.toml",
-        workspace,
-        tmp_path / "runs",
-        run={"name": "deployed"},
-        train={"iterations": 2},
-        orchestration={"deployment": "test-deploy"},
-    )
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -101,6 +93,20 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
     log = (tmp_path / "server.log").open("w")
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return api, env, server
+
+
+@pytest.mark.slow
+def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(workspace, tmp_path):
+    settings = write_settings(
+        tmp_path / "settings.toml",
+        workspace,
+        tmp_path / "runs",
+        run={"name": "deployed"},
+        train={"iterations": 2},
+        orchestration={"deployment": "test-deploy"},
+    )
+    api, env, server = _start_server(tmp_path, settings)
     serve = None
     try:
         _wait(lambda: _healthy(api), 180, "the Prefect server", [server])
@@ -181,3 +187,38 @@ def test_a_deployment_run_against_a_local_server_trains_and_writes_the_store(wor
     second = json.loads(second) if isinstance(second, str) else second
     assert second["trace"]["allocator"] == "uniform" and second["train"]["iterations"] == 1
     assert (tmp_path / "runs" / "deployed-uniform" / "metrics.jsonl").exists()  # deployment runs write it too
+
+
+@pytest.mark.slow
+def test_a_cron_schedule_makes_the_server_start_and_finish_a_run_on_its_own(workspace, tmp_path):
+    # the scheduler must create the flow run from `orchestration.cron`, with no `prefect deployment run`
+    # (Prefect 3.7.7's scheduler failed every tick on SQLAlchemy 2.1: an active schedule that never fired)
+    settings = write_settings(
+        tmp_path / "settings.toml",
+        workspace,
+        tmp_path / "runs",
+        run={"name": "scheduled"},
+        train={"iterations": 1},
+        orchestration={"deployment": "cron-deploy", "cron": "* * * * *"},
+    )
+    api, env, server = _start_server(tmp_path, settings)
+    serve = None
+    try:
+        _wait(lambda: _healthy(api), 180, "the Prefect server", [server])
+        db_url = f"store.url=sqlite:///{tmp_path / 'runs' / 'rollouts.db'}"
+        serve = subprocess.Popen(
+            [str(BIN / "trace-rl"), "serve", "--set", db_url],
+            env=env,
+            cwd=tmp_path,
+            stdout=(tmp_path / "serve.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        # the next minute's tick, the scheduler's loop and one tiny iteration: well inside 6 minutes
+        _wait(
+            lambda: _run_done(tmp_path / "runs" / "rollouts.db", "scheduled"), 360, "a scheduled run", [server, serve]
+        )
+    finally:
+        if serve is not None:
+            _stop(serve)
+        _stop(server)

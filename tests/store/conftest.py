@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import create_engine, text
 
+from store.db import parse_url
 from store.store import RolloutStore
 from trace_core.method.tree import RolloutNode, RolloutTree, backup
 from trace_core.search_agent.data import QARecord
@@ -34,7 +35,7 @@ def db_url(request, tmp_path):
     if not base:
         pytest.skip(f"{PG_ENV} is not set")
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
+    admin = create_engine(parse_url(base))
     with admin.begin() as conn:  # fails (not skips) when the server is unreachable
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     try:

@@ -58,5 +58,5 @@ def test_csv_never_overwrites_the_database_it_reads_or_an_existing_file_unless_t
     mine.write_text("my own data\n")
     assert main(["sql", "SELECT 1 AS one", "--set", url, "--csv", str(mine)]) == 2
     assert "add --overwrite" in capsys.readouterr().err and mine.read_text() == "my own data\n"
-    assert main(["sql", "SELECT 1 AS one", "--set", url, "--csv", str(mine), "--overwrite"]) == 0
+    assert main(["sql", "SELECT 1 AS one", "--set", url, "--csv", str(mine), "--overwrite", "--allow-superuser"]) == 0
     assert mine.read_text().splitlines()[0] == "one"

@@ -143,6 +143,7 @@ def test_the_eval_questions_view_pairs_two_runs_question_by_question(store):
         "FROM eval_questions a JOIN eval_questions b ON a.question_id = b.question_id "
         "AND a.split = b.split AND a.kind = b.kind AND a.iteration = b.iteration "
         "WHERE a.run = 'a' AND b.run = 'b' AND a.kind = 'in_flow' ORDER BY a.question_id",
+        allow_superuser=True,  # the test database's role; users connect as a reader
     )
     assert table.columns == ("question_id", "samples", "success_rate", "gain")
     assert [(q, n) for q, n, _, _ in table.rows] == [("q1", 2), ("q2", 2)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -99,3 +99,29 @@ def test_the_heartbeat_keeps_renewing_the_lease(store):
     first_expiry = _run_row(store, run).lease_expires_at
     assert lease.renew()
     assert _run_row(store, run).lease_expires_at >= first_expiry
+
+
+def test_the_file_fence_renews_a_held_lease_and_refuses_a_lost_one(db_url):
+    """Files are published inside `RunLease.fence`: a writer suspended past its TTL while another
+    process took the run gets one line and publishes nothing; the holder's fence extends its lease."""
+    first, second = RolloutStore(db_url), RolloutStore(db_url)
+    try:
+        run = first.open_run("r", {}, "h", "test")
+        lease = first.take_lease(run, "r", ttl_s=60)
+        lease._stop.set()  # no heartbeat: only the fence renews
+        _set_lease(first, run, lease.owner, 5)
+        published = []
+        with lease.fence():
+            published.append("first")
+        expires = _run_row(first, run).lease_expires_at
+        assert (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) > utcnow() + timedelta(seconds=30)
+        _set_lease(first, run, lease.owner, -1)  # suspended past its TTL...
+        taken = second.take_lease(run, "r", ttl_s=60)  # ...while another process resumed the run
+        with pytest.raises(RunLeaseError) as refused, lease.fence():
+            published.append("stale")
+        message = str(refused.value)
+        assert len(message.splitlines()) == 1 and taken.owner in message and "leaves the published files" in message
+        assert published == ["first"] and _run_row(first, run).lease_owner == taken.owner
+    finally:
+        first.close()
+        second.close()

@@ -60,13 +60,17 @@ def test_tables_export_to_csv(fixture_run, tmp_path):
 
 
 def test_users_sql_reads_and_the_views_serve_any_client(fixture_run):
-    table = run_sql(fixture_run.url, "SELECT question_id, reward FROM leaf_paths ORDER BY leaf_id")
+    table = run_sql(
+        fixture_run.url, "SELECT question_id, reward FROM leaf_paths ORDER BY leaf_id", allow_superuser=True
+    )
     assert [r[0] for r in table.rows].count("q1") == 3
     anchors = run_sql(
-        fixture_run.url, "SELECT successes, leaf_count, mixed FROM anchor_outcomes WHERE depth = 1 ORDER BY node_id"
+        fixture_run.url,
+        "SELECT successes, leaf_count, mixed FROM anchor_outcomes WHERE depth = 1 ORDER BY node_id",
+        allow_superuser=True,
     )
     assert [tuple(r) for r in anchors.rows] == [(1, 2, 1), (0, 2, 0), (2, 2, 0)]
-    ratios = run_sql(fixture_run.url, "SELECT effective_ratio, mean_reward FROM effective_ratio")
+    ratios = run_sql(fixture_run.url, "SELECT effective_ratio, mean_reward FROM effective_ratio", allow_superuser=True)
     assert ratios.rows and all(type(v) is float for row in ratios.rows for v in row)  # not Decimal on PostgreSQL
 
 
@@ -84,6 +88,7 @@ def test_the_headroom_pool_view_shows_each_measured_prompt_with_its_success_rate
         store.url,
         "SELECT run, iteration, question_id, successes, success_rate, predicted, allocated "
         "FROM headroom_pool ORDER BY pool_index",
+        allow_superuser=True,
     )
     assert [tuple(r) for r in table.rows] == [("hr", 3, "q1", 8, 0.5, 0.25, 4), ("hr", 3, "q2", 0, 0.0, 0.5, 0)]
 

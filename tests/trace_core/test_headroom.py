@@ -174,7 +174,8 @@ def test_the_oracle_control_allocates_on_the_pools_measured_rates_and_keeps_the_
     model, tokenizer, env, small_task
 ):
     from trace_core.method.allocators import AllocatorConfig, make_allocator
-    from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+    from trace_core.method.mlp_predictor import SuccessPredictor
+    from trace_core.method.predictor import PredictorConfig
     from trace_core.method.rollout import new_trees
     from trace_core.method.sampling import plan_stage1
 

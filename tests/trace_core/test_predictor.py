@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from trace_core.method.mlp_predictor import SuccessPredictor
 from trace_core.method.predictor import (
     PredictorConfig,
-    SuccessPredictor,
     calibration_error,
     pooled_quality,
     quality,

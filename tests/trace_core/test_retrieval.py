@@ -3,6 +3,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -140,6 +141,68 @@ def test_an_error_status_is_one_clear_error_naming_the_server_and_status():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/retrieve"
     with pytest.raises(RetrieverError, match=rf"{url} answered 503"):
-        HttpRetriever(url, timeout_s=2).search(["x"], 1)
+        HttpRetriever(url, timeout_s=2, backoff_s=0.01).search(["x"], 1)
+    server.shutdown()
+    server.server_close()
+
+
+class _BusyThenUp(_FakeRetrievalServer):
+    """Answers 503 (then 429 with Retry-After: 0) before answering properly; counts the requests."""
+
+    requests: ClassVar[list[int]] = []
+
+    def do_POST(self):
+        self.requests.append(1)
+        if len(self.requests) <= 2:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503 if len(self.requests) == 1 else 429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_POST()
+
+
+def test_a_server_shedding_load_with_503_or_429_is_retried_until_it_answers():
+    _BusyThenUp.requests = []
+    server = HTTPServer(("127.0.0.1", 0), _BusyThenUp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/retrieve"
+    hits = HttpRetriever(url, timeout_s=5, retries=3, backoff_s=0.01).search(["Varno"], 1)
+    assert [p.title for p in hits[0]] == ["Varno 0"] and len(_BusyThenUp.requests) == 3
+    with pytest.raises(RetrieverError, match="answered 429"):  # more refusals than retries: one line
+        _BusyThenUp.requests = []
+        HttpRetriever(url, timeout_s=5, retries=1, backoff_s=0.01).search(["Varno"], 1)
+    server.shutdown()
+    server.server_close()
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Sends a reply one byte every 0.3 s: each read is quick, the whole reply never ends."""
+
+    def do_POST(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        for _ in range(1000):
+            try:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.3)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_trickling_its_reply_is_cut_off_at_the_timeout_not_waited_for():
+    server = HTTPServer(("127.0.0.1", 0), _Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/retrieve"
+    start = time.monotonic()
+    with pytest.raises(RetrieverError, match="did not answer"):
+        HttpRetriever(url, timeout_s=1.0, retries=0).search(["x"], 1)
+    assert time.monotonic() - start < 5
     server.shutdown()
     server.server_close()

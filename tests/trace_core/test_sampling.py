@@ -66,7 +66,8 @@ def _snapshot(trees):
 
 def test_planning_stages_return_trees_with_predictions_and_leave_their_inputs_unchanged():
     from trace_core.method.allocators import AllocatorConfig, make_allocator
-    from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+    from trace_core.method.mlp_predictor import SuccessPredictor
+    from trace_core.method.predictor import PredictorConfig
     from trace_core.method.sampling import plan_stage1, stage2_input
 
     pool = [RolloutTree(QARecord(f"q{i}", "q?", ("x",), "t"), (1,)) for i in range(6)]
@@ -97,7 +98,8 @@ def test_measured_rates_steer_stage1_in_the_predictors_place_and_are_what_the_ro
 
     from trace_core.method.allocation import allocate_roots
     from trace_core.method.allocators import AllocatorConfig, make_allocator
-    from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+    from trace_core.method.mlp_predictor import SuccessPredictor
+    from trace_core.method.predictor import PredictorConfig
     from trace_core.method.sampling import plan_stage1
 
     pool = [RolloutTree(QARecord(f"q{i}", "q?", ("x",), "t"), (1,)) for i in range(6)]

@@ -53,15 +53,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from trace_core.function_calling.apis import API_MODULES, ScenarioState, official_check, public_methods, signature
 from trace_core.function_calling.calls import Call, CallError, parse_calls
 from trace_core.function_calling.data import FCRecord
 from trace_core.generation.backend import FinishReason
 from trace_core.method.environment import StepResult, TextEnvironment, TurnConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 STOP_STRINGS = ("</call>", "</reply>")
 DEFAULT_INSTRUCTION = (

@@ -149,6 +149,8 @@ class BackendSpec:
 
 BackendFactory = Callable[[BackendSpec], GenerationBackend]
 BACKENDS: Registry[BackendFactory] = Registry("generation backend")
+BACKENDS.declare("transformers", "trace_core.generation.hf_backend")
+BACKENDS.declare("vllm", "trace_core.generation.vllm_backend")
 
 
 def make_backend(name: str, spec: BackendSpec) -> GenerationBackend:

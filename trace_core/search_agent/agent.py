@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from trace_core.generation.backend import FinishReason
 from trace_core.method.environment import StepResult, TextEnvironment, TurnConfig
 from trace_core.search_agent.data import QARecord
 from trace_core.search_agent.retrieval import Retriever, format_passages
 from trace_core.search_agent.reward import exact_match
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 STOP_STRINGS = ("</search>", "</answer>")
 DEFAULT_INSTRUCTION = "Answer the question. Search with <search> query </search>, answer with <answer> name </answer>."

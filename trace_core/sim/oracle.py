@@ -31,7 +31,8 @@ from trace_core.method.allocators import (
     Stage2Input,
     make_allocator,
 )
-from trace_core.method.predictor import PredictorConfig, SuccessPredictor
+from trace_core.method.mlp_predictor import SuccessPredictor
+from trace_core.method.predictor import PredictorConfig
 from trace_core.method.sampling import (
     effective_ratio,
     node_examples,
