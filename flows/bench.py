@@ -307,10 +307,13 @@ def run_bench(
     warm: bool | None = None,
     overrides: list[str] | None = None,
     resize: dict[str, int] | None = None,
+    train: bool = True,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark; `overrides` ('section.key=value') apply to every run, under
     each run's own allocator, seed, size and name; `resize` changes fields of the size (seeds,
-    iterations, eval_questions, eval_samples, headroom_every; None keeps the size's)."""
+    iterations, eval_questions, eval_samples, headroom_every; None keeps the size's). Without
+    `train`, only the summary, table and plots are written, from the runs `out` already holds (a
+    benchmark cut short, read while its remaining runs are still to come)."""
     changes = {k: v for k, v in {**(resize or {}), "seeds": seeds}.items() if v is not None}
     size = replace(SIZES[size_name], **changes)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +322,7 @@ def run_bench(
     done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
     finished = {(r["regime"], r["allocator"], r["seed"]) for r in done}
     start = time.perf_counter()
-    for regime, allocator, seed, extra in plan(size, variants, late, warm):
+    for regime, allocator, seed, extra in plan(size, variants, late, warm) if train else []:
         if (regime, allocator, seed) in finished:
             continue
         if regime.startswith("late"):

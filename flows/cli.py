@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.cli_store import cmd_db, cmd_headroom, cmd_query, cmd_runs, cmd_sql
@@ -97,6 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import preflight
     from store.store import RolloutStore
 
+    named = s.named_at(datetime.now(UTC))  # `run.name = "nightly-{date}"`: filled once, here and in the flow alike
+    if named.run.name != s.run.name:
+        overrides.append(f"run.name={named.run.name}")
+        s = named
     preflight(s)  # bad data files or model path: one line, before the flow
     RolloutStore(s.store_url()).close()  # an unreachable, foreign or newer database: one line, before the flow
     from flows.training import trace_training
@@ -162,6 +167,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.late,
         warm=True if args.with_warm else None,
         overrides=overrides,
+        train=not args.summarise_only,
         resize={
             "iterations": args.iterations,
             "eval_questions": args.eval_questions,
@@ -303,6 +309,11 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "e.g. 'uniform,trace+online,uniform@policy.learning_rate=0.0001;policy.kl_coef=0.1'",
     )
     p.add_argument("--seeds", type=int, help="seeds per variant (default: the size's)")
+    p.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="train nothing: write summary.json, table.md and the plots from the runs --out already holds",
+    )
     p.add_argument("--iterations", type=_positive, help="training iterations per run (default: the size's, 20)")
     p.add_argument(
         "--eval-questions", type=_positive, help="dev and test questions of each final evaluation (default: 200)"
@@ -401,19 +412,46 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # after parsing: `--help` needs none of the heavy imports
+    from sqlalchemy.exc import DBAPIError
+
     from store.db import StoreError
     from trace_core.search_agent.retrieval import RetrieverError
 
     try:
         return int(args.func(args))
-    except (SettingsError, StoreError, RetrieverError, FileNotFoundError, ValueError) as err:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            "trace-rl: interrupted (what was committed stays; the same command continues a run from its last "
+            "committed stage)",
+            file=sys.stderr,
+        )
+        return 130
+    except (SettingsError, StoreError, RetrieverError, ValueError, OSError, DBAPIError, RecursionError) as err:
         if args.debug:
             raise
         if isinstance(err, SettingsError):
             print(f"trace-rl: {err}", file=sys.stderr)
             return 2
-        print(f"trace-rl: {err}  (trace-rl --debug ... shows where)", file=sys.stderr)
+        print(f"trace-rl: {_one_line(err)}  (trace-rl --debug ... shows where)", file=sys.stderr)
         return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """What went wrong, in one line: a database's own message without SQLAlchemy's SQL and links, an
+    OS error's reason and file, an input nested too deeply to read."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(err, DBAPIError):
+        reason = str(err.orig).strip().splitlines()[0] if str(err.orig).strip() else type(err.orig).__name__
+        return f"the rollout database cannot be read: {reason}"
+    if isinstance(err, RecursionError):
+        return "the input is nested too deeply to read"
+    if isinstance(err, OSError) and err.strerror and not isinstance(err, FileNotFoundError | ConnectionError):
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":

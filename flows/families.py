@@ -245,6 +245,7 @@ class FunctionCalling:
         f = s.function_calling
         return FCConfig(
             max_turns=f.max_steps,
+            max_steps_per_turn=f.max_steps_per_turn,
             max_tokens_per_turn=f.max_tokens_per_step,
             temperature=s.agent.temperature,
             top_p=s.agent.top_p,
@@ -258,7 +259,8 @@ class FunctionCalling:
 
     def tokenizer_texts(self, s: Settings, data: TaskData, tools: Any) -> list[str]:
         env = FunctionCallingEnv(None, tools, self.config(s))
-        return [text for r in data.train for text in env.transcript(r, expert_steps(r))]
+        per_turn = s.function_calling.max_steps_per_turn
+        return [text for r in data.train for text in env.transcript(r, expert_steps(r, steps_per_turn=per_turn))]
 
     def expert_plan(self, record: FCRecord) -> list[str]:
         return expert_steps(record)

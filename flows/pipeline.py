@@ -7,6 +7,7 @@ output and a changed setting rebuilds it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from flows.builds import is_built, mark_built, settings_hash
+from flows.errors import SettingsError
 from flows.families import TaskData, family
 from flows.settings import Settings
 from trace_core.generation.backend import BackendSpec, GenerationBackend
@@ -247,8 +249,52 @@ def preflight(s: Settings) -> None:
     data files found) and the model directory. The database is checked by the caller, which opens it
     anyway."""
     family(s).preflight(s)
-    if s.model.preset == "path" and not (Path(s.model.path) / "config.json").exists():
-        raise FileNotFoundError(f"model.path={s.model.path}: not a Hugging Face model directory (no config.json)")
+    if s.model.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError(
+            f"model.device={s.model.device}: this torch ({torch.__version__}) sees no CUDA device; use model.device=cpu"
+        )
+    if s.model.preset == "path":
+        check_model_dir(Path(s.model.path))
+
+
+def check_model_dir(path: Path) -> None:
+    """A Hugging Face model directory trace-rl can load: config.json that parses as a JSON object, and
+    weights (safetensors, whose header must read, or a PyTorch .bin), else one FileNotFoundError or
+    ValueError naming `model.path` and what is wrong."""
+    where = f"model.path={path}"
+    config = path / "config.json"
+    if not config.exists():
+        raise FileNotFoundError(f"{where}: not a Hugging Face model directory (no config.json)")
+    try:
+        parsed = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where}: config.json is not valid JSON ({err})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{where}: config.json does not hold a JSON object")
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
+    if not weights:
+        raise FileNotFoundError(f"{where}: no weights (*.safetensors or pytorch_model*.bin) beside config.json")
+    for file in weights:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file, where)
+
+
+def _check_safetensors(file: Path, where: str) -> None:
+    """The file holds a whole safetensors header and every tensor it lists (a truncated copy does not)."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = handle.read(length) if 0 < length <= size - 8 else b""
+    try:
+        tensors = json.loads(header) if header else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        tensors = None
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{where}: {file.name} is not a safetensors file (damaged or truncated)")
+    end = max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        raise ValueError(f"{where}: {file.name} is truncated ({size:,} bytes, its header lists {8 + length + end:,})")
 
 
 def load_runtime(s: Settings, log: Log = print) -> Runtime:

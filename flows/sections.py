@@ -8,6 +8,7 @@ prints. Validators that need only their own section live here; checks across sec
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,17 @@ class Section(BaseModel):
 
 # a run name becomes a folder under run.output_dir: one path component, never '.', '..' or absolute
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# placeholders a run name may hold, filled from the flow run's scheduled start (UTC) when it starts, so
+# that each tick of a schedule trains a run of its own (`nightly-{date}`); a retry of the same flow run
+# gets the same name
+RUN_NAME_FIELDS = {"date": "%Y%m%d", "time": "%H%M", "datetime": "%Y%m%d-%H%M%S"}
+
+
+def expand_run_name(name: str, when: datetime) -> str:
+    """`name` with each `{date}`, `{time}` and `{datetime}` filled from `when`."""
+    for field, pattern in RUN_NAME_FIELDS.items():
+        name = name.replace("{" + field + "}", when.strftime(pattern))
+    return name
 
 
 class RunSection(Section):
@@ -85,8 +97,8 @@ class RunSection(Section):
         "default",
         min_length=1,
         max_length=200,
-        description="Run name; results go to <output_dir>/<name>. Letters, digits, '-', '_' and '.', "
-        "starting with a letter or digit (no path separators).",
+        description="Run name; results go to <output_dir>/<name>. Letters, digits, '-', '_' and '.', starting with "
+        "a letter or digit; {date}, {time} or {datetime} are filled from the run's (scheduled) start, UTC.",
     )
     seed: int = Field(0, ge=0, description="Seed for every random generator of the run.")
     output_dir: Path = Field(Path("runs"), description="Folder holding one sub-folder per run.")
@@ -99,7 +111,11 @@ class RunSection(Section):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
-        if not RUN_NAME.fullmatch(name):
+        filled = expand_run_name(name, datetime(2000, 1, 1, tzinfo=UTC))
+        if "{" in filled or "}" in filled:
+            fields = ", ".join("{" + f + "}" for f in RUN_NAME_FIELDS)
+            raise ValueError(f"{name!r}: a run name may hold only the placeholders {fields}")
+        if not RUN_NAME.fullmatch(filled):
             raise ValueError(
                 f"{name!r} is not a run name: use letters, digits, '-', '_' and '.', starting with a letter "
                 "or digit, without path separators (the name becomes a folder under run.output_dir)"
@@ -182,7 +198,12 @@ class FunctionCallingSection(Section):
     test_share: float = Field(0.2, gt=0, lt=1, description="Share of the scenarios held out for test (the paper: 0.2).")
     dev_share: float = Field(0.1, gt=0, lt=1, description="Share of all scenarios for dev (from those not in test).")
     split_seed: int = Field(0, ge=0, description="Seed of the split by scenario (shared by the subsets).")
-    max_steps: int = Field(16, ge=1, le=64, description="Policy steps per episode (call steps and replies).")
+    max_steps: int = Field(
+        16, ge=1, le=64, description="Policy steps per episode (call steps and replies): the tree's depth limit."
+    )
+    max_steps_per_turn: int = Field(
+        20, ge=1, description="Call steps in one user turn before the episode is forced to end (BFCL's limit: 20)."
+    )
     max_tokens_per_step: int = Field(64, ge=4, le=4096, description="Token limit of one step.")
     max_output_chars: int = Field(400, ge=1, description="A call's output is cut to this many characters.")
     docs: Literal["compact", "official"] = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from flows.sections import (
     StoreSection,
     TaskSection,
     WarmStartSection,
+    expand_run_name,
 )
 
 SETTINGS_FILE_ENV = "TRACE_SETTINGS_FILE"
@@ -76,6 +78,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = Path(os.environ.get(SETTINGS_FILE_ENV, "settings.toml"))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    def named_at(self, when: datetime) -> Settings:
+        """These settings with `run.name`'s placeholders ({date}, {time}, {datetime}) filled from `when`."""
+        name = expand_run_name(self.run.name, when.astimezone(UTC))
+        return (
+            self
+            if name == self.run.name
+            else self.model_copy(update={"run": self.run.model_copy(update={"name": name})})
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """All values, JSON-ready (paths as strings, secrets masked)."""

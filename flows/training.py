@@ -37,6 +37,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run as prefect_flow_run
 
 from flows.context import TrainContext, open_context
 from flows.measure_stages import headroom_due
@@ -82,6 +83,9 @@ def trace_training(
     same name from its last committed stage. Secrets (the store URL) are refused here: they come
     from the environment, never as parameters."""
     s = load_settings(flow_overrides(served, overrides, allocator, iterations, seed, run_name))
+    # a name like `nightly-{date}` is filled from this flow run's scheduled start: each tick of a
+    # schedule trains a run of its own, and a retry of the flow run continues the same one
+    s = s.named_at(prefect_flow_run.scheduled_start_time)
     logger = get_run_logger()
 
     def log(message: str) -> None:
@@ -162,11 +166,12 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
         )
         tasks["evaluate"](ctx, -1)
     history.append({"iteration": -1, **_iteration_row(ctx, -1)})
-    finished = [it for it in range(s.train.iterations) if "checkpoint" in ctx.store.completed_stages(ctx.run_id, it)]
-    if len(finished) == s.train.iterations:
+    finished = _trained_iterations(ctx)
+    if len(finished) >= s.train.iterations:  # never shrinks a run extended past train.iterations
         ctx.log(
-            f"run {s.run.name!r} has already trained its {s.train.iterations} iterations: nothing left to do "
-            "(raise train.iterations to continue it, or choose another run.name)"
+            f"run {s.run.name!r} has already trained {len(finished)} iterations (train.iterations = "
+            f"{s.train.iterations}): nothing left to do (raise train.iterations to continue it, or choose another "
+            "run.name)"
         )
         history += [{"iteration": it, **_iteration_row(ctx, it)} for it in finished]
         ctx.store.release_lease("done")
@@ -184,6 +189,14 @@ def _train(ctx: TrainContext) -> list[dict[str, Any]]:
                 _progress(ctx, it, row, started)
     ctx.store.release_lease("done")
     return history
+
+
+def _trained_iterations(ctx: TrainContext) -> list[int]:
+    """The iterations 0, 1, ... the run has finished (its checkpoint stage committed), all of them."""
+    it = 0
+    while "checkpoint" in ctx.store.completed_stages(ctx.run_id, it):
+        it += 1
+    return list(range(it))
 
 
 def _iteration_row(ctx: TrainContext, it: int) -> dict[str, Any]:

@@ -41,10 +41,24 @@ class Table:
         return "\n".join(lines)
 
     def to_csv(self, path: str | Path) -> None:
-        with Path(path).open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(self.columns)
-            writer.writerows(self.rows)
+        """Write the table as CSV; a file that cannot be written (disk full, no permission) is one
+        StoreError naming it, and a regular file is never left half-written (written beside, then
+        renamed into place)."""
+        target = Path(path)
+        regular = not target.exists() or target.is_file()
+        tmp = target.with_name(f".{target.name}.partial") if regular else target
+        try:
+            with tmp.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(self.columns)
+                writer.writerows(self.rows)
+            if regular:
+                tmp.replace(target)
+        except OSError as err:
+            raise StoreError(f"cannot write {target}: {err.strerror or err}") from None
+        finally:
+            if regular:
+                tmp.unlink(missing_ok=True)
 
 
 def _fmt(value: Any) -> str:

@@ -27,6 +27,12 @@ def test_the_quick_benchmark_compares_every_allocator_at_equal_cost(prefect_api,
     runs_before = (tmp_path / "runs.jsonl").read_text()
     run_bench("quick", tmp_path, lambda _: None)
     assert (tmp_path / "runs.jsonl").read_text() == runs_before
+    # a benchmark cut short is summarised from the runs it holds, training nothing
+    first = runs_before.splitlines(keepends=True)[: len(MAIN)]
+    (tmp_path / "runs.jsonl").write_text("".join(first))
+    partial = run_bench("quick", tmp_path, lambda _: None, train=False)
+    assert (tmp_path / "runs.jsonl").read_text() == "".join(first)
+    assert set(partial["allocators"]["small-groups"]) == {json.loads(line)["allocator"] for line in first}
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,74 @@ def test_bench_keeps_the_database_password_out_of_prefect_and_says_in_one_line_w
     assert code == 1 and len(err.splitlines()) == 1 and "127.0.0.1:1" in err and "hunter2" not in err
     assert os.environ["TRACE_STORE__URL"] == url  # where `run` puts it too: the flow's environment, not its parameters
     assert not (workdir / "bench").exists()
+
+
+def _model_dir(root, config: str | None = "{}", weights: bytes | None = None):
+    model = root / "model"
+    model.mkdir()
+    if config is not None:
+        (model / "config.json").write_text(config)
+    if weights is not None:
+        (model / "model.safetensors").write_bytes(weights)
+    return model
+
+
+def _truncated_safetensors() -> bytes:
+    header = b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}'
+    return len(header).to_bytes(8, "little") + header + b"\0" * 7  # 9 of the tensor's 16 bytes missing
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("config.json missing", "no config.json"),
+        ("config.json broken", "config.json is not valid JSON"),
+        ("no weights", "no weights"),
+        ("weights truncated", "model.safetensors is truncated"),
+        ("weights garbage", "model.safetensors is not a safetensors file"),
+        ("cuda on a CPU build", "sees no CUDA device"),
+        ("deeply nested question file", "train.jsonl:line 1: JSON nested too deeply"),
+    ],
+)
+def test_a_bad_model_folder_device_or_input_file_is_one_line_before_any_flow_starts(workdir, capsys, case, message):
+    args = ["run", "--set", "model.preset=path"]
+    if case == "config.json missing":
+        args += ["--set", f"model.path={_model_dir(workdir, config=None)}"]
+    elif case == "config.json broken":
+        args += ["--set", f"model.path={_model_dir(workdir, config='{bad')}"]
+    elif case == "no weights":
+        args += ["--set", f"model.path={_model_dir(workdir)}"]
+    elif case == "weights truncated":
+        args += ["--set", f"model.path={_model_dir(workdir, weights=_truncated_safetensors())}"]
+    elif case == "weights garbage":
+        args += ["--set", f"model.path={_model_dir(workdir, weights=b'not a model at all')}"]
+    elif case == "cuda on a CPU build":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
+        args = ["run", "--set", "model.device=cuda"]
+    else:
+        deep = workdir / "train.jsonl"
+        deep.write_text('{"id": "1", "question": ' + "[" * 50000 + "]" * 50000 + ', "golden_answers": ["a"]}\n')
+        files = [f"task.{k}_file={deep}" for k in ("train", "dev", "test", "corpus")]
+        args = ["run", "--set", "task.source=files", *[a for f in files for a in ("--set", f)]]
+    assert main(args) in (1, 2)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_damaged_database_or_an_unwritable_csv_is_one_line(tmp_path, capsys):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x13\x37" * 4096)
+    for command in (["db", "status"], ["runs"], ["query", "effective-ratio"]):
+        assert main([*command, "--set", f"store.url=sqlite:///{garbage}"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "file is not a database" in err, (command, err)
+    good = f"store.url=sqlite:///{tmp_path / 'rollouts.db'}"
+    assert main(["db", "upgrade", "--set", good]) == 0
+    capsys.readouterr()
+    if Path("/dev/full").exists():
+        assert main(["sql", "SELECT 1 AS one", "--csv", "/dev/full", "--overwrite", "--set", good]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot write /dev/full: No space left on device" in err

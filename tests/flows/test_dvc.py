@@ -73,6 +73,14 @@ def test_dvc_repro_is_complete_incremental_and_reproducible(prefect_api, tmp_pat
     settings = (repo / "settings.toml").read_text()
     write_settings(repo / "settings.toml", repo, repo / "runs", **inside, policy={"learning_rate": 0.0006})
     assert _repro(repo, env) == ["train", "evaluate", "report"]  # a train-only key: data and model stay
+    write_settings(repo / "settings.toml", repo, repo / "runs", **inside, backend={"kv_cache_mb": 256})
+    assert _repro(repo, env) == ["train", "evaluate", "report"]  # a memory knob: no warm start
+    # a key the warm start's stage lists but this family's model does not depend on: DVC reruns the stage,
+    # which keeps the model (the folder persists, its build marker matches) instead of warm-starting again
+    model = {p.relative_to(repo): p.read_bytes() for p in (repo / "models").rglob("*") if p.is_file()}
+    write_settings(repo / "settings.toml", repo, repo / "runs", **inside, function_calling={"max_steps": 7})
+    assert _repro(repo, env) == ["warmstart", "train", "evaluate", "report"]
+    assert {p.relative_to(repo): p.read_bytes() for p in (repo / "models").rglob("*") if p.is_file()} == model
 
     # a second reproduction from a clean state, with the original settings, gives identical metrics
     (repo / "settings.toml").write_text(settings)

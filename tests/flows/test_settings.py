@@ -207,3 +207,13 @@ def test_the_smollm2_preset_says_at_start_up_that_it_is_not_warm_started(tmp_pat
     said: list[str] = []
     assert prepare_model(s, None, None, said.append) == tmp_path / "smollm2-135m-instruct"  # type: ignore[arg-type]
     assert len(said) == 1 and "no warm start" in said[0] and "reward 0" in said[0]
+
+
+def test_a_run_name_may_hold_date_and_time_placeholders_and_nothing_else():
+    from datetime import UTC, datetime
+
+    s = load_settings(["run.name=nightly-{date}-{time}"])
+    assert s.named_at(datetime(2026, 12, 7, 3, 4, tzinfo=UTC)).run.name == "nightly-20261207-0304"
+    assert s.run.name == "nightly-{date}-{time}"  # the template stays in the settings; each start fills it
+    with pytest.raises(SettingsError, match=r"only the placeholders \{date\}, \{time\}, \{datetime\}"):
+        load_settings(["run.name=nightly-{week}"])

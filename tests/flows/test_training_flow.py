@@ -318,6 +318,40 @@ def test_a_run_restarted_with_other_settings_is_refused(prefect_api, workspace, 
     assert "trace-rl runs delete r" in str(err.value)
 
 
+def test_a_run_extended_past_train_iterations_is_never_shrunk_by_a_later_start(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    """A schedule's tick serving `train.iterations = 1` after the run was extended to 2 iterations:
+    nothing trains, and metrics.jsonl and the returned history keep both iterations."""
+    runs = tmp_path / "runs"
+    settings = write_settings(tmp_path / "s.toml", workspace, runs, run={"name": "grown"}, train={"iterations": 1})
+    _run_flow(monkeypatch, settings)
+    extended = _run_flow(monkeypatch, settings, ["train.iterations=2"])
+    assert [h["iteration"] for h in extended] == [-1, 0, 1]
+    stages = _snapshot(runs / "rollouts.db", "grown")["counts"]
+    tick = _run_flow(monkeypatch, settings)
+    assert [h["iteration"] for h in tick] == [-1, 0, 1] and tick == extended
+    rows = [json.loads(line) for line in (runs / "grown" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [-1, 0, 1]
+    assert _snapshot(runs / "rollouts.db", "grown")["counts"] == stages
+
+
+def test_a_run_name_template_is_filled_from_the_flow_runs_scheduled_start(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    from datetime import UTC, datetime
+
+    runs = tmp_path / "runs"
+    settings = write_settings(
+        tmp_path / "s.toml", workspace, runs, run={"name": "nightly-{date}"}, train={"iterations": 1}
+    )
+    before = datetime.now(UTC).strftime("%Y%m%d")
+    _run_flow(monkeypatch, settings)
+    after = datetime.now(UTC).strftime("%Y%m%d")
+    names = {p.name for p in runs.iterdir() if p.is_dir()}
+    assert names & {f"nightly-{before}", f"nightly-{after}"} and not any("{" in n for n in names)
+
+
 def test_a_stage_that_keeps_failing_stops_the_run_without_a_trace_and_a_rerun_continues(
     prefect_api, workspace, tmp_path, monkeypatch
 ):

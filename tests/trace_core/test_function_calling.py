@@ -308,3 +308,45 @@ def test_trees_grown_by_the_method_branch_the_episode_exactly(fc_env, episodes):
     anchor = tree.path(tree.leaves()[0].node_id)[3]
     grow(trees, [Expansion(0, anchor.node_id, 1)], backend, fc_env, fc_env.config.sampling(), "stage2")
     assert [leaf.reward for leaf in tree.leaves()] == [1.0, 1.0, 1.0]
+
+
+def test_a_step_that_does_not_decode_ends_the_user_turn_as_in_bfcl(fc_env, episodes):
+    """BFCL's runner takes a response it cannot decode (or one that decodes to no call) as the model's
+    answer and moves to the next user turn; so does the environment, telling the policy why."""
+    record = next(r for r in episodes["base"] if len(r.turns) >= 2)
+    for malformed in ("I would list the files.", "<call>[ls(</call>", "<call>[]</call>"):
+        result = fc_env.step([record], [malformed], [1], ["stop"])[0]
+        assert not result.terminal and "The turn ends." in result.observation
+        assert result.observation.endswith(fc_env.step([record], ["<reply>ok</reply>"], [1], ["stop"])[0].observation)
+    # the steps after it belong to the second turn: the first turn's ground truth is never made up
+    texts = _expert_texts(record)
+    first_reply = next(i for i, t in enumerate(texts) if t.startswith("<reply>"))
+    skipped = ["<call>[ls(</call>", *texts[first_reply + 1 :]]
+    assert _run(fc_env, record, skipped)[-1].reward == 0.0
+
+
+def test_a_turns_21st_call_step_ends_the_episode_as_bfcls_step_limit_does(episodes):
+    from trace_core.function_calling.env import FCConfig, FunctionCallingEnv
+    from trace_core.models.default_model import train_tokenizer
+
+    env = FunctionCallingEnv(train_tokenizer(["<call>ls()</call>"], 300), bfcl_data_dir(), FCConfig(max_turns=64))
+    record = next(r for r in episodes["base"] if len(r.turns) >= 2)
+    results = _run(env, record, ["<call>[pwd()]</call>"] * 30)
+    assert len(results) == 21 and results[-1].terminal and results[-1].reward == 0.0
+    assert not any(r.terminal for r in results[:20])
+
+
+def test_the_expert_packs_a_turn_of_more_than_20_calls_into_20_steps_and_still_passes(episodes):
+    from trace_core.function_calling.env import FCConfig, FunctionCallingEnv
+
+    long_turns = [r for subset in episodes.values() for r in subset if max(map(len, r.ground_truth)) > 20]
+    assert long_turns  # BFCL's long_context subset has such turns
+    env = FunctionCallingEnv(None, bfcl_data_dir(), FCConfig(max_turns=10_000))
+    for record in long_turns:
+        texts = _expert_texts(record)
+        assert sum(t.startswith("<call>") for t in texts) <= 20 * len(record.turns)
+        for depth, text in enumerate(texts, 1):
+            _, _, terminal, reward, _ = env.respond(record, text, depth, "stop", texts[: depth - 1])
+            if terminal:
+                break
+        assert (depth, reward) == (len(texts), 1.0), record.id

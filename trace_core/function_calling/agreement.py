@@ -146,8 +146,9 @@ def env_reward(env: FunctionCallingEnv, record: FCRecord, steps: Steps) -> float
 
 
 def text_env(data_dir: Path) -> FunctionCallingEnv:
-    """An environment for `env_reward` (texts only, no tokenizer; no step limit in the way)."""
-    return FunctionCallingEnv(None, data_dir, FCConfig(max_turns=10_000))
+    """An environment for `env_reward` (texts only, no tokenizer; no step limit in the way: BFCL's
+    checker, called directly, has none either)."""
+    return FunctionCallingEnv(None, data_dir, FCConfig(max_turns=10_000, max_steps_per_turn=10_000))
 
 
 def expert(record: FCRecord) -> Steps:

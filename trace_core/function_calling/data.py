@@ -114,6 +114,8 @@ def _lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                     yield number, json.loads(line)
                 except json.JSONDecodeError as err:
                     raise BFCLDataError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+                except RecursionError:
+                    raise BFCLDataError(f"{path}:{number}: JSON nested too deeply to read") from None
 
 
 def _turn_text(messages: Sequence[Mapping[str, Any]]) -> str:

@@ -26,8 +26,11 @@ BFCL offers at the turn: one `miss_func` ground truth itself calls a function be
 offered). Within a step each call runs on its own: one that cannot run (an unknown function, a
 non-literal argument) gets an error as its output and the others run, as in BFCL. A step that does
 not decode calls nothing and gets the decoder's message as its observation; the policy's text is
-never executed. An episode that reaches `max_turns` steps ends there and is checked as it stands
-(the turns it did not reach have no calls, so it fails unless they needed none).
+never executed. A step that does not decode, or decodes to no call, ends the user turn (BFCL takes
+it as the model's answer), and a user turn's 21st call step ends the episode (BFCL's force quit
+after its 20-step limit, `max_steps_per_turn`). An episode that reaches either limit, or
+`max_turns` steps in all, ends there and is checked as it stands (the turns it did not reach have
+no calls, so it fails unless they needed none).
 
 Warm start: `expert_steps` writes the ground truth as steps, one call each, every argument by
 keyword (BFCL's ground truth passes some positionally, which its own decoder would drop).
@@ -41,8 +44,11 @@ Deviations:
 1. BFCL shows the model its documentation as a system prompt in the model's native tool format
    and lets it answer in several formats; one plain-text format with tags here, so a small model
    trained from scratch can learn it.
-2. In BFCL a step that does not decode ends the user turn (the text is taken as the reply); here
-   only `<reply>` ends it, and the step gets an error observation. Neither counts for the reward.
+2. As in BFCL, a step that does not decode (or decodes to no call) ends the user turn like a reply,
+   and a turn's 21st call step ends the episode (BFCL's 20-step limit); here the policy is also
+   told why a step did not decode, before the next user turn (BFCL shows nothing). Neither the
+   notice nor the text counts for the reward.
+3. `max_turns` also caps the steps of a whole episode (the tree's depth; BFCL has no such cap).
 """
 
 from __future__ import annotations
@@ -76,12 +82,15 @@ StepAction = Literal["call", "reply", "invalid"]
 
 @dataclass(frozen=True)
 class FCConfig(TurnConfig):
-    """The step limits and sampling (`TurnConfig`: max_turns counts the policy's steps), plus
-    max_output_chars: each call's output is cut to this many characters; docs: 'compact' or
-    'official' function documentation in the prompt; instruction: the prompt's first line."""
+    """The step limits and sampling (`TurnConfig`: max_turns counts the policy's steps in the whole
+    episode, a bound on the tree's depth), plus max_steps_per_turn: call steps in one user turn
+    before the episode is forced to end, as BFCL forces it; max_output_chars: each call's output is
+    cut to this many characters; docs: 'compact' or 'official' function documentation in the
+    prompt; instruction: the prompt's first line."""
 
     max_turns: int = 16
     max_tokens_per_turn: int = 64
+    max_steps_per_turn: int = 20  # BFCL's MAXIMUM_STEP_LIMIT
     max_output_chars: int = 400
     docs: Docs = "compact"
     instruction: str = DEFAULT_INSTRUCTION
@@ -138,14 +147,18 @@ def keyword_call(text: str, classes: Sequence[str]) -> str:
     return f"{node.func.id}({', '.join(parts)})"
 
 
-def expert_steps(record: FCRecord, reply: str = "done") -> list[str]:
+def expert_steps(record: FCRecord, reply: str = "done", steps_per_turn: int = 20) -> list[str]:
     """The ground truth as the policy's steps: one `<call>` step per ground-truth call (arguments by
-    keyword, `keyword_call`), then a reply ending each user turn (the warm start's trajectories)."""
-    return [
-        text
-        for turn in record.ground_truth
-        for text in [*(f"<call>[{keyword_call(c, record.classes)}]</call>" for c in turn), f"<reply>{reply}</reply>"]
-    ]
+    keyword, `keyword_call`), then a reply ending each user turn (the warm start's trajectories).
+    A turn of more calls than `steps_per_turn` (BFCL's step limit) packs them into that many steps,
+    in order, so the expert is never forced to quit."""
+    out = []
+    for turn in record.ground_truth:
+        calls = [keyword_call(c, record.classes) for c in turn]
+        size = -(-len(calls) // steps_per_turn) if calls else 1
+        out += [f"<call>[{', '.join(calls[i : i + size])}]</call>" for i in range(0, len(calls), size)]
+        out.append(f"<reply>{reply}</reply>")
+    return out
 
 
 @dataclass
@@ -171,15 +184,21 @@ def documented_functions(record: FCRecord, turn: int) -> frozenset[str]:
     return allowed_functions(record) - set(record.excluded) - record.unavailable(turn)
 
 
+def ends_turn(step: FCTurn) -> bool:
+    """Whether the step ends the user turn, as in BFCL's runner: a reply, a step that does not decode,
+    or one that decodes to no call (only a step with calls continues the turn)."""
+    return step.action != "call" or not step.calls
+
+
 def follow(record: FCRecord, history: Sequence[str]) -> Episode:
     """The episode after the policy's earlier steps `history` (their texts, oldest first)."""
     episode = Episode(0, [[] for _ in record.turns])
     for text in history:
         step = parse_step(text, allowed_functions(record))
-        if step.action == "call":
-            episode.steps[episode.turn].append(list(step.calls))
-        elif step.action == "reply":
+        if ends_turn(step):
             episode.turn += 1
+        else:
+            episode.steps[episode.turn].append(list(step.calls))
     return episode
 
 
@@ -245,20 +264,25 @@ class FunctionCallingEnv(TextEnvironment):
         for call in episode.calls():
             state.execute(call)
         outputs: list[str] = []
-        if step.action == "call":
+        forced = False
+        if ends_turn(step):
+            episode.turn += 1
+        else:
             episode.steps[episode.turn].append(list(step.calls))
             outputs = [state.execute(c)[: self.config.max_output_chars] for c in step.calls]
-        elif step.action == "reply":
-            episode.turn += 1
+            forced = len(episode.steps[episode.turn]) > self.config.max_steps_per_turn  # BFCL's force quit
         details = {"calls": [c.text for c in step.calls], "outputs": outputs, "state": state.digest()}
-        if episode.turn >= len(record.turns) or depth >= self.config.max_turns:
+        if forced or episode.turn >= len(record.turns) or depth >= self.config.max_turns:
             return step, "", True, self._reward(record, episode), details
-        if step.action == "reply":
-            observation = self._user_turn(record, episode.turn)
-        elif step.action == "call":
+        if step.action == "call" and step.calls:
             observation = "\n<result>" + "\n".join(outputs) + "</result>\n"
         else:
-            observation = f"\n<result>{FORMAT_ERROR} ({step.error})</result>\n"
+            notice = (
+                ""
+                if step.action == "reply"
+                else f"\n<result>{FORMAT_ERROR} ({step.error or 'no call'}) The turn ends.</result>"
+            )
+            observation = notice + self._user_turn(record, episode.turn)
         return step, observation, False, None, details
 
     def transcript(self, record: FCRecord, steps: Sequence[str]) -> list[str]:

@@ -106,6 +106,8 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
                 yield f"{path}:line {i}", json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataFormatError(f"{path}:line {i}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise DataFormatError(f"{path}:line {i}: JSON nested too deeply to read") from None
 
 
 def _field(where: str, row: Any, name: str, kind: type | tuple[type, ...]) -> Any:
