@@ -350,3 +350,33 @@ def test_the_expert_packs_a_turn_of_more_than_20_calls_into_20_steps_and_still_p
             if terminal:
                 break
         assert (depth, reward) == (len(texts), 1.0), record.id
+
+
+CHATML = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_with_a_chat_template_each_tool_result_and_user_turn_is_its_own_chat_message(episodes):
+    """An instruct model sees the episode as the chat it was tuned on: the policy's steps as assistant
+    messages, each call's results as a tool message, each later user turn as a user message, exactly
+    as the tokenizer's template renders that conversation."""
+    from trace_core.function_calling.env import FCConfig, FunctionCallingEnv
+    from trace_core.models.default_model import train_tokenizer
+
+    tokenizer = train_tokenizer(["<call>ls()</call> <|user|> <|tool|> <|assistant|> <|end|>"], 300)
+    tokenizer.chat_template = CHATML
+    env = FunctionCallingEnv(tokenizer, bfcl_data_dir(), FCConfig(max_turns=64))
+    record = next(r for r in episodes["base"] if len(r.turns) >= 2)
+    texts = _expert_texts(record)
+    end = next(i for i, t in enumerate(texts) if t.startswith("<reply>")) + 1  # the first user turn and its reply
+    results = _run(env, record, texts[:end])
+    rendered = env.prompt_text(record) + "".join(t + r.observation for t, r in zip(texts[:end], results, strict=True))
+    messages = [{"role": "user", "content": rendered.split("<|user|>", 1)[1].split("<|end|>", 1)[0]}]
+    for text, result in zip(texts[:end], results, strict=True):
+        role = "tool" if text.startswith("<call>") else "user"
+        content = result.observation.split(f"<|{role}|>", 1)[1].split("<|end|>", 1)[0]
+        messages += [{"role": "assistant", "content": text}, {"role": role, "content": content}]
+    assert rendered == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "<result>" in messages[2]["content"] and "<user>" in messages[-1]["content"]

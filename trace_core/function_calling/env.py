@@ -38,7 +38,10 @@ keyword (BFCL's ground truth passes some positionally, which its own decoder wou
 Prompts: the instruction, the functions of the episode's APIs, then the first user turn; with
 `docs="compact"` (default) one line per function (name, parameters, `?` marking optional ones,
 and the first sentence of its own description); `docs="official"` gives BFCL's JSON documentation
-(for long-context models). The tokenizer's chat template wraps the prompt when it has one.
+(for long-context models). With a tokenizer that has a chat template, the episode is the chat an
+instruct model was tuned on: the prompt is the first user message, each step an assistant message,
+each step's results a `tool` message and each later user turn a `user` message, rendered by the
+template itself (`TextEnvironment.as_next_message`); without one, the texts follow each other.
 
 Deviations:
 1. BFCL shows the model its documentation as a system prompt in the model's native tool format
@@ -275,15 +278,19 @@ class FunctionCallingEnv(TextEnvironment):
         if forced or episode.turn >= len(record.turns) or depth >= self.config.max_turns:
             return step, "", True, self._reward(record, episode), details
         if step.action == "call" and step.calls:
-            observation = "\n<result>" + "\n".join(outputs) + "</result>\n"
+            observation = self._said("tool", "\n<result>" + "\n".join(outputs) + "</result>\n")
         else:
             notice = (
                 ""
                 if step.action == "reply"
                 else f"\n<result>{FORMAT_ERROR} ({step.error or 'no call'}) The turn ends.</result>"
             )
-            observation = notice + self._user_turn(record, episode.turn)
+            observation = self._said("user", notice + self._user_turn(record, episode.turn))
         return step, observation, False, None, details
+
+    def _said(self, role: str, text: str) -> str:
+        """An observation: in its own chat message (`role`) when the tokenizer has a template."""
+        return text if self.tokenizer is None else self.as_next_message(role, text)
 
     def transcript(self, record: FCRecord, steps: Sequence[str]) -> list[str]:
         """The prompt, then each of `steps` with the observation it gets (texts only: no tokenizer

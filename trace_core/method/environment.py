@@ -142,6 +142,28 @@ class TextEnvironment:
             return str(wrapped)
         return text
 
+    def as_next_message(self, role: str, text: str) -> str:
+        """What follows the policy's step when the environment answers in its own chat message: the
+        end of the assistant's message, `text` as a `role` message ("tool", or "user" where the
+        template knows no tool role), and the start of the assistant's next message, exactly as the
+        chat template renders that conversation; `text` as it is without a template."""
+        if not getattr(self.tokenizer, "chat_template", None) or self.tokenizer is None:
+            return text
+        mark = "\x00STEP\x00"  # stands for the policy's step, found again in the rendered conversation
+        for speaker in (role, "user"):
+            messages = [{"role": "user", "content": "."}, {"role": "assistant", "content": mark}]
+            try:
+                rendered = str(
+                    self.tokenizer.apply_chat_template(
+                        [*messages, {"role": speaker, "content": text}], tokenize=False, add_generation_prompt=True
+                    )
+                )
+            except Exception:  # a template that refuses the role (jinja raises its own errors)
+                continue
+            if mark in rendered:
+                return rendered[rendered.index(mark) + len(mark) :]
+        return text
+
     def prompt_text(self, record: Any) -> str:
         raise NotImplementedError
 
