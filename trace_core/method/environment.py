@@ -147,7 +147,7 @@ class TextEnvironment:
         end of the assistant's message, `text` as a `role` message ("tool", or "user" where the
         template knows no tool role), and the start of the assistant's next message, exactly as the
         chat template renders that conversation; `text` as it is without a template."""
-        if not getattr(self.tokenizer, "chat_template", None) or self.tokenizer is None:
+        if not getattr(self.tokenizer, "chat_template", None):
             return text
         mark = "\x00STEP\x00"  # stands for the policy's step, found again in the rendered conversation
         for speaker in (role, "user"):
