@@ -36,8 +36,8 @@ WORKDIR /app
 # (it installs the project itself, whose pins live in pyproject.toml: hadolint DL3013 does not apply)
 COPY pyproject.toml README.md ./
 # hadolint ignore=DL3013
-RUN mkdir -p trace_core flows store \
-    && touch trace_core/__init__.py flows/__init__.py store/__init__.py \
+RUN mkdir -p trace_core trace_rl \
+    && touch trace_core/__init__.py trace_rl/__init__.py \
     && pip install --upgrade pip==26.3 \
     && pip install '.[vllm,ray]' \
     && pip uninstall -y trace-rl

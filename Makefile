@@ -42,7 +42,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check trace_core flows store tests bench
-	$(BIN)/ruff format --check trace_core flows store tests bench
-	$(BIN)/mypy trace_core flows store
+	$(BIN)/ruff check trace_core trace_rl tests bench
+	$(BIN)/ruff format --check trace_core trace_rl tests bench
+	$(BIN)/mypy trace_core trace_rl
 	$(BIN)/hadolint Dockerfile

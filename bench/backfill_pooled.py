@@ -1,5 +1,5 @@
 """Add root_auc_pooled / root_ece_pooled (iterations >= 5) to a bench's runs.jsonl from its rollout
-database, for runs finished before flows/bench.py recorded them (the same `pooled_quality`).
+database, for runs finished before trace_rl/bench/runner.py recorded them (the same `pooled_quality`).
 
     PYTHONPATH=. python bench/backfill_pooled.py <bench folder>
 """
@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from flows.bench import root_outcomes, variant_slug
-from store.store import RolloutStore
 from trace_core.method.predictor import pooled_quality
+from trace_rl.bench.runner import root_outcomes, variant_slug
+from trace_rl.store.store import RolloutStore
 
 out = Path(sys.argv[1])
 store = RolloutStore(f"sqlite:///{out / 'runs' / 'rollouts.db'}", create=False, read_only=True)

@@ -39,7 +39,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.store import RolloutStore  # noqa: E402
 from trace_core.method.allocation import allocate_by_table, mixed_value, root_value  # noqa: E402
 from trace_core.method.glm import logit  # noqa: E402
 from trace_core.method.headroom import ledger, score_plan, unbiased_mixed  # noqa: E402
@@ -49,6 +48,7 @@ from trace_core.method.predictor import PredictorConfig, quality  # noqa: E402
 from trace_core.method.sampling import bare_groups, node_examples  # noqa: E402
 from trace_core.method.tree import RolloutTree  # noqa: E402
 from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
+from trace_rl.store.store import RolloutStore  # noqa: E402
 
 KAPPAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 

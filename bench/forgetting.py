@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from flows.bench import pre_run_name, variant_slug
-from flows.pipeline import Runtime, load_runtime
-from flows.report import use_policy
-from flows.settings import load_settings
 from trace_core.method.rollout import rollout_batch
 from trace_core.method.tree import RolloutTree
 from trace_core.search_agent.synthetic_qa import RELATIONS
+from trace_rl.bench.runner import pre_run_name, variant_slug
+from trace_rl.config.settings import load_settings
+from trace_rl.flows.pipeline import Runtime, load_runtime
+from trace_rl.report.evaluation import use_policy
 
 FALL = 0.10
 NOISE = "noise floor"  # the start measured twice, with two sampling seeds

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import create_engine
 
-from store.queries import iteration_metrics, leaf_outcomes
+from trace_rl.store.queries import iteration_metrics, leaf_outcomes
 
 
 def _variant(run: str) -> str:

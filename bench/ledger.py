@@ -32,10 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.store import RolloutStore  # noqa: E402
 from trace_core.method.allocation import allocate_roots, nonzero_leaves_value  # noqa: E402
 from trace_core.method.allocators import uniform_counts  # noqa: E402
 from trace_core.method.headroom import PoolSample, cross_fitted_oracle, score_plan  # noqa: E402
+from trace_rl.store.store import RolloutStore  # noqa: E402
 
 
 def _rules(pool: list[PoolSample], budget: int, group: int, cap: int) -> dict[str, tuple[int, ...] | None]:

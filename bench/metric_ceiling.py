@@ -37,10 +37,10 @@ from scipy import optimize, special, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.bench import root_outcomes
-from store.store import RolloutStore
 from trace_core.method.allocators import AllocatorConfig, make_allocator, uniform_counts
 from trace_core.method.predictor import pooled_quality, quality
+from trace_rl.bench.runner import root_outcomes
+from trace_rl.store.store import RolloutStore
 
 GRID = np.linspace(0.0005, 0.9995, 2000)
 POOLED = 15  # iterations 5 to 19 of a 20-iteration bench run

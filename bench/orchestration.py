@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from store.queries import stage_timings
+from trace_rl.store.queries import stage_timings
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ printed is `paired_vs_uniform`'s `ci95` (the paired Student-t 95% interval).
 import json
 import sys
 
-from flows.bench_summary import paired_vs_uniform
+from trace_rl.bench.summary import paired_vs_uniform
 
 rows = [json.loads(line) for line in open(sys.argv[1])]
 base = sys.argv[2] if len(sys.argv) > 2 else "uniform"

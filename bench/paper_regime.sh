@@ -7,7 +7,7 @@
 #   bash bench/paper_regime.sh
 set -euo pipefail
 PY="${PY:-.venv/bin/python}"
-bench() { "$PY" -m flows.cli bench --headroom-every 0 "$@"; }
+bench() { "$PY" -m trace_rl.cli bench --headroom-every 0 "$@"; }
 export TRACE_SETTINGS_FILE=configs/paper_regime.toml
 bench --variants 'uniform,trace,prompt_only,trace@trace.root_split=wide' --seeds 5 --out bench/results/paper_regime
 bench --variants 'uniform,trace,prompt_only' --seeds 12 --out bench/results/paper_regime

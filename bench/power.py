@@ -5,14 +5,14 @@
 Reads committed `trace-rl bench` results (`bench/results/<folder>/runs.jsonl`) and, for each
 (folder, variant) paired seed by seed with `uniform` on the same start, reports two endpoints: the
 composite EM (the primary one, fixed in advance: the mean of a run's final dev EM and test EM,
-`flows.bench_summary.composite_em`) and test EM:
+`trace_rl.bench.summary.composite_em`) and test EM:
 - `composite_diff` / `test_diff` / `dev_diff`: the per-seed differences variant - uniform, their mean,
   for composite and test EM also their standard deviation sd (n - 1 in the denominator), the paired
   Student-t 95% interval mean +- t_{0.975, n-1} * sd / sqrt(n) and the two-sided t test's p-value;
 - `composite_mde` / `mde` (test EM): the smallest true mean difference the folder's n seeds detect
   with a two-sided 5% paired t test at 80% power: the noncentrality delta at which the noncentral t
   with n - 1 degrees of freedom puts 80% of its mass beyond +-t_{0.975, n-1}, times sd / sqrt(n)
-  (`flows.bench_summary.mde`);
+  (`trace_rl.bench.summary.mde`);
 - `uniform_gain`: uniform's own dev EM gain over the run (final minus before);
 - `signal_ratio`: the variant's non-zero-advantage share (b) over uniform's, and its leaves over
   uniform's: the extra learning signal per iteration it feeds the update;
@@ -22,7 +22,7 @@ composite EM (the primary one, fixed in advance: the mean of a run's final dev E
   lengthen the steps; it is set against both endpoints;
 - `composite_seeds_needed` / `seeds_needed` (test EM): the fewest seeds n at which that effect is
   detected with 80% power by the two-sided 5% paired t test, given the measured sd: n is stepped up,
-  each n with its own t_{0.975, n-1} and noncentral t (`flows.bench_summary.seeds_needed`), from the
+  each n with its own t_{0.975, n-1} and noncentral t (`trace_rl.bench.summary.seeds_needed`), from the
   normal approximation's ((z_0.975 + z_0.80) * sd / effect)^2, below which the t test never has the
   power; null when the expected effect is not positive.
 Deviations from an exact analysis: the t figures assume normally distributed, independent per-seed
@@ -41,7 +41,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from flows.bench_summary import composite_em, nonzero_advantage_leaves, paired_t, seeds_needed
+from trace_rl.bench.summary import composite_em, nonzero_advantage_leaves, paired_t, seeds_needed
 
 RESULTS = Path("bench/results")
 DEFAULT = (

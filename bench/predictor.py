@@ -17,7 +17,7 @@ seed 2's pre-run and late uniform run chained, 40 iterations, root figures from 
 online AUC 0.738 / ECE 0.155 / oracle share 0.24; n0 = 2 or 4, decay 0.9: AUC 0.747 / ECE
 0.145-0.151 / share 0.29; decay 0.7 or n0 = 8 less. Not adopted: almost all of that came from the
 late run re-drawing the pre-run's pools (every late root had history, a bug since fixed in
-flows/context.py `stage_seed`); in the pre-run's own 20 iterations only 6-12% of pool prompts had
+trace_rl/flows/context.py `stage_seed`); in the pre-run's own 20 iterations only 6-12% of pool prompts had
 been sampled before (64 of 1,500 per iteration), too few for a per-question term to matter:
 root AUC over iterations 5-19 was 0.651 (online) against 0.655 / 0.651 (n0 = 4 / 2), over the
 repeated iterations 20-39 0.792 against 0.806 / 0.808. The same split shows `online` itself at
@@ -48,7 +48,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.store import RolloutStore  # noqa: E402
 from trace_core.method.allocation import allocate_roots  # noqa: E402
 from trace_core.method.mlp_predictor import SuccessPredictor  # noqa: E402
 from trace_core.method.online_predictor import OnlinePredictor  # noqa: E402
@@ -56,6 +55,7 @@ from trace_core.method.predictor import PredictorConfig, PredictorQuality, quali
 from trace_core.method.sampling import node_examples  # noqa: E402
 from trace_core.method.tree import stage1_outcomes  # noqa: E402
 from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
+from trace_rl.store.store import RolloutStore  # noqa: E402
 
 # name -> (predictor factory, featurizer: "base" or "words", anchor prior strength n0 or None)
 PREDICTORS = {

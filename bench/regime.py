@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
-from flows.pipeline import load_runtime
-from flows.settings import load_settings
-from trace_core.search_agent.evaluation import evaluate_policy
+from trace_core.method.evaluation import evaluate_policy
+from trace_core.search_agent.reward import answer_f1
+from trace_rl.config.settings import load_settings
+from trace_rl.flows.pipeline import load_runtime
 
 
 def unbiased_mixed(successes: int, n: int, group: int) -> float:
@@ -50,7 +51,7 @@ def main() -> None:
     records = rt.data.train[s.warmstart.eval_questions : s.warmstart.eval_questions + args.questions]
     torch.manual_seed(s.run.seed)
     rt.backend.reseed(s.run.seed)
-    report = evaluate_policy(records, rt.backend, rt.env, n=args.samples, temperature=s.agent.temperature)
+    report = evaluate_policy(records, rt.backend, rt.env, n=args.samples, temperature=s.agent.temperature, f1=answer_f1)
     by_hops: dict[int, list[float]] = defaultdict(list)
     for record, rate in zip(records, report.success, strict=True):
         by_hops[int(getattr(record, "hops", 0))].append(rate)

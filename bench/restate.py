@@ -11,7 +11,7 @@ project reported until now; the composite's minimal detectable effect and verdic
 earlier "the interval excludes 0" readings the t interval keeps and which it loses, for the three
 accuracy endpoints and for (a) and (b).
 
-Every figure comes from `flows.bench_summary` (`paired_vs_uniform`, whose bootstrap draws as it always
+Every figure comes from `trace_rl.bench.summary` (`paired_vs_uniform`, whose bootstrap draws as it always
 did, so its secondary interval is the one the folders' `summary.json` recorded; the file says where
 one differs).
 """
@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.bench_summary import paired_vs_uniform
+from trace_rl.bench.summary import paired_vs_uniform
 
 RESULTS = Path("bench/results")
 OUT = RESULTS / "paired_t.md"
@@ -134,7 +134,7 @@ def _document(
         "# Paired comparisons with uniform, restated with the paired Student-t interval",
         "",
         "Written by `bench/restate.py` from every committed `bench/results/*/runs.jsonl` (and the top-level",
-        "`bench/results/runs.jsonl`, as `(top level)`), with `flows.bench_summary.paired_vs_uniform`. Each",
+        "`bench/results/runs.jsonl`, as `(top level)`), with `trace_rl.bench.summary.paired_vs_uniform`. Each",
         "row: a variant against `uniform` on the seeds both ran (same seed, same start); the mean per-seed",
         "difference variant - uniform, its paired Student-t 95% interval mean ± t_{0.975, n-1} · sd / √n,",
         "the two-sided t test's p-value, and the percentile bootstrap 95% interval reported until now",

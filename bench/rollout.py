@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from flows.pipeline import load_runtime
-from flows.settings import load_settings
 from trace_core.generation.hf_backend import TransformersBackend
+from trace_core.method.evaluation import evaluate_policy
 from trace_core.method.rollout import rollout_batch
 from trace_core.models.default_model import count_parameters
-from trace_core.search_agent.evaluation import evaluate_policy
+from trace_core.search_agent.reward import answer_f1
+from trace_rl.config.settings import load_settings
+from trace_rl.flows.pipeline import load_runtime
 
 VARIANTS = {
     "shared prefix + kv reuse across turns": {"share_prefix": True, "reuse_kv": True},
@@ -63,7 +64,7 @@ def main() -> None:
     }
     for split in ("train", "dev"):
         records = getattr(rt.data, split)[: args.questions]
-        report = evaluate_policy(records, rt.backend, rt.env, n=args.samples, temperature=1.0)
+        report = evaluate_policy(records, rt.backend, rt.env, n=args.samples, temperature=1.0, f1=answer_f1)
         result["success_at_temperature_1"][split] = {
             "questions": len(records),
             "samples": args.samples,

@@ -60,7 +60,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.store import RolloutStore  # noqa: E402
 from trace_core.method.allocation import allocate_roots  # noqa: E402
 from trace_core.method.allocators import AllocatorConfig, make_allocator, uniform_counts  # noqa: E402
 from trace_core.method.headroom import ledger, unbiased_mixed  # noqa: E402
@@ -69,6 +68,7 @@ from trace_core.method.predictor import PredictorConfig, quality  # noqa: E402
 from trace_core.method.sampling import node_examples  # noqa: E402
 from trace_core.method.tree import RolloutTree, backup  # noqa: E402
 from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # noqa: E402
+from trace_rl.store.store import RolloutStore  # noqa: E402
 
 STRATEGIES = ("all", "selected", "selected+explore", "random")
 RANDOM = {"selected+explore", "random"}  # replayed once per seed; the others draw nothing

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from store.store import RolloutStore
 from trace_core.method.tree import RolloutNode, RolloutTree
 from trace_core.search_agent.data import QARecord
+from trace_rl.store.store import RolloutStore
 
 
 def make_trees(n_trees: int, n_nodes: int, rng: np.random.Generator, tag: str) -> list[RolloutTree]:

@@ -55,8 +55,6 @@ from typing import Any
 
 import torch
 
-from flows.families import SearchQA, TaskData, synthetic_spec
-from flows.settings import load_settings
 from trace_core.generation.backend import Completion, GenerationRequest, SamplingParams
 from trace_core.generation.hf_backend import TransformersBackend
 from trace_core.generation.vllm_backend import VLLMBackend
@@ -67,6 +65,9 @@ from trace_core.models.default_model import TinyModelSpec, build_model, count_pa
 from trace_core.search_agent.agent import SearchEnv
 from trace_core.search_agent.retrieval import BM25Retriever
 from trace_core.search_agent.synthetic_qa import generate_task
+from trace_rl.config.settings import load_settings
+from trace_rl.tasks.family import TaskData
+from trace_rl.tasks.search_qa import SearchQA, synthetic_spec
 
 
 class Recorder:

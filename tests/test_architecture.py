@@ -1,4 +1,6 @@
-"""The import direction of the layers: trace_core is pure; flows may use everything."""
+"""The import direction of the layers: trace_core is pure; in trace_rl each package imports only those
+below it (tasks -> config, store -> flows -> report -> bench -> cli), and no module imports itself
+back through others."""
 
 import ast
 import re
@@ -14,15 +16,23 @@ FORBIDDEN_IN_CORE = {
     "sqlalchemy",
     "pydantic_settings",
     "dvc",
-    "flows",
-    "store",
+    "trace_rl",
     "alembic",
 }
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node, but not those under `if TYPE_CHECKING:` (type hints import nothing at run time)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
 def _imported(path: Path) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -46,7 +56,7 @@ ALLOWED_GROUPS = {
     "method": {"method", "generation"},
     "search_agent": {"search_agent", "method", "generation"},
     "function_calling": {"function_calling", "method", "generation"},
-    "sim": {"sim", "method", "generation", "search_agent"},
+    "sim": {"sim", "method", "generation"},
 }
 HELPERS = {"registry", "atomic"}
 
@@ -88,3 +98,73 @@ def test_the_image_gives_any_uid_a_writable_home_for_prefect_and_the_model_cache
     assert set(env) == {"HOME", "PREFECT_HOME", "HF_HOME"}
     assert all(path.startswith(env["HOME"]) for path in env.values())
     assert re.search(rf"chmod 1777 {re.escape(env['HOME'])}\b", text)
+
+
+# trace_rl's packages, lowest first: a package imports only those of a lower rank (and itself)
+RANKS = {"tasks": 0, "config": 1, "store": 1, "flows": 2, "report": 3, "bench": 4, "cli": 5}
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "trace_rl" else None
+
+
+def test_trace_rl_is_exactly_its_layered_packages():
+    packages = {p.name for p in (ROOT / "trace_rl").iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(RANKS)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (ROOT / "trace_rl").rglob("*.py") if p.parent.name in RANKS), ids=str
+)
+def test_a_trace_rl_package_imports_only_the_packages_below_it(path):
+    own = path.relative_to(ROOT / "trace_rl").parts[0]
+    for module in _imported(path):
+        other = _package(module)
+        if other is not None and other != own:
+            assert RANKS[other] < RANKS[own], f"{own} may not import {module} ({other} is not below it)"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_itself_back_through_others():
+    """Run-time imports, also those inside functions, between trace_core's and trace_rl's modules."""
+    paths = [*(ROOT / "trace_core").rglob("*.py"), *(ROOT / "trace_rl").rglob("*.py")]
+    modules = {_module_name(p): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in _imported(path):
+            # `from pkg import module` names a module or a name in pkg: take the longest known prefix
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_flows_package_is_the_training_flow_only_and_knows_no_task_family():
+    flows = sorted(p.stem for p in (ROOT / "trace_rl" / "flows").glob("*.py") if p.stem != "__init__")
+    assert len(flows) <= 11, flows
+    for package in ("flows", "report", "cli", "config", "bench"):
+        for path in (ROOT / "trace_rl" / package).rglob("*.py"):
+            assert not any(m.startswith("trace_core.search_agent") for m in _imported(path)), path

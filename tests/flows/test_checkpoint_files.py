@@ -22,11 +22,11 @@ import pytest
 import torch
 from sqlalchemy import update
 
-from flows.checkpoints import CheckpointError, publish_directory, read_verified, write_atomic
-from store.lease import RunLeaseError
-from store.models import Run, utcnow
-from store.store import RolloutStore
-from store.writer import CheckpointRecord
+from trace_rl.flows.checkpoints import CheckpointError, publish_directory, read_verified, write_atomic
+from trace_rl.store.lease import RunLeaseError
+from trace_rl.store.models import Run, utcnow
+from trace_rl.store.store import RolloutStore
+from trace_rl.store.writer import CheckpointRecord
 
 
 class _Payload:
@@ -138,7 +138,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file_and_runs_no
 def test_a_checkpoints_row_naming_a_hostile_file_is_refused_when_the_run_restores(tmp_path):
     """The route of the report: a row of the checkpoints table points at a pickle; resuming the run
     restores from it."""
-    from flows.context import restore
+    from trace_rl.flows.context import restore
 
     marker = tmp_path / "ran.txt"
     path = tmp_path / "elsewhere.pt"

@@ -1,11 +1,11 @@
-"""The internals trace-rl relies on still behave as flows/compat.py says (Ray's in test_ray_runner.py)."""
+"""The internals trace-rl relies on still behave as trace_rl/flows/compat.py says (Ray's in test_ray_runner.py)."""
 
 from __future__ import annotations
 
 from prefect import flow, task
 from prefect.context import TaskRunContext
 
-from flows.compat import outside_task_run
+from trace_rl.flows.compat import outside_task_run
 
 
 def test_outside_task_run_hides_the_running_task_for_the_block_and_brings_it_back(prefect_api):

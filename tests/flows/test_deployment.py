@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from flows.settings import SETTINGS_FILE_ENV
-from tests.flows.conftest import write_settings
+from tests.helpers import write_settings
+from trace_rl.config.settings import SETTINGS_FILE_ENV
 
 BIN = Path(sys.executable).parent
 

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-eval (make install adds it)")
 
-from flows.settings import SETTINGS_FILE_ENV, SettingsError, load_settings
-from store.store import RolloutStore
-from tests.flows.conftest import write_settings
+from tests.helpers import write_settings
 from trace_core.function_calling.data import FCRecord
+from trace_rl.config.settings import SETTINGS_FILE_ENV, SettingsError, load_settings
+from trace_rl.store.store import RolloutStore
 
 FC = {
     "task": {"family": "function_calling"},
@@ -30,8 +30,8 @@ FC = {
 
 
 def test_the_split_keeps_every_scenario_on_one_side_and_test_is_the_80_20_splits(tmp_path):
-    from flows.families import family
     from trace_core.function_calling.data import bfcl_data_dir, load_subset, split_by_scenario
+    from trace_rl.tasks.family import family
 
     s = load_settings(["task.family=function_calling", f"function_calling.split_dir={tmp_path}"])
     data = family(s).prepare(s, lambda _: None)
@@ -45,8 +45,8 @@ def test_the_split_keeps_every_scenario_on_one_side_and_test_is_the_80_20_splits
 
 
 def test_the_split_is_written_whole_then_read_back_and_a_bad_line_is_named(tmp_path):
-    from flows.families import family
     from trace_core.function_calling.data import BFCLDataError
+    from trace_rl.tasks.family import family
 
     s = load_settings(["task.family=function_calling", f"function_calling.split_dir={tmp_path}"])
     first = family(s).prepare(s, lambda _: None)
@@ -74,7 +74,7 @@ def test_an_unknown_task_family_names_the_valid_ones():
 def test_a_function_calling_run_stores_episodes_calls_and_state_and_scores_each_subset(
     prefect_api, workspace, tmp_path, monkeypatch
 ):
-    from flows.training import trace_training
+    from trace_rl.flows.training import trace_training
 
     settings = write_settings(tmp_path / "s.toml", workspace, tmp_path / "runs", run={"name": "fc"}, **FC)
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
@@ -101,8 +101,8 @@ CHAT_TEMPLATE = (
 def test_any_local_causal_lm_runs_the_family_with_its_chat_template_around_the_prompt(
     prefect_api, workspace, tmp_path, monkeypatch
 ):
-    from flows.pipeline import build_tiny_model, make_tools, prepare_task
-    from flows.training import trace_training
+    from trace_rl.flows.pipeline import build_tiny_model, make_tools, prepare_task
+    from trace_rl.flows.training import trace_training
 
     # a local Hugging Face model folder of our own making (no hub here), given a chat template
     built = write_settings(tmp_path / "b.toml", workspace, tmp_path / "runs", **FC)

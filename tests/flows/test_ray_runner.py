@@ -10,9 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.settings import SETTINGS_FILE_ENV
-from store.store import RolloutStore
-from tests.flows.conftest import write_settings
+from tests.helpers import write_settings
+from trace_rl.config.settings import SETTINGS_FILE_ENV
+from trace_rl.store.store import RolloutStore
 
 pytest.importorskip("ray")
 pytest.importorskip("prefect_ray")
@@ -24,7 +24,7 @@ def ray_processes():
     all its processes gone. Yields a function listing the processes Ray runs now."""
     import ray
 
-    from flows.compat import start_local_ray
+    from trace_rl.flows.compat import start_local_ray
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -97,7 +97,7 @@ def _grow_shard_runs() -> list:
 def test_rollout_shards_on_ray_grow_the_trees_the_local_runner_grows(
     prefect_api, workspace, tmp_path, monkeypatch, ray_processes
 ):
-    from flows.training import trace_training
+    from trace_rl.flows.training import trace_training
 
     settings = write_settings(
         tmp_path / "s.toml",
@@ -130,10 +130,10 @@ def test_rollout_shards_on_ray_grow_the_trees_the_local_runner_grows(
 
 
 def test_a_retried_shard_task_starts_again_from_the_trees_as_sent(workspace, tmp_path, monkeypatch):
-    from flows.pipeline import load_runtime
-    from flows.settings import load_settings
-    from flows.sharding import ShardJob, _portable, grow_shard, trainable_weights
     from trace_core.method.rollout import Expansion, new_trees
+    from trace_rl.config.settings import load_settings
+    from trace_rl.flows.pipeline import load_runtime
+    from trace_rl.flows.sharding import ShardJob, _portable, grow_shard, trainable_weights
 
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(write_settings(tmp_path / "s.toml", workspace, tmp_path / "runs")))
     s = load_settings()

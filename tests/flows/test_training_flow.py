@@ -16,15 +16,15 @@ import pytest
 import torch
 from sqlalchemy import create_engine, text
 
-from flows.sections import STAGES
-from flows.settings import SETTINGS_FILE_ENV, SettingsError
-from store.store import RolloutStore
-from tests.flows.conftest import write_settings
+from tests.helpers import write_settings
 from trace_core.models.default_model import load_policy
+from trace_rl.config.settings import SETTINGS_FILE_ENV, SettingsError
+from trace_rl.flows.stages import STAGE_NAMES, STAGES, check_fail_once
+from trace_rl.store.store import RolloutStore
 
 
 def _run_flow(monkeypatch, settings_file: Path, overrides: list[str] | None = None) -> list[dict]:
-    from flows.training import trace_training
+    from trace_rl.flows.training import trace_training
 
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings_file))
     return trace_training(overrides or [])
@@ -89,7 +89,7 @@ def test_a_short_run_writes_every_stage_and_changes_the_policy(prefect_api, work
     store = RolloutStore(f"sqlite:///{tmp_path / 'runs/rollouts.db'}")
     run = store.run_id("short")
     for it in (0, 1):
-        assert store.completed_stages(run, it) == set(STAGES) - {"measure_headroom"}  # headroom.every = 0
+        assert store.completed_stages(run, it) == set(STAGE_NAMES) - {"measure_headroom"}  # headroom.every = 0
         assert sum(len(t.leaves()) for t in store.load_trees(run, it)) == 16
         # the predictor's allocation-time quality, for roots and anchors apart, is stored every iteration
         metrics = store.stage_metrics(run, it)
@@ -124,7 +124,7 @@ def test_one_injected_failure_per_stage_kind_leaves_the_store_and_weights_of_a_c
     mixing = {"mixedness": True}
     clean = write_settings(tmp_path / "clean.toml", workspace, runs, run={"name": "clean"}, predictor=mixing)
     _run_flow(monkeypatch, clean)
-    faults = [f"{stage}@{i % 2}" for i, stage in enumerate(STAGES)]
+    faults = [f"{stage}@{i % 2}" for i, stage in enumerate(STAGE_NAMES)]
     faulty = write_settings(
         tmp_path / "faulty.toml",
         workspace,
@@ -148,7 +148,7 @@ def test_one_injected_failure_per_stage_kind_leaves_the_store_and_weights_of_a_c
 def test_measuring_headroom_trains_exactly_what_a_run_without_it_trains_and_stores_the_ledger(
     prefect_api, workspace, tmp_path, monkeypatch, capsys
 ):
-    from flows.cli import main
+    from trace_rl.cli.main import main
 
     runs = tmp_path / "runs"
     plain = write_settings(tmp_path / "plain.toml", workspace, runs, run={"name": "plain"})
@@ -240,7 +240,7 @@ def test_the_oracle_control_allocates_on_stored_measurements_that_a_retry_neithe
         assert {"headroom/pool_auc", "headroom/pool_success"} <= set(store.stage_metrics(run, it))
     store.close()
     # no ledger for such a run: `trace-rl headroom` says where its measurements are instead
-    from flows.cli import main
+    from trace_rl.cli.main import main
 
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(clean))
     capsys.readouterr()
@@ -280,7 +280,7 @@ def test_a_run_killed_mid_iteration_resumes_and_ends_with_the_rows_of_an_uninter
     _run_flow(monkeypatch, clean)
     killed = write_settings(tmp_path / "killed.toml", workspace, runs, run={"name": "killed"})
     env = {**os.environ, SETTINGS_FILE_ENV: str(killed), "PREFECT_API_URL": prefect_api}
-    command = [sys.executable, "-m", "flows.cli", "run"]
+    command = [sys.executable, "-m", "trace_rl.cli.main", "run"]
     proc = subprocess.Popen(
         command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -394,13 +394,13 @@ def test_a_second_process_on_a_running_run_is_refused_in_one_line_and_writes_not
 ):
     """The first writer is alive (here a stand-in process whose id holds the lease): the second
     `trace-rl run` of the same name must not skip, replay or overwrite anything."""
-    from flows.cli import main
+    from trace_rl.cli.main import main
 
     runs = tmp_path / "runs"
     settings = write_settings(tmp_path / "s.toml", workspace, runs, run={"name": "busy"}, train={"iterations": 1})
     store = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
-    from flows.pipeline import code_version, settings_hash
-    from flows.settings import load_settings
+    from trace_rl.config.settings import load_settings
+    from trace_rl.flows.pipeline import code_version, settings_hash
 
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
     s = load_settings()
@@ -427,7 +427,7 @@ def test_a_second_process_on_a_running_run_is_refused_in_one_line_and_writes_not
 
 
 def test_publishing_the_policy_never_deletes_outside_the_run_folder(tmp_path):
-    from flows.checkpoints import publish_directory
+    from trace_rl.flows.checkpoints import publish_directory
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -487,3 +487,27 @@ def test_a_run_started_from_another_starts_from_its_policy_and_a_predictor_taugh
     )
     with pytest.raises(SettingsError, match="agent.max_turns is 4 there, 3 here"):
         _run_flow(monkeypatch, other)
+
+
+def test_every_stage_keeps_the_random_stream_it_was_given_so_stored_runs_still_reproduce():
+    streams = {stage.name: stage.stream for stage in STAGES}
+    assert streams == {
+        "allocate_roots": 0,
+        "roll_out_roots": 1,
+        "allocate_prefixes": 2,
+        "roll_out_prefixes": 3,
+        "back_up": 4,
+        "refit_predictor": 5,
+        "update_policy": 6,
+        "evaluate": 7,
+        "checkpoint": 8,
+        "measure_headroom": 9,
+    }
+
+
+def test_a_fault_injected_into_a_stage_that_does_not_exist_is_refused_before_the_run_starts():
+    from trace_rl.config.settings import load_settings
+
+    with pytest.raises(SettingsError, match="orchestration.fail_once: 'update_polciy@1' names no stage"):
+        check_fail_once(load_settings(["orchestration.fail_once=['update_polciy@1']"]))
+    check_fail_once(load_settings(["orchestration.fail_once=['update_policy@1']"]))

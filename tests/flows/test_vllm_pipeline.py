@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from flows.settings import SETTINGS_FILE_ENV, SettingsError, load_settings
-from tests.flows.conftest import write_settings
+from tests.helpers import write_settings
+from trace_rl.config.settings import SETTINGS_FILE_ENV, SettingsError, load_settings
 
 
 @pytest.fixture()
@@ -30,7 +30,7 @@ def test_vllm_with_full_fine_tuning_is_refused_naming_both_keys(weights):
 
 @pytest.mark.usefixtures("_defaults")
 def test_without_its_model_directory_the_vllm_backend_is_not_built(tokenizer, model):
-    from flows.pipeline import make_backend
+    from trace_rl.flows.pipeline import make_backend
 
     s = load_settings(["backend.name=vllm", "policy.weights=lora"])
     with pytest.raises(ValueError, match="model_dir"):
@@ -42,10 +42,10 @@ def test_without_its_model_directory_the_vllm_backend_is_not_built(tokenizer, mo
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
 def test_the_runtime_generates_on_vllm_and_follows_the_lora_policy(workspace, monkeypatch, tmp_path):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from flows.pipeline import load_runtime
     from trace_core.generation.vllm_backend import VLLMBackend
     from trace_core.method.loss import PolicyConfig, wrap_policy
     from trace_core.method.rollout import rollout_batch
+    from trace_rl.flows.pipeline import load_runtime
 
     settings_file = write_settings(
         tmp_path / "settings.toml",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import sqlite3
 
-from flows.cli import main
-from store.store import RolloutStore
-from tests.store.conftest import make_tree, save_trees
+from tests.helpers import make_tree, save_trees
+from trace_rl.cli.main import main
+from trace_rl.store.store import RolloutStore
 
 
 def _foreign(path):
@@ -40,7 +40,7 @@ def test_db_upgrade_refuses_somebody_elses_sqlite_file_and_leaves_it_untouched(t
 def test_training_refuses_somebody_elses_database(tmp_path):
     import pytest
 
-    from store.db import StoreError
+    from trace_rl.store.db import StoreError
 
     path = tmp_path / "theirs.db"
     _foreign(path)
@@ -80,7 +80,7 @@ def test_the_migrations_build_exactly_the_schema_the_models_declare(tmp_path):
     from alembic.migration import MigrationContext
     from sqlalchemy import create_engine
 
-    from store.models import Base
+    from trace_rl.store.models import Base
 
     RolloutStore(f"sqlite:///{tmp_path / 'db.sqlite'}").close()  # upgraded to head
     engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
@@ -125,7 +125,7 @@ def test_a_database_from_a_newer_trace_rl_is_refused_in_one_line_and_left_as_it_
 def test_debug_shows_the_traceback_a_known_error_otherwise_hides(tmp_path, capsys):
     import pytest
 
-    from store.db import StoreError
+    from trace_rl.store.db import StoreError
 
     assert main(["db", "status", "--set", "store.url=mysql://root@127.0.0.1/x"]) == 1
     assert "--debug" in capsys.readouterr().err

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from store.models import EvalOutcome
-from store.store import RolloutStore
-from store.user_sql import run_sql
-from store.writer import CheckpointRecord
-from trace_core.search_agent.evaluation import QuestionOutcome
+from trace_core.method.evaluation import QuestionOutcome
+from trace_rl.store.models import EvalOutcome
+from trace_rl.store.store import RolloutStore
+from trace_rl.store.user_sql import run_sql
+from trace_rl.store.writer import CheckpointRecord
 
 
 def _outcomes(rewards: dict[str, list[float]], source: str = "synthetic_mhqa") -> tuple[QuestionOutcome, ...]:

@@ -9,15 +9,15 @@ pytest.importorskip("bfcl_eval", reason="the function-calling task needs bfcl-ev
 
 from sqlalchemy import select
 
-from store.models import Node, Prompt
 from tests.fc_fakes import ExpertBackend
-from tests.store.conftest import save_trees
+from tests.helpers import save_trees
 from trace_core.function_calling.apis import ScenarioState
 from trace_core.function_calling.data import bfcl_data_dir, load_subset
 from trace_core.function_calling.env import FCConfig, FunctionCallingEnv, expert_steps, follow
 from trace_core.method.rollout import Expansion, grow, new_trees
 from trace_core.method.tree import backup
 from trace_core.models.default_model import train_tokenizer
+from trace_rl.store.models import Node, Prompt
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from datetime import UTC, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from store.lease import RunLeaseError
-from store.models import Run, utcnow
-from store.store import RolloutStore
-from tests.store.conftest import make_tree, save_trees
+from tests.helpers import make_tree, save_trees
+from trace_rl.store.lease import RunLeaseError
+from trace_rl.store.models import Run, utcnow
+from trace_rl.store.store import RolloutStore
 
 
 def _run_row(store, run_id):

@@ -1,9 +1,9 @@
 import pytest
 
-from store import queries
-from store.db import make_engine
-from store.user_sql import ReadOnlyError, run_sql
-from tests.store.conftest import make_tree, save_trees
+from tests.helpers import make_tree, save_trees
+from trace_rl.store import queries
+from trace_rl.store.db import make_engine
+from trace_rl.store.user_sql import ReadOnlyError, run_sql
 
 
 @pytest.fixture()
@@ -75,7 +75,7 @@ def test_users_sql_reads_and_the_views_serve_any_client(fixture_run):
 
 
 def test_the_headroom_pool_view_shows_each_measured_prompt_with_its_success_rate(store):
-    from tests.store.conftest import make_tree
+    from tests.helpers import make_tree
     from trace_core.method.headroom import PoolSample
 
     run = store.open_run("hr", {}, "h", "c")

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from flows.cli import main
-from store.db import StoreError, make_engine, parse_url
-from store.user_sql import ReadOnlyError, check_single_query, run_sql
-from tests.store.conftest import make_tree, save_trees
+from tests.helpers import make_tree, save_trees
+from trace_rl.cli.main import main
+from trace_rl.store.db import StoreError, make_engine, parse_url
+from trace_rl.store.user_sql import ReadOnlyError, check_single_query, run_sql
 
 RUNAWAY = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT COUNT(*) FROM r"
 
@@ -91,7 +91,7 @@ def test_the_connection_itself_cannot_write_even_past_the_parser(store, statemen
 
 
 def test_sqlite_connection_refuses_attach_and_creates_no_file(tmp_path):
-    from store.store import RolloutStore
+    from trace_rl.store.store import RolloutStore
 
     url = f"sqlite:///{tmp_path / 'rollouts.db'}"
     RolloutStore(url).close()
@@ -124,7 +124,7 @@ def test_a_runaway_query_stops_at_the_time_limit(store):
 
 
 def test_ctrl_c_interrupts_a_runaway_sqlite_query(tmp_path):
-    from store.store import RolloutStore
+    from trace_rl.store.store import RolloutStore
 
     url = f"sqlite:///{tmp_path / 'rollouts.db'}"
     RolloutStore(url).close()
@@ -315,7 +315,7 @@ def test_ordinary_queries_pass_the_allow_list(statement, dialect):
 def test_every_allowed_function_is_callable_by_its_own_name(dialect):
     """The allow-list and sqlglot agree: each allowed name, called as written, passes (sqlglot may
     turn it into a node of another name, e.g. to_char into TimeToStr)."""
-    from store.user_sql import ALLOWED_FUNCTIONS
+    from trace_rl.store.user_sql import ALLOWED_FUNCTIONS
 
     refused = []
     for name in sorted(ALLOWED_FUNCTIONS):
@@ -334,7 +334,7 @@ def test_sqlite_itself_refuses_a_function_off_the_allow_list_for_trace_rl_sql(tm
     """Defence in depth: were the parser to miss a call, `trace-rl sql`'s SQLite authorizer denies it."""
     import sqlite3
 
-    from store.user_sql import _sqlite_authorizer
+    from trace_rl.store.user_sql import _sqlite_authorizer
 
     conn = sqlite3.connect(tmp_path / "x.db")
     conn.set_authorizer(_sqlite_authorizer)
@@ -367,11 +367,11 @@ def reader_url(store):
 
     from sqlalchemy import create_engine
 
-    from tests.store.conftest import PG_ENV
+    from tests.helpers import PG_ENV
 
     _postgres_only(store)
     role = f"trace_reader_{uuid.uuid4().hex[:8]}"
-    from store.user_sql import create_reader
+    from trace_rl.store.user_sql import create_reader
 
     url = create_reader(store.url, role)
     try:
@@ -401,7 +401,7 @@ def test_create_reader_makes_a_role_that_reads_and_cannot_write(store, capsys):
     from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
 
-    from tests.store.conftest import PG_ENV
+    from tests.helpers import PG_ENV
 
     _postgres_only(store)
     _seed(store)

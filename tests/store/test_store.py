@@ -5,12 +5,12 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from store.db import StoreError, make_engine, render_url
-from store.models import Node, Prompt, Stage, Tree
-from store.store import RolloutStore
-from tests.store.conftest import make_tree, save_trees
+from tests.helpers import make_tree, save_trees
 from trace_core.method.allocators import Anchor, PrefixPlan, RootPlan
 from trace_core.method.loss import UpdateStats
+from trace_rl.store.db import StoreError, make_engine, render_url
+from trace_rl.store.models import Node, Prompt, Stage, Tree
+from trace_rl.store.store import RolloutStore
 
 
 def _count(store, model, **where):

@@ -1,9 +1,9 @@
 """Per-question, per-sample outcomes of an evaluation (EvalReport.outcomes), for both task families."""
 
 from trace_core.function_calling.data import FCRecord
+from trace_core.method.evaluation import QuestionOutcome, score_trees
 from trace_core.method.tree import RolloutNode, RolloutTree
 from trace_core.search_agent.data import QARecord
-from trace_core.search_agent.evaluation import QuestionOutcome, score_trees
 
 
 def _leaf(parent: int, reward: float | None) -> RolloutNode:

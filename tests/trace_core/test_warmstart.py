@@ -1,7 +1,8 @@
 import torch
 
 from trace_core.generation.hf_backend import TransformersBackend
-from trace_core.search_agent.warmstart import WarmStartConfig, expert_trajectories, expert_turns, warm_start
+from trace_core.method.warmstart import WarmStartConfig, expert_trajectories, warm_start
+from trace_core.search_agent.expert import expert_plan, expert_turns
 
 
 def test_the_expert_solves_every_question_it_can_within_the_turn_limit(env, small_task):
@@ -21,7 +22,7 @@ def test_the_expert_solves_every_question_it_can_within_the_turn_limit(env, smal
 
 def test_only_expert_turn_tokens_carry_loss_never_prompt_or_observation_tokens(env, small_task):
     record = next(r for r in small_task.splits["train"] if r.hops == 2)
-    [traj] = expert_trajectories([record], env)
+    [traj] = expert_trajectories([record], env, expert_plan)
     trained = env.tokenizer.decode([t for t, m in zip(traj.input_ids, traj.loss_mask) if m])
     masked = env.tokenizer.decode([t for t, m in zip(traj.input_ids, traj.loss_mask) if not m])
     assert trained == "".join(expert_turns(record))
@@ -36,6 +37,8 @@ def test_warm_start_stops_at_the_first_measurement_inside_the_band_and_keeps_tho
     before = {k: v.clone() for k, v in model.state_dict().items()}
     backend = TransformersBackend(model, tokenizer)
     config = WarmStartConfig(batch_size=4, eval_every=3, eval_questions=8, eval_samples=1, success_band=(0.0, 1.0))
-    report = warm_start(model, backend, env, small_task.splits["train"][8:], small_task.splits["train"][:8], config)
+    report = warm_start(
+        model, backend, env, small_task.splits["train"][8:], small_task.splits["train"][:8], config, expert_plan
+    )
     assert report.chosen.step == 3 and [c.step for c in report.history] == [3]
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

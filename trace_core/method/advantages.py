@@ -26,20 +26,10 @@ shared by several leaves appears in several paths).
 
 All give zero advantage to every turn of an all-same tree (every value is equal, std is 0).
 
-Default: `vine`, by measurement (bench/results/vine; docs/results.md, "Credit where the tree branched").
-Warm regime, KL recipe, 20 iterations of 64 leaves, seeds 0-4, `trace` with `vine` against `trace`
-with `grpo` (bench/results/kl_warm) on the same start: test EM +0.027 [-0.008, +0.063] (per seed
-+0.010, -0.011, +0.066, +0.085, -0.015), dev EM +0.016 [-0.022, +0.053], effective ratio +0.024,
-non-zero-advantage share +0.019 (bootstrap 95% intervals). Positive on all four, none beyond its
-interval. Against `uniform` (whose trees have no branches, so `vine` and `grpo` give it identical
-advantages): test EM -0.020 [-0.038, +0.001], dev EM -0.001 [-0.028, +0.026], where `grpo` gave
--0.047 [-0.084, -0.014] and -0.016. Earlier, with no KL, 25 iterations and seeds 1 and 2 (dev EM
-avg@4 on 100 questions before -> after): `grpo` 0.477 -> 0.460 and 0.475 -> 0.578, `tree` 0.477 ->
-0.470 and 0.475 -> 0.485; `tree` withholds credit from unbranched turns (V(n) = V(p) there, so only
-the global term remains) while doubling the first turn's credit in flat trees.
-With `vine`, `trace` against `uniform` also ties at equal generated tokens (bench/results/vine_tokens:
-test EM -0.013 [-0.049, +0.015]) and in the late regime (bench/results/vine_late: -0.010 [-0.030,
-+0.008]); `active_prefixes` mixes the most trees and trails on test EM (bench/results/vine_prefixes).
+Default: `vine`, by measurement against `grpo` and `tree` on the same starts (docs/results.md,
+"Credit where the tree branched", and the entries it links). `tree` withholds credit from
+unbranched turns (V(n) = V(p) there, so only the global term remains) while doubling the first
+turn's credit in flat trees.
 
 Deviations:
 1. VinePPO estimates a value at every step with fresh rollouts; `vine` has values only where the

@@ -26,13 +26,9 @@ Estimators (the plug-in V_root(s/n, m) is biased: it calls a prompt with 1 succe
   with the unbiased estimator on the second half, swap the halves, average (both halves need
   n / 2 >= the per-prompt cap). The halves follow the order the rollouts were sampled in
   (`rollout_rewards`), never the order they ended in, which goes with their length and so with
-  success. The oracle knows n / 2 samples, not v, so it under-states the true oracle: on simulated
-  pools (v ~ Beta(0.3, 0.3) to Beta(2, 2), 64 prompts, 8 + 8 samples, budgets 32 and 64) it
-  reaches 0.89 to 0.93 of the true oracle's expected mixed groups (`python bench/oracle_sim.py`,
-  bench/results/oracle_simulation.json). Allocating on each prompt's empirical-Bayes posterior
-  (the pool's Beta spread) instead of the plug-in rate was tried once on the same simulation and
-  gained nothing (6.89 against 6.88 of 7.73 at Beta(0.5, 0.5), budget 32); that code was not
-  kept. Shares of the oracle's gain are, if anything, flattered.
+  success. The oracle knows n / 2 samples, not v, so it under-states the true oracle (by how much
+  on simulated pools: `python bench/oracle_sim.py`, docs/results.md); shares of the oracle's gain
+  are, if anything, flattered.
 
 share of gain = (allocator - uniform) / (oracle - uniform), in expected mixed groups (undefined
 when the oracle does not beat uniform).
@@ -42,13 +38,8 @@ made before Stage 1 at every iteration, and Stage 1 allocated on each prompt's p
 instead of the predictor's v. It costs pool_size * n rollouts per iteration outside the budget, so
 it is a bound, not an equal-cost allocator: what the run's allocator would do with a root
 predictor as good as n fresh samples of the current policy. The measurement rollouts are never
-trained on; the predictor still learns from the run's own trees and still steers Stage 2.
-Measured (bench/results/oracle_roots, `trace` with 16 samples, 5 seeds from the step-1000 warm
-start, paired against `uniform`): effective ratio +0.173 [+0.119, +0.216] (1.28x), non-zero-advantage
-share +0.248 (1.40x), test EM +0.000 [-0.032, +0.026]: perfect root knowledge buys mixed trees, not
-accuracy, on the default task and model. The same control on `prompt_only` (all 64 leaves fresh
-rollouts on 22 prompts): test EM +0.032 [+0.005, +0.060], dev EM +0.038 [+0.027, +0.049]: perfect
-knowledge pays through prompt selection, not through continuations.
+trained on; the predictor still learns from the run's own trees and still steers Stage 2. What it
+bought on the default task (bench/results/oracle_roots) is in docs/results.md.
 
 Deviations: Stage 1 only (Stage 2's anchors exist only in the run's own trees, so there is no
 common ground to score another plan's prefixes on).

@@ -5,9 +5,9 @@ V_root(v, m) = 1 - v^m - (1 - v)^m, as if v were the prompt's true success rate 
 is a forecast, and behind one v = 0.5 stand both prompts of middling difficulty (s near 0.5, a
 group of 3 is mixed 75% of the time) and prompts the predictor cannot place (s near 0 or 1, never
 mixed). Replaying the `online` predictor on measured pools (bench/calibration.py) found that v ranks
-the pool's measured success well (Spearman 0.38 to 0.69) but V_root(v, 3) ranks the measured
-chance of a mixed group only -0.05 to 0.24. Spreading every v by one Beta dispersion never changes
-which prompts rank first. Only a per-prompt second moment can.
+the pool's measured success well but V_root(v, 3) ranks the measured chance of a mixed group
+poorly (docs/results.md). Spreading every v by one Beta dispersion never changes which prompts rank
+first. Only a per-prompt second moment can.
 
 What it computes. For a prompt with success s, the chance that two rollouts disagree is
 d = 2 s (1 - s). Its unbiased estimate from a bare group of n rollouts with k successes is the
@@ -38,14 +38,9 @@ V_root(v, m) as d -> 2 v (1 - v).
 
 Deviations: the paper's V_root treats v as the prompt's known success; V_mix does not.
 
-Measured (bench/results/mixedness/, seed 0 of both bench regimes; see docs/results.md). Replayed on the
-runs' own data, the paper's value forecast 0.70 to 0.72 mixed groups where 0.38 to 0.45 came; the
-ratio form forecast 0.40 to 0.41 (group Brier 0.242 / 0.276 against 0.348 / 0.302), and took +0.55
-and +0.42 of the oracle's Stage-1 gain against +0.52 and +0.26 (direct form +0.51 and +0.60; a
-direct form on z and z^2 alone -0.22). Trained with it, the non-zero-advantage share rose in both
-regimes (0.617 against 0.592 warm, 0.690 against 0.653 late) and the allocation-time root AUC by
-about 0.1, but dev and test EM were lower on this one seed (test 0.367 against 0.407 warm, 0.435
-against 0.453 late): not the default (`predictor.mixedness = false`) until more seeds decide.
+Not the default (`predictor.mixedness = false`): on one seed of each bench regime it raised the
+non-zero-advantage share and lowered accuracy (bench/results/mixedness, docs/results.md); more
+seeds decide.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ where x_std are the prefix's features (the same vector the `mlp` predictor sees,
 the kept history) and (w, b) is an L2-regularised logistic regression fitted to the backed-up node
 targets of every kept iteration, each example weighted by its leaf count times `decay ** age`
 (age: iterations since the example was sampled). The decay lets old iterations teach what kind
-of question is hard while the recent ones set where the policy is now (the drift measured in
-issue 13: a question's trained success correlated only r = 0.44 with its warm-start success).
+of question is hard while the recent ones set where the policy is now (a question's success drifts
+during training, docs/results.md).
 
 The regularisation strength and the decay are chosen at every refit by forward validation, the
 way they are used: fit on the iterations before the newest and score the newest (leaf-weighted
@@ -19,9 +19,8 @@ log loss), over a small grid; then refit on everything with the winner.
 arrive, the current model (fitted before they existed) scores them, exactly as the allocator saw
 such prefixes; the last `calibration_window` iterations of those (logit, target) pairs are kept
 and (a, c) fitted to them with a Gaussian prior pulling toward (1, 0). An overconfident model gets
-a < 1 and is shrunk toward the running mean; a biased one gets c. This is the part the simulation
-in issue 13 said matters most: calibrated predictions of modest AUC still beat uniform, an
-overconfident one halves the mixed groups.
+a < 1 and is shrunk toward the running mean; a biased one gets c (in simulation, calibrated
+predictions of modest AUC still beat uniform where overconfident ones lose mixed groups).
 
 Every fit also holds `prior_leaves` (2) pseudo-leaves at the prior, at the mean input: without them
 a first iteration whose bare rollouts all succeeded sent every prediction to 1 and TRACE then saw
@@ -29,34 +28,18 @@ no prompt worth sampling (found by the tiny end-to-end test). Before the first f
 prior; before the first calibration pairs exist, (a, c) = (1, 0). Everything is deterministic
 given the data (L-BFGS in float64 from zeros).
 
-Measured (bench/results/predictor.json: every predictor replayed on the same 40 iterations of a
-`uniform` run of the default task and model, each iteration predicted before it was seen; means
-over iterations 1-39):
-
-    predictor               root AUC  root Brier  root ECE  anchor AUC  anchor ECE  share of oracle gain
-    mlp (window 2, before)   0.680     0.258       0.232     0.630       0.258       0.17
-    mlp, window 30           0.718     0.209       0.168     0.687       0.180       0.29
-    online                   0.727     0.206       0.160     0.705       0.146       0.30
-
-Most of the gain is the history (the same MLP with 30 iterations instead of 2 gets most of it);
-the GLM and recalibration add calibration, above all at anchors. Two things that did not help:
-hashed question words beside the sentence embedding (root AUC 0.722), and updating each anchor's
-p with its prompt's other bare outcomes (anchor AUC 0.756 but ECE 0.17: better ranking, worse
-calibration; not adopted). Per-iteration ECE over 16 prompts has a noise floor near 0.1.
+Why this predictor: replayed on the same iterations of a `uniform` run, each predicted before it was
+seen (bench/results/predictor.json, docs/results.md), most of its gain over the two-iteration `mlp`
+is the history and the GLM with its recalibration adds calibration, above all at anchors.
 
 Where the recalibration's out-of-sample pairs come from (`OnlineConfig.calibration`): "carried"
 (the default: each iteration scored by the model current when it arrived), "refit" (recomputed at
 every fit by models of today's decay and L2 fitted on the iterations before each one, so the slope
-is fitted on today's logit scale) or "none". Replayed on the 4 `trace` runs of
-bench/results/targets-ab (bench/calibration.py -> bench/results/calibration.json), the share of the
-oracle's Stage-1 gain was carried +0.11 / -0.30 / +0.25 / +0.08, refit +0.14 / -0.63 / +0.18 /
--0.16, none +0.33 / -0.17 / +0.00 / +0.05: no variant wins across runs, so "carried" stays. The same
-replay found what limits Stage 1 whatever the calibration: v ranks the measured success of the pool
-well (Spearman 0.38 to 0.69) but the mixedness TRACE reads from it, V_root(v, 3), ranks the
-measured chance of a mixed group of 3 at only -0.05 to 0.24. A prompt predicted 0.5 is as often one
-the model cannot place (solved or hopeless) as one of middling difficulty; a single Beta dispersion
-for every prompt cannot fix that (it never changes which prompts rank first). Predicting mixedness
-itself, per prompt, is `predictor.mixedness` (trace_core/method/mixedness.py, measured there).
+is fitted on today's logit scale) or "none"; replayed on the same runs, no variant won across runs
+(bench/results/calibration.json), so "carried" stays. A prompt predicted 0.5 is as often one the
+model cannot place (solved or hopeless) as one of middling difficulty; a single Beta dispersion for
+every prompt cannot fix that (it never changes which prompts rank first). Predicting mixedness
+itself, per prompt, is `predictor.mixedness` (trace_core/method/mixedness.py).
 
 Deviations from the paper: its predictor is not public (docs/method.md). Ours is a generalised linear
 model rather than a neural network, and is recalibrated online.

@@ -9,8 +9,8 @@ earlier observation), whether the top passage's title equals the query, and whet
 found nothing.
 
 An optional block of hashed question words (unigrams and bigrams) can follow; measured with the
-`online` predictor it did not add to the sentence embedding (root AUC 0.722 against 0.727,
-bench/results/predictor.json), so the training flow leaves it out.
+`online` predictor it did not add to the sentence embedding (bench/results/predictor.json,
+docs/results.md), so the training flow leaves it out.
 
 The question embedding lets the predictor carry what it learned about one question's kind (hop
 count, relations) to questions it has never seen; the turn text and structural features say how

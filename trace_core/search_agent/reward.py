@@ -14,6 +14,9 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
+
+from trace_core.method.tree import RolloutNode
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -46,3 +49,12 @@ def f1_score(prediction: str, gold_answers: Sequence[str]) -> float:
     """Best token-level F1 of the normalised prediction against the normalised gold answers."""
     pred_tokens = normalize_answer(prediction).split()
     return max((_f1_one(pred_tokens, normalize_answer(g).split()) for g in gold_answers), default=0.0)
+
+
+def answer_f1(leaf: RolloutNode, record: Any) -> float:
+    """A rollout's F1: its answer's token F1 against the record's golden answers (0 for a rollout that
+    never answered); the reward for a record without golden answers."""
+    answers = getattr(record, "golden_answers", None)
+    if answers is None:
+        return leaf.reward or 0.0
+    return f1_score(leaf.argument, answers) if leaf.action == "answer" else 0.0

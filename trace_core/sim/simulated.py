@@ -26,12 +26,20 @@ import numpy as np
 
 from trace_core.method.rollout import Expansion
 from trace_core.method.tree import Origin, RolloutNode, RolloutTree
-from trace_core.search_agent.data import QARecord
+
+
+@dataclass(frozen=True)
+class SimRecord:
+    """A simulated prompt's identity: what a tree's root holds of it."""
+
+    id: str
+    question: str
+    data_source: str = "sim"
 
 
 @dataclass(frozen=True)
 class SimPrompt:
-    record: QARecord
+    record: SimRecord
     features: np.ndarray
     q: float
 
@@ -67,7 +75,7 @@ class KnownProbabilityTask:
             x = rng.normal(0.0, 1.0, n_features)
             logit = 1.2 * float(weights @ x) / np.sqrt(n_features) + noise * float(rng.normal())
             q = float(1 / (1 + np.exp(-2.0 * logit)))
-            self.prompts.append(SimPrompt(QARecord(f"sim-{i}", f"sim prompt {i}", ("good",), "sim"), x, q))
+            self.prompts.append(SimPrompt(SimRecord(f"sim-{i}", f"sim prompt {i}"), x, q))
         self._by_id = {p.record.id: p for p in self.prompts}
         self.dim = n_features + 3
 

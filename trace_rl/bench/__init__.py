@@ -1,0 +1,1 @@
+"""The allocator benchmark (runner.py) and its summary (summary.py)."""

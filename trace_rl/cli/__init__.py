@@ -1,0 +1,1 @@
+"""The `trace-rl` command line (main.py)."""

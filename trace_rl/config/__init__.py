@@ -1,0 +1,1 @@
+"""Settings: one pydantic-settings object from settings.toml, its sections and errors."""

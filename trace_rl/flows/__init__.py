@@ -1,0 +1,1 @@
+"""The Prefect training flow (training.py), its stages and what they share."""

@@ -1,0 +1,137 @@
+"""The learning stages of a training iteration: refit the success predictor on the iteration's
+backed-up trees, update the policy, and checkpoint both (with the export of the trained policy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from trace_core.method.advantages import ADVANTAGES, nonzero_share
+from trace_core.method.loss import build_sequences, policy_update
+from trace_core.method.predictor import quality
+from trace_core.method.sampling import (
+    learn_iteration,
+)
+from trace_core.method.tree import allocation_outcomes
+from trace_rl.flows.checkpoints import publish_directory, write_atomic
+from trace_rl.flows.context import (
+    Stage,
+    TrainContext,
+    checkpoint_path,
+    policy_state,
+    restore,
+    run_stage,
+)
+from trace_rl.store.writer import CheckpointRecord, StageWriter
+
+
+@task(name="refit-predictor", task_run_name="refit-predictor-it{it}", cache_policy=NO_CACHE)
+def refit_predictor(ctx: TrainContext, it: int, stage: Stage) -> None:
+    if "predictor" in ctx.dirty:  # an earlier attempt changed it in memory: start from the committed one
+        restore(ctx, "predictor")
+
+    def compute() -> tuple[Any, Any, CheckpointRecord]:
+        trees = ctx.store.load_trees(ctx.run_id, it)
+        before = {kind: quality(*allocation_outcomes(trees, kind)) for kind in ("all", "root", "anchor")}
+        ctx.dirty.add("predictor")
+        fit = learn_iteration(ctx.predictor, ctx.featurizer, it, trees, ctx.s.predictor.targets)
+        if fit is None:  # a backed-up iteration always has its bare rollouts' roots
+            raise RuntimeError(f"iteration {it} gave the predictor no examples")
+        path = checkpoint_path(ctx, "predictor", it)
+        return (
+            before,
+            fit,
+            CheckpointRecord("predictor", str(path), write_atomic(ctx.predictor.state_dict(), path, ctx.store.fence)),
+        )
+
+    def write(w: StageWriter, out: tuple[Any, Any, CheckpointRecord]) -> None:
+        before, fit, record = out
+        w.predictor_fit(fit, before["all"])
+        w.checkpoint(record)
+        # quality at allocation time, scored on the bare rollouts that followed: all predicted nodes,
+        # then roots (Stage 1's v) and anchors (Stage 2's p) apart
+        metrics = {"predictor/fit_loss": fit.loss, "predictor/fit_steps": fit.steps}
+        for kind, q in before.items():
+            prefix = "predictor/" if kind == "all" else f"predictor/{kind}_"
+            metrics.update({f"{prefix}brier": q.brier, f"{prefix}auc": q.auc, f"{prefix}ece": q.ece})
+            if kind != "all":
+                metrics.update({f"{prefix}mean_predicted": q.mean_predicted, f"{prefix}mean_outcome": q.mean_target})
+        w.stage_metrics(metrics)
+
+    run_stage(ctx, it, stage, compute, write)
+    ctx.dirty.discard("predictor")
+
+
+@task(name="update-policy", task_run_name="update-policy-it{it}", cache_policy=NO_CACHE)
+def update_policy(ctx: TrainContext, it: int, stage: Stage) -> None:
+    if "policy" in ctx.dirty:
+        restore(ctx, "policy")
+
+    def compute() -> tuple[Any, float, CheckpointRecord]:
+        trees = ctx.store.load_trees(ctx.run_id, it)
+        paths = ADVANTAGES.get(ctx.s.trace.advantage)(trees)
+        rows = build_sequences(trees, paths, keep_zero=ctx.policy_config.kl_coef > 0)
+        pad = ctx.runtime.env.tokenizer.pad_token_id or 0
+        ctx.dirty.add("policy")
+        stats = policy_update(ctx.policy, ctx.optimizer, rows, ctx.policy_config, pad, it, ctx.reference)
+        ctx.adapter_version += 1
+        path = checkpoint_path(ctx, "policy", it)
+        return (
+            stats,
+            nonzero_share(paths),
+            CheckpointRecord("policy", str(path), write_atomic(policy_state(ctx), path, ctx.store.fence)),
+        )
+
+    def write(w: StageWriter, out: tuple[Any, float, CheckpointRecord]) -> None:
+        stats, nonzero, record = out
+        w.policy_update(stats, ctx.adapter_version)
+        w.checkpoint(record)
+        w.stage_metrics(
+            {
+                "policy/loss": stats.loss,
+                "policy/kl": stats.kl,
+                "policy/clip_fraction": stats.clip_fraction,
+                "policy/grad_norm": stats.grad_norm,
+                "policy/learning_rate": stats.learning_rate,
+                "policy/tokens": stats.tokens,
+                "policy/adapter_version": ctx.adapter_version,
+                "rollout/nonzero_advantage_share": nonzero,
+            }
+        )
+
+    run_stage(ctx, it, stage, compute, write)
+    ctx.dirty.discard("policy")
+    ctx.runtime.backend.sync_weights(ctx.policy)  # every later generation samples the updated policy
+
+
+@task(name="checkpoint", task_run_name="checkpoint-it{it}", cache_policy=NO_CACHE)
+def checkpoint(ctx: TrainContext, it: int, stage: Stage) -> None:
+    """Publish the current policy as a model directory (`runs/<name>/policy`) and drop older
+    checkpoint files, keeping the two newest of each kind."""
+
+    def compute() -> CheckpointRecord:
+        target = ctx.run_dir / "policy"
+
+        def save(folder: Path) -> None:
+            ctx.policy.save_pretrained(folder)
+            ctx.runtime.env.tokenizer.save_pretrained(folder)
+
+        digest = publish_directory(save, target, ctx.store.fence)
+        _prune(ctx)
+        return CheckpointRecord("export", str(target), digest)
+
+    def write(w: StageWriter, record: CheckpointRecord) -> None:
+        w.checkpoint(record)
+
+    run_stage(ctx, it, stage, compute, write)
+
+
+def _prune(ctx: TrainContext) -> None:
+    for kind in ("policy", "predictor"):
+        keep = {Path(r.location) for _, r in ctx.store.checkpoints(ctx.run_id, kind)[-2:]}
+        for path in (ctx.run_dir / "checkpoints").glob(f"{kind}-*.pt"):
+            if path not in keep:
+                path.unlink(missing_ok=True)

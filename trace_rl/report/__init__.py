@@ -1,0 +1,1 @@
+"""A run's evaluation, figures, report page and DVC metrics files."""

@@ -1,0 +1,161 @@
+"""The function-calling family (`task.family = "function_calling"`): BFCL v4 multi-turn episodes over
+its executable APIs (`trace_core.function_calling`); its section `[function_calling]`. Train, dev and
+test are split by scenario, shared across the subsets: test is the paper's 20% held-out share, and dev
+is taken from the other 80% (so the test set is exactly the 80/20 split's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from trace_core.function_calling.data import (
+    FCRecord,
+    bfcl_data_dir,
+    load_subset,
+    read_split,
+    split_by_scenario,
+    write_split,
+)
+from trace_core.function_calling.env import DEFAULT_INSTRUCTION as FC_INSTRUCTION
+from trace_core.function_calling.env import FCConfig, FunctionCallingEnv, expert_steps
+from trace_core.search_agent.data import DataFormatError
+from trace_rl.tasks.builds import is_built, mark_built, settings_hash
+from trace_rl.tasks.family import FAMILIES, Log, TaskData
+from trace_rl.tasks.settings import Section, TaskSettings
+
+
+class FunctionCallingSection(Section):
+    subsets: list[Literal["base", "miss_func", "miss_param", "long_context"]] = Field(
+        ["base", "miss_func", "miss_param", "long_context"],
+        min_length=1,
+        description="BFCL v4 multi-turn subsets used (the paper's four).",
+    )
+    data_dir: str = Field("", description="BFCL's data folder; empty: the installed bfcl-eval package's.")
+    split_dir: Path = Field(
+        Path("data/function_calling"),
+        description="Where the split is written (train/dev/test.jsonl, whole episodes): what runs train and are "
+        "scored on, versioned by DVC.",
+    )
+    test_share: float = Field(0.2, gt=0, lt=1, description="Share of the scenarios held out for test (the paper: 0.2).")
+    dev_share: float = Field(0.1, gt=0, lt=1, description="Share of all scenarios for dev (from those not in test).")
+    split_seed: int = Field(0, ge=0, description="Seed of the split by scenario (shared by the subsets).")
+    max_steps: int = Field(
+        16, ge=1, le=64, description="Policy steps per episode (call steps and replies): the tree's depth limit."
+    )
+    max_steps_per_turn: int = Field(
+        20, ge=1, description="Call steps in one user turn before the episode is forced to end (BFCL's limit: 20)."
+    )
+    max_tokens_per_step: int = Field(64, ge=4, le=4096, description="Token limit of one step.")
+    max_output_chars: int = Field(400, ge=1, description="A call's output is cut to this many characters.")
+    docs: Literal["compact", "official"] = Field(
+        "compact",
+        description="Function documentation in the prompt: 'compact' (one line each, about 600 tokens) or "
+        "'official' (BFCL's JSON, about 7,000: for long-context models).",
+    )
+    instruction: str = Field(FC_INSTRUCTION, description="Instruction placed before the functions in every prompt.")
+
+    @model_validator(mode="after")
+    def _shares(self) -> FunctionCallingSection:
+        if self.test_share + self.dev_share >= 1:
+            raise ValueError("test_share + dev_share must leave scenarios for training (sum < 1)")
+        return self
+
+
+class FunctionCalling:
+    """BFCL v4 multi-turn function calling over its executable APIs."""
+
+    max_positions = 4096
+    f1 = None  # no answer strings: F1 is the reward
+    errors = ()
+
+    def data_dir(self, s: TaskSettings) -> Path:
+        return Path(s.function_calling.data_dir) if s.function_calling.data_dir else bfcl_data_dir()
+
+    def prepare(self, s: TaskSettings, log: Log) -> TaskData:
+        """The configured subsets, split by scenario into train / dev / test and written whole to
+        `function_calling.split_dir` (once per split settings and BFCL data), then read from there;
+        train in a seeded order (so the warm start's probe, its first records, mixes the subsets),
+        dev and test by scenario (so the first `train.eval_questions` of dev hold every subset's
+        entry of the same scenarios)."""
+        f = s.function_calling
+        source = self.data_dir(s)
+        split = f.model_dump(mode="json", include={"subsets", "test_share", "dev_share", "split_seed"})
+        digest = settings_hash(split, _files_digest(source, f.subsets))
+        if not is_built(f.split_dir, digest):
+            log(f"splitting BFCL v4 multi-turn ({', '.join(f.subsets)}) by scenario into {f.split_dir}")
+            records = [r for subset in f.subsets for r in load_subset(source, subset)]
+            rest, test = split_by_scenario(records, f.test_share, f.split_seed)
+            train, dev = split_by_scenario(rest, f.dev_share / (1 - f.test_share), f.split_seed + 1)
+            order = np.random.default_rng(f.split_seed).permutation(len(train))
+            dev, test = (sorted(v, key=lambda r: r.scenario) for v in (dev, test))  # stable: subsets in order
+            write_split(f.split_dir, {"train": [train[i] for i in order], "dev": dev, "test": test})
+            mark_built(f.split_dir, digest, split=split, source=str(source))
+        sides = read_split(f.split_dir)
+        return TaskData(sides["train"], sides["dev"], sides["test"], directory=source)
+
+    def tools(self, s: TaskSettings, data: TaskData) -> Path:
+        return data.directory
+
+    def config(self, s: TaskSettings) -> FCConfig:
+        f = s.function_calling
+        return FCConfig(
+            max_turns=f.max_steps,
+            max_steps_per_turn=f.max_steps_per_turn,
+            max_tokens_per_turn=f.max_tokens_per_step,
+            temperature=s.agent.temperature,
+            top_p=s.agent.top_p,
+            max_output_chars=f.max_output_chars,
+            docs=f.docs,
+            instruction=f.instruction,
+        )
+
+    def environment(self, s: TaskSettings, tools: Any, tokenizer: Any) -> FunctionCallingEnv:
+        return FunctionCallingEnv(tokenizer, tools, self.config(s))
+
+    def featurizer(self, s: TaskSettings, device: str) -> Any:
+        """The predictor's inputs: the prefix's structure and the episode's first request's text embedding
+        (the search agent's featurizer reads any tree)."""
+        from trace_core.search_agent.features import SearchAgentFeaturizer, TextEncoder  # torch: on use only
+
+        return SearchAgentFeaturizer(TextEncoder(device=device), self.max_turns(s))
+
+    def tokenizer_texts(self, s: TaskSettings, data: TaskData, tools: Any) -> list[str]:
+        env = FunctionCallingEnv(None, tools, self.config(s))
+        per_turn = s.function_calling.max_steps_per_turn
+        return [text for r in data.train for text in env.transcript(r, expert_steps(r, steps_per_turn=per_turn))]
+
+    def expert_plan(self, record: FCRecord) -> list[str]:
+        return expert_steps(record)
+
+    def max_turns(self, s: TaskSettings) -> int:
+        return s.function_calling.max_steps
+
+    def identity(self, s: TaskSettings) -> dict[str, Any]:
+        fc = {k: v for k, v in s.function_calling.model_dump(mode="json").items() if k not in ("data_dir", "split_dir")}
+        return {"family": "function_calling", "function_calling": fc, "temperature": s.agent.temperature}
+
+    def preflight(self, s: TaskSettings) -> None:
+        directory = self.data_dir(s)
+        for subset in s.function_calling.subsets:
+            path = directory / f"BFCL_v4_multi_turn_{subset}.json"
+            if not path.exists():
+                raise DataFormatError(f"function_calling.data_dir={directory}: no {path.name}")
+
+
+def _files_digest(directory: Path, subsets: Sequence[str]) -> str:
+    """A digest of the subsets' question and answer files (a changed BFCL release re-splits)."""
+    digest = hashlib.sha256()
+    for subset in subsets:
+        name = f"BFCL_v4_multi_turn_{subset}.json"
+        for path in (directory / name, directory / "possible_answer" / name):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+FAMILIES.register("function_calling")(FunctionCalling())
