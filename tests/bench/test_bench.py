@@ -126,6 +126,14 @@ def test_the_verdict_adopts_rejects_or_names_the_detectable_effect():
     assert verdict(entry(-0.02, 0.015), threshold=0.02) == "does not pay off"
 
 
+def test_no_verdict_is_given_on_fewer_seeds_than_the_minimum_however_clear_the_interval():
+    from trace_rl.bench.summary import verdict
+
+    clear = {"mean": 0.03, "ci95": [0.005, 0.055], "mde": 0.02, "n": 3}
+    assert verdict(clear) == "interim (3 of 5 seeds): no verdict"
+    assert verdict(clear, min_seeds=3) == "adopt"
+
+
 def test_benchmark_v2_runs_both_regimes_seed_by_seed():
     from trace_rl.bench.runner import SIZES, plan
 
@@ -271,7 +279,8 @@ def test_the_table_leads_with_composite_em_and_pairs_it_with_a_t_interval_and_a_
         done.append({**_finished_run("uniform", seed, {}), "iterations": 2, "nonzero_advantage_share": [0.25, 0.75]})
         trace = {**_finished_run("trace", seed, {}), "dev_em": 0.3 + dev, "test_em": 0.3 + test}
         done.append({**trace, "iterations": 2, "nonzero_advantage_share": [0.5, 1.0]})
-    summary = summarise(done, oracle, "d", 1.0)
+    assert summarise(done, oracle, "d", 1.0)["verdicts"] == {"small-groups/trace": "interim (3 of 5 seeds): no verdict"}
+    summary = summarise(done, oracle, "d", 1.0, min_seeds=3)
     rows = summary["allocators"]["small-groups"]
     assert rows["trace"]["composite_em"]["mean"] == pytest.approx(0.33)  # ((0.32 + 0.34) + ...) / 6
     # non-zero-advantage leaves per iteration: mean share x 16 leaves / 2 iterations

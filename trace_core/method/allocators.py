@@ -8,6 +8,11 @@ root-to-leaf trajectory costs 1, bare rollout or continuation alike):
 Stage 1 spends at most its share (`stage1_share * M`) except where the allocator has no second
 stage; Stage 2 always spends exactly what is left, so every allocator spends M.
 
+Each allocator is a pair of rules (`RULES`, built as `TwoStageAllocator`): a Stage-1 rule (uniform
+groups of G, or the exact root allocation on the predictor's v) and a Stage-2 rule (none, the
+greedy prefix allocation on (p, r), anchors at random, or fresh groups on unused prompts); which
+stage reads the predictor follows from its rule.
+
 - `uniform` (GRPO): the first M / G prompts of the pool get G rollouts each; no Stage 2.
 - `dynamic_sampling` (DAPO): G rollouts for each of the first prompts in Stage 1, then fresh
   prompts with G rollouts each until the budget is spent; groups whose rewards are all equal carry
@@ -44,8 +49,9 @@ Deviations:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -204,8 +210,11 @@ class Allocator(Protocol):
     predictor's estimates (v for candidates, p for anchors); when False the training flow does not
     compute them and the stage receives the prior instead."""
 
-    roots_by_predictor: bool
-    prefixes_by_predictor: bool
+    @property
+    def roots_by_predictor(self) -> bool: ...
+
+    @property
+    def prefixes_by_predictor(self) -> bool: ...
 
     def roots(
         self,
@@ -220,11 +229,12 @@ class Allocator(Protocol):
     ) -> PrefixPlan: ...
 
 
-ALLOCATORS: Registry[type] = Registry("allocator")
+# name -> a factory of the allocator (a class, or any callable with no arguments)
+ALLOCATORS: Registry[Callable[[], Allocator]] = Registry("allocator")
 
 
 def make_allocator(name: str) -> Allocator:
-    return ALLOCATORS.get(name)()  # type: ignore[no-any-return]
+    return ALLOCATORS.get(name)()
 
 
 def uniform_counts(n_pool: int, budget: int, group: int) -> list[int]:
@@ -271,45 +281,60 @@ def explored_prompts(n_pool: int, budget: int, share: float, rng: np.random.Gene
     return {int(i) for i in rng.choice(n_pool, size=k, replace=False)} if k > 0 else set()
 
 
-class _Stage1:
-    """Stage-1 behaviour shared by the allocators: uniform groups or the exact predicted split,
-    on the whole budget (single-stage allocators) or on Stage 1's share.
+# -- the rules: each allocator is a (Stage-1 rule, Stage-2 rule) pair ------------------------------
 
-    roots_by_predictor / prefixes_by_predictor say which stage needs the predictor's estimates.
-    """
 
-    roots_by_predictor = False
-    prefixes_by_predictor = False
-    single_stage = False
+@dataclass(frozen=True)
+class RootRule:
+    """A Stage-1 rule: `plan(predicted, budget, config, rng, mixedness)` splits `budget` bare rollouts
+    over the candidate pool. by_predictor: whether it reads the predictor's v (else it gets the prior)."""
 
-    def _budget(self, config: AllocatorConfig) -> int:
-        return config.budget if self.single_stage else config.stage1_budget
+    name: str
+    by_predictor: bool
+    plan: Callable[[Sequence[float], int, AllocatorConfig, np.random.Generator, Sequence[float] | None], RootPlan]
 
-    def roots(
-        self,
-        predicted: Sequence[float],
-        config: AllocatorConfig,
-        rng: np.random.Generator,
-        mixedness: Sequence[float] | None = None,
-    ) -> RootPlan:
-        if not self.roots_by_predictor:
-            return root_plan(predicted, uniform_counts(len(predicted), self._budget(config), config.group_size))
-        budget = self._budget(config)
-        explore = explored_prompts(len(predicted), budget, config.explore_share, rng)
-        rest = [i for i in range(len(predicted)) if i not in explore]
-        d = None if mixedness is None else [mixedness[i] for i in rest]
-        chosen = stage1_counts(
-            [predicted[i] for i in rest], d, budget - 2 * len(explore), config.max_per_prompt, config.root_split
-        )
-        counts = [2 if i in explore else 0 for i in range(len(predicted))]
-        for i, m in zip(rest, chosen, strict=True):
-            counts[i] = m
-        return root_plan(predicted, counts, mixedness)
 
-    def prefixes(
-        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
-    ) -> PrefixPlan:
-        return _no_prefixes(stage2, budget)
+@dataclass(frozen=True)
+class PrefixRule:
+    """A Stage-2 rule: `plan(stage2, budget, config, rng)` spends what Stage 1 left. by_predictor:
+    whether it reads the predictor's p at anchors. `none`: there is no Stage 2 (Stage 1 spends it all)."""
+
+    name: str
+    by_predictor: bool
+    plan: Callable[[Stage2Input, int, AllocatorConfig, np.random.Generator], PrefixPlan]
+
+
+def _uniform_roots(
+    predicted: Sequence[float],
+    budget: int,
+    config: AllocatorConfig,
+    rng: np.random.Generator,
+    mixedness: Sequence[float] | None,
+) -> RootPlan:
+    return root_plan(predicted, uniform_counts(len(predicted), budget, config.group_size))
+
+
+def _predicted_roots(
+    predicted: Sequence[float],
+    budget: int,
+    config: AllocatorConfig,
+    rng: np.random.Generator,
+    mixedness: Sequence[float] | None,
+) -> RootPlan:
+    explore = explored_prompts(len(predicted), budget, config.explore_share, rng)
+    rest = [i for i in range(len(predicted)) if i not in explore]
+    d = None if mixedness is None else [mixedness[i] for i in rest]
+    chosen = stage1_counts(
+        [predicted[i] for i in rest], d, budget - 2 * len(explore), config.max_per_prompt, config.root_split
+    )
+    counts = [2 if i in explore else 0 for i in range(len(predicted))]
+    for i, m in zip(rest, chosen, strict=True):
+        counts[i] = m
+    return root_plan(predicted, counts, mixedness)
+
+
+def _no_stage2(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
+    return _no_prefixes(stage2, budget)
 
 
 def _random_prefixes(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
@@ -331,70 +356,68 @@ def _greedy_prefixes(stage2: Stage2Input, budget: int, config: AllocatorConfig, 
     return _greedy_over_anchors(stage2, budget, config)
 
 
-@ALLOCATORS.register("uniform")
-class UniformAllocator(_Stage1):
-    single_stage = True
+def _fresh_groups(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
+    """DAPO's refill: groups of G on the pool's unused prompts; once the pool is used up, the
+    groups that are all-same get more rollouts."""
+    if budget == 0:
+        return NO_PREFIXES
+    if not stage2.unused:
+        return _greedy_over_anchors(Stage2Input((), stage2.roots, (), ()), budget, config)
+    counts = uniform_counts(len(stage2.unused), budget, config.group_size)
+    chosen = [(c, v, m) for c, v, m in zip(stage2.unused, stage2.unused_predicted, counts, strict=True) if m]
+    new_roots = tuple((c, m) for c, _, m in chosen)
+    return PrefixPlan((), (), (), new_roots, tuple(root_value(v, m) for _, v, m in chosen))
 
 
-@ALLOCATORS.register("prompt_only")
-class PromptOnlyAllocator(_Stage1):
-    roots_by_predictor = True
-    single_stage = True
+UNIFORM_GROUPS = RootRule("uniform groups of G", by_predictor=False, plan=_uniform_roots)
+PREDICTED_SPLIT = RootRule("the exact root allocation on v", by_predictor=True, plan=_predicted_roots)
+NO_STAGE2 = PrefixRule("none", by_predictor=False, plan=_no_stage2)
+GREEDY_PREFIXES = PrefixRule("the greedy prefix allocation on (p, r)", by_predictor=True, plan=_greedy_prefixes)
+RANDOM_PREFIXES = PrefixRule("anchors at random", by_predictor=False, plan=_random_prefixes)
+FRESH_GROUPS = PrefixRule("fresh groups of G on unused prompts", by_predictor=False, plan=_fresh_groups)
 
 
-@ALLOCATORS.register("dynamic_sampling")
-class DynamicSamplingAllocator(_Stage1):
-    def prefixes(
-        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
-    ) -> PrefixPlan:
-        if budget == 0:
-            return NO_PREFIXES
-        if not stage2.unused:  # the pool is used up: refill the groups that are all-same
-            return _greedy_over_anchors(Stage2Input((), stage2.roots, (), ()), budget, config)
-        counts = uniform_counts(len(stage2.unused), budget, config.group_size)
-        chosen = [(c, v, m) for c, v, m in zip(stage2.unused, stage2.unused_predicted, counts, strict=True) if m]
-        new_roots = tuple((c, m) for c, _, m in chosen)
-        return PrefixPlan((), (), (), new_roots, tuple(root_value(v, m) for _, v, m in chosen))
+@dataclass(frozen=True)
+class TwoStageAllocator:
+    """An `Allocator` made of a Stage-1 rule and a Stage-2 rule; which stage reads the predictor
+    follows from its rule. Without a Stage 2 (`NO_STAGE2`), Stage 1 spends the whole budget."""
 
+    stage1: RootRule
+    stage2: PrefixRule
 
-@ALLOCATORS.register("random_branch")
-class RandomBranchAllocator(_Stage1):
-    def prefixes(
-        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
-    ) -> PrefixPlan:
-        return _random_prefixes(stage2, budget, config, rng)
+    @property
+    def roots_by_predictor(self) -> bool:
+        return self.stage1.by_predictor
 
+    @property
+    def prefixes_by_predictor(self) -> bool:
+        return self.stage2.by_predictor
 
-@ALLOCATORS.register("trace")
-class TraceAllocator(_Stage1):
-    roots_by_predictor = True
-    prefixes_by_predictor = True
-
-    def prefixes(
-        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
-    ) -> PrefixPlan:
-        return _greedy_prefixes(stage2, budget, config, rng)
-
-
-@ALLOCATORS.register("active_roots")
-class ActiveRootsAllocator(_Stage1):
-    """Stage ablation: TRACE's Stage 1, random prefixes in Stage 2."""
-
-    roots_by_predictor = True
+    def roots(
+        self,
+        predicted: Sequence[float],
+        config: AllocatorConfig,
+        rng: np.random.Generator,
+        mixedness: Sequence[float] | None = None,
+    ) -> RootPlan:
+        budget = config.budget if self.stage2 is NO_STAGE2 else config.stage1_budget
+        return self.stage1.plan(predicted, budget, config, rng, mixedness)
 
     def prefixes(
         self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
     ) -> PrefixPlan:
-        return _random_prefixes(stage2, budget, config, rng)
+        return self.stage2.plan(stage2, budget, config, rng)
 
 
-@ALLOCATORS.register("active_prefixes")
-class ActivePrefixesAllocator(_Stage1):
-    """Stage ablation: uniform groups in Stage 1, TRACE's Stage 2."""
-
-    prefixes_by_predictor = True
-
-    def prefixes(
-        self, stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator
-    ) -> PrefixPlan:
-        return _greedy_prefixes(stage2, budget, config, rng)
+# name -> (Stage-1 rule, Stage-2 rule); the module docstring says what each is
+RULES: dict[str, tuple[RootRule, PrefixRule]] = {
+    "uniform": (UNIFORM_GROUPS, NO_STAGE2),
+    "prompt_only": (PREDICTED_SPLIT, NO_STAGE2),
+    "dynamic_sampling": (UNIFORM_GROUPS, FRESH_GROUPS),
+    "random_branch": (UNIFORM_GROUPS, RANDOM_PREFIXES),
+    "trace": (PREDICTED_SPLIT, GREEDY_PREFIXES),
+    "active_roots": (PREDICTED_SPLIT, RANDOM_PREFIXES),
+    "active_prefixes": (UNIFORM_GROUPS, GREEDY_PREFIXES),
+}
+for _name, (_stage1, _stage2) in RULES.items():
+    ALLOCATORS.register(_name)(functools.partial(TwoStageAllocator, _stage1, _stage2))

@@ -55,7 +55,7 @@ from trace_core.method.predictor import pooled_quality
 from trace_core.method.tree import allocation_outcomes
 from trace_core.sim.oracle import oracle_study
 from trace_core.sim.simulated import KnownProbabilityTask
-from trace_rl.bench.summary import markdown_table, plot, plot_regimes, summarise
+from trace_rl.bench.summary import MIN_SEEDS, markdown_table, plot, plot_regimes, summarise
 from trace_rl.config.settings import Settings, load_settings
 from trace_rl.store.store import RolloutStore
 
@@ -308,12 +308,14 @@ def run_bench(
     overrides: list[str] | None = None,
     resize: dict[str, int] | None = None,
     train: bool = True,
+    min_seeds: int = MIN_SEEDS,
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark; `overrides` ('section.key=value') apply to every run, under
     each run's own allocator, seed, size and name; `resize` changes fields of the size (seeds,
     iterations, eval_questions, eval_samples, headroom_every; None keeps the size's). Without
     `train`, only the summary, table and plots are written, from the runs `out` already holds (a
-    benchmark cut short, read while its remaining runs are still to come)."""
+    benchmark cut short, read while its remaining runs are still to come). `min_seeds`: the fewest paired
+    seeds a verdict is given on (`summary.verdict`)."""
     changes = {k: v for k, v in {**(resize or {}), "seeds": seeds}.items() if v is not None}
     size = replace(SIZES[size_name], **changes)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +335,7 @@ def run_bench(
         with done_file.open("a") as handle:
             handle.write(json.dumps(result) + "\n")
     oracle = _oracle(size)
-    summary = summarise(done, oracle, size_name, time.perf_counter() - start)
+    summary = summarise(done, oracle, size_name, time.perf_counter() - start, min_seeds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(markdown_table(summary))
     plot(done, oracle, out)

@@ -33,6 +33,11 @@ ABLATION = {
 }
 
 
+# the fewest paired seeds a verdict is given on: with fewer, a t interval that happens to clear 0 on 2 or 3
+# seeds would "adopt" a variant before the pre-registered seeds are in
+MIN_SEEDS = 5
+
+
 def pooled_share(runs: list[dict[str, Any]], key: str = "headroom_allocator") -> float:
     """The share of the oracle's Stage-1 gain over uniform that `key` reached, pooled over every
     measured iteration of `runs`: sum(key - uniform) / sum(oracle - uniform). NaN if nothing was
@@ -70,7 +75,9 @@ def _stats_if_all(runs: list[dict[str, Any]], key: str) -> dict[str, float] | No
     return _stats([float(np.mean(r[key])) for r in runs])
 
 
-def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, seconds: float) -> dict[str, Any]:
+def summarise(
+    done: list[dict[str, Any]], oracle: dict[str, Any], size: str, seconds: float, min_seeds: int = MIN_SEEDS
+) -> dict[str, Any]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in done:
         groups.setdefault((r["regime"], r["allocator"]), []).append(r)
@@ -104,7 +111,7 @@ def summarise(done: list[dict[str, Any]], oracle: dict[str, Any], size: str, sec
             "test_em_by_source": _source_stats(runs, "test_em_by_source"),
         }
     ablation = {label: table.get("small-groups", {}).get(name) for label, name in ABLATION.items()}
-    paired = paired_vs_uniform(done)
+    paired = paired_vs_uniform(done, min_seeds=min_seeds)
     return {
         "size": size,
         "seconds": seconds,
@@ -210,13 +217,17 @@ def paired_t(diffs: list[float] | np.ndarray, alpha: float = 0.05) -> dict[str, 
     return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "p": p, "mde": mde(sd, n, alpha)}
 
 
-def verdict(entry: dict[str, Any], threshold: float = 0.01) -> str:
+def verdict(entry: dict[str, Any], threshold: float = 0.01, min_seeds: int = MIN_SEEDS) -> str:
     """The decision on a paired composite-EM entry (`paired_vs_uniform(...)[name]["composite_em"]`, or
-    the whole `[name]` entry): "adopt" if the paired t interval's lower bound is above 0; "does not
-    pay off" if its upper bound is below +`threshold` (any gain it allows is too small to matter);
-    otherwise "inconclusive, detectable effect X" with X the minimal detectable effect (with one
-    seed there is no interval and no X: "inconclusive, detectable effect undefined (1 seed)")."""
+    the whole `[name]` entry): with fewer than `min_seeds` seeds, "interim (n of min_seeds seeds): no
+    verdict"; else "adopt" if the paired t interval's lower bound is above 0; "does not pay off" if
+    its upper bound is below +`threshold` (any gain it allows is too small to matter); otherwise
+    "inconclusive, detectable effect X" with X the minimal detectable effect (undefined with one
+    seed: "inconclusive, detectable effect undefined (1 seed)")."""
     entry = entry.get("composite_em", entry)
+    n = int(entry.get("n", 1))
+    if n < min_seeds:
+        return f"interim ({n} of {min_seeds} seeds): no verdict"
     low, high = entry["ci95"]
     if low > 0:
         return "adopt"
@@ -234,7 +245,9 @@ PAIRED = ("composite_em", "effective_ratio", "nonzero_advantage_share", "dev_em"
 _BOOTSTRAP_ORDER = ("effective_ratio", "nonzero_advantage_share", "dev_em", "test_em")
 
 
-def paired_vs_uniform(done: list[dict[str, Any]], draws: int = 10_000) -> dict[str, dict[str, Any]]:
+def paired_vs_uniform(
+    done: list[dict[str, Any]], draws: int = 10_000, min_seeds: int = MIN_SEEDS
+) -> dict[str, dict[str, Any]]:
     """Per regime and variant: the per-seed difference variant - uniform (same seed, same start) of
     each endpoint in PAIRED, with the paired Student-t figures (`paired_t`: n, mean, sd, `ci95` the
     t interval, two-sided p, mde) and, secondary, a percentile bootstrap 95% interval over seeds
@@ -261,7 +274,7 @@ def paired_vs_uniform(done: list[dict[str, Any]], draws: int = 10_000) -> dict[s
                 "bootstrap_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
             }
         entry: dict[str, Any] = {"seeds": seeds, "interval": "paired Student-t 95%", **{k: figures[k] for k in PAIRED}}
-        entry["verdict"] = verdict(entry)
+        entry["verdict"] = verdict(entry, min_seeds=min_seeds)
         out[f"{regime}/{variant}"] = entry
     return out
 

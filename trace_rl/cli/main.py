@@ -150,6 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warm=True if args.with_warm else None,
         overrides=overrides,
         train=not args.summarise_only,
+        min_seeds=args.min_seeds,
         resize={
             "iterations": args.iterations,
             "eval_questions": args.eval_questions,
@@ -295,6 +296,12 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "--summarise-only",
         action="store_true",
         help="train nothing: write summary.json, table.md and the plots from the runs --out already holds",
+    )
+    p.add_argument(
+        "--min-seeds",
+        type=_positive,
+        default=5,
+        help="the fewest paired seeds a verdict is given on; fewer: 'interim, no verdict' (default: 5)",
     )
     p.add_argument("--iterations", type=_positive, help="training iterations per run (default: the size's, 20)")
     p.add_argument(
