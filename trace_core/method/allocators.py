@@ -252,7 +252,7 @@ def uniform_counts(n_pool: int, budget: int, group: int) -> list[int]:
     return counts
 
 
-def _no_prefixes(stage2: Stage2Input, budget: int) -> PrefixPlan:
+def _no_stage2(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
     if budget:
         raise ValueError(f"this allocator has no second stage but {budget} leaves were left for it")
     return NO_PREFIXES
@@ -331,10 +331,6 @@ def _predicted_roots(
     for i, m in zip(rest, chosen, strict=True):
         counts[i] = m
     return root_plan(predicted, counts, mixedness)
-
-
-def _no_stage2(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
-    return _no_prefixes(stage2, budget)
 
 
 def _random_prefixes(stage2: Stage2Input, budget: int, config: AllocatorConfig, rng: np.random.Generator) -> PrefixPlan:
