@@ -164,7 +164,31 @@ def test_no_module_imports_itself_back_through_others():
 
 def test_the_flows_package_is_the_training_flow_only_and_knows_no_task_family():
     flows = sorted(p.stem for p in (ROOT / "trace_rl" / "flows").glob("*.py") if p.stem != "__init__")
-    assert len(flows) <= 11, flows
+    assert len(flows) <= 12, flows
     for package in ("flows", "report", "cli", "config", "bench"):
         for path in (ROOT / "trace_rl" / package).rglob("*.py"):
             assert not any(m.startswith("trace_core.search_agent") for m in _imported(path)), path
+
+
+# what runs inside a stage: it reads the run's description (run_spec.py), never the settings
+STAGE_MODULES = ("stages", "sampling_stages", "learn_stages", "measure_stages", "learner", "run_spec")
+
+
+@pytest.mark.parametrize("module", STAGE_MODULES)
+def test_no_stage_reads_the_settings(module):
+    path = ROOT / "trace_rl" / "flows" / f"{module}.py"
+    imported = _imported(path)
+    if module == "run_spec":  # the one place settings become the description
+        assert imported & {"trace_rl.config.settings"}, "run_spec resolves the settings"
+        return
+    # the settings' error type is fine (a bad `orchestration.fail_once` names the setting)
+    assert not any(m.startswith("trace_rl.config") and m != "trace_rl.config.errors" for m in imported), path
+    source = path.read_text().replace("SettingsError", "")
+    assert "ctx.s." not in source and "Settings" not in source, path
+
+
+def test_the_context_holds_the_run_description_not_the_settings():
+    source = (ROOT / "trace_rl" / "flows" / "context.py").read_text()
+    init = source[source.index("class TrainContext") : source.index("# -- shared stage machinery")]
+    assert "Settings" not in init and "self.s " not in init and "self.s," not in init
+    assert "ctx.s." not in source

@@ -292,3 +292,17 @@ def test_a_damaged_database_or_an_unwritable_csv_is_one_line(tmp_path, capsys):
         assert main(["sql", "SELECT 1 AS one", "--csv", "/dev/full", "--overwrite", "--set", good]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "cannot write /dev/full: No space left on device" in err
+
+
+def test_a_run_another_live_process_writes_is_refused_in_one_line_before_any_flow_starts(tmp_path, capsys):
+    store = RolloutStore(f"sqlite:///{tmp_path / 'runs' / 'rollouts.db'}")
+    try:
+        run = store.open_run("busy", {}, "h", "test")
+        store.take_lease(run, "busy", ttl_s=60)  # this process writes it (as a second `trace-rl run` would see)
+        code = main(["run", "--set", f"run.output_dir={tmp_path / 'runs'}", "--set", "run.name=busy"])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and len(err.splitlines()) == 1 and "run 'busy' is being written by" in err, err
+        assert "Traceback" not in err and "prefect" not in err.lower()
+    finally:
+        store.release_lease("done")
+        store.close()

@@ -138,7 +138,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file_and_runs_no
 def test_a_checkpoints_row_naming_a_hostile_file_is_refused_when_the_run_restores(tmp_path):
     """The route of the report: a row of the checkpoints table points at a pickle; resuming the run
     restores from it."""
-    from trace_rl.flows.context import restore
+    from trace_rl.flows.context import restore_predictor_if_dirty
 
     marker = tmp_path / "ran.txt"
     path = tmp_path / "elsewhere.pt"
@@ -148,9 +148,9 @@ def test_a_checkpoints_row_naming_a_hostile_file_is_refused_when_the_run_restore
         run = store.open_run("r", {}, "h", "test")
         with store.stage(run, 0, "update_policy") as w:
             w.checkpoint(CheckpointRecord("predictor", str(path), hashlib.sha256(path.read_bytes()).hexdigest()))
-        ctx = SimpleNamespace(store=store, run_id=run, dirty={"predictor"}, predictor=None)
+        ctx = SimpleNamespace(store=store, run_id=run, predictor_dirty=True, predictor=None)
         with pytest.raises(CheckpointError, match="was not loaded"):
-            restore(ctx, "predictor")
+            restore_predictor_if_dirty(ctx)
         assert not marker.exists()
     finally:
         store.close()

@@ -44,6 +44,52 @@ def test_the_split_keeps_every_scenario_on_one_side_and_test_is_the_80_20_splits
     assert len({r.scenario for r in data.dev[:4]}) == 1 and len({r.data_source for r in data.dev[:4]}) == 4
 
 
+def test_by_default_every_ground_truth_step_fits_the_step_limit_and_no_output_is_cut(tmp_path):
+    """The default limits hold every required call (the longest long_context step copies a whole
+    file into a call), whatever the tokenizer; an explicit limit is kept as set."""
+    from trace_core.function_calling.env import expert_steps
+    from trace_core.models.default_model import train_tokenizer
+    from trace_rl.tasks.family import family
+
+    s = load_settings(["task.family=function_calling", f"function_calling.split_dir={tmp_path}"])
+    task = family(s)
+    data = task.prepare(s, lambda _: None)
+    records = data.train + data.dev + data.test
+    tokenizer = train_tokenizer([t for r in records[:40] for t in expert_steps(r)], 512)
+    env = task.environment(s, data.directory, tokenizer)
+    need = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for r in records for t in expert_steps(r)]
+    assert env.config.max_tokens_per_turn == max(need) > 1000  # a small vocabulary: long steps are many tokens
+    assert env.config.max_output_chars == 0 and env.config.max_turns >= max(len(expert_steps(r)) for r in records)
+    long_context = [r for r in records if r.long_context][:6]
+    observed = [o for r in long_context for o in env.transcript(r, expert_steps(r))[2::2]]
+    assert max(len(o) for o in observed) > 2000  # long_context's long listings reach the policy whole
+    explicit = load_settings(
+        [
+            "task.family=function_calling",
+            f"function_calling.split_dir={tmp_path}",
+            "function_calling.max_tokens_per_step=96",
+        ]
+    )
+    assert task.environment(explicit, data.directory, tokenizer).config.max_tokens_per_turn == 96
+
+
+def test_generated_episodes_train_and_dev_while_test_stays_bfcls_official_episodes(tmp_path):
+    from trace_rl.tasks.family import family
+
+    base = ["task.family=function_calling", f"function_calling.split_dir={tmp_path}"]
+    s = load_settings([*base, "function_calling.source=generated", "function_calling.generated_train=30",
+                       "function_calling.generated_dev=10"])  # fmt: skip
+    data = family(s).prepare(s, lambda _: None)
+    assert [len(data.train), len(data.dev)] == [30, 10]
+    assert {r.data_source for r in data.train + data.dev} == {"generated_file_system"}
+    assert all("_train_" in r.id for r in data.train) and all("_heldout_" in r.id for r in data.dev)
+    bfcl = family(load_settings(base)).prepare(load_settings(base), lambda _: None)
+    assert data.test == bfcl.test == family(s).prepare(s, lambda _: None).test  # switching back and forth
+    assert bfcl.train[0].data_source.startswith("bfcl_v4_")
+    with pytest.raises(Exception, match="source"):
+        load_settings([*base, "function_calling.source=made_up"])
+
+
 def test_the_split_is_written_whole_then_read_back_and_a_bad_line_is_named(tmp_path):
     from trace_core.function_calling.data import BFCLDataError
     from trace_rl.tasks.family import family

@@ -318,6 +318,36 @@ def test_a_run_restarted_with_other_settings_is_refused(prefect_api, workspace, 
     assert "trace-rl runs delete r" in str(err.value)
 
 
+def test_an_overlapping_start_of_a_run_being_written_ends_in_state_refused_without_touching_it(
+    prefect_api, workspace, tmp_path, monkeypatch
+):
+    """A schedule tick (or a second process) that finds the run's lease held by a live writer: the flow
+    run ends as `Refused` (type CANCELLED) naming the holder; the holder's run is untouched."""
+    from prefect.exceptions import CancelledRun
+
+    from trace_rl.config.settings import load_settings
+    from trace_rl.flows.pipeline import code_version, settings_hash
+    from trace_rl.flows.training import trace_training
+
+    runs = tmp_path / "runs"
+    settings = write_settings(tmp_path / "s.toml", workspace, runs, run={"name": "busy"})
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings))
+    holder = RolloutStore(f"sqlite:///{runs / 'rollouts.db'}")
+    try:
+        s = load_settings([])
+        run = holder.open_run("busy", s.snapshot(), settings_hash(s.identity()), code_version(), s.identity())
+        holder.take_lease(run, "busy", ttl_s=60)
+        state = trace_training([], return_state=True)
+        assert (state.type.value, state.name) == ("CANCELLED", "Refused")
+        assert "run 'busy' is being written by" in str(state.message)
+        with pytest.raises(CancelledRun, match="is being written by"):
+            trace_training([])
+        assert holder.completed_stages(run, -1) == set() and not holder.checkpoints(run, "policy")
+    finally:
+        holder.release_lease("done")
+        holder.close()
+
+
 def test_a_run_extended_past_train_iterations_is_never_shrunk_by_a_later_start(
     prefect_api, workspace, tmp_path, monkeypatch
 ):
@@ -509,5 +539,5 @@ def test_a_fault_injected_into_a_stage_that_does_not_exist_is_refused_before_the
     from trace_rl.config.settings import load_settings
 
     with pytest.raises(SettingsError, match="orchestration.fail_once: 'update_polciy@1' names no stage"):
-        check_fail_once(load_settings(["orchestration.fail_once=['update_polciy@1']"]))
-    check_fail_once(load_settings(["orchestration.fail_once=['update_policy@1']"]))
+        check_fail_once(load_settings(["orchestration.fail_once=['update_polciy@1']"]).orchestration.fail_once)
+    check_fail_once(load_settings(["orchestration.fail_once=['update_policy@1']"]).orchestration.fail_once)

@@ -88,13 +88,13 @@ class FCConfig(TurnConfig):
     """The step limits and sampling (`TurnConfig`: max_turns counts the policy's steps in the whole
     episode, a bound on the tree's depth), plus max_steps_per_turn: call steps in one user turn
     before the episode is forced to end, as BFCL forces it; max_output_chars: each call's output is
-    cut to this many characters; docs: 'compact' or 'official' function documentation in the
+    cut to this many characters (0: never cut, as in BFCL); docs: 'compact' or 'official' function documentation in the
     prompt; instruction: the prompt's first line."""
 
     max_turns: int = 16
     max_tokens_per_turn: int = 64
     max_steps_per_turn: int = 20  # BFCL's MAXIMUM_STEP_LIMIT
-    max_output_chars: int = 400
+    max_output_chars: int = 0
     docs: Docs = "compact"
     instruction: str = DEFAULT_INSTRUCTION
     STOP: ClassVar[tuple[str, ...]] = STOP_STRINGS
@@ -162,6 +162,19 @@ def expert_steps(record: FCRecord, reply: str = "done", steps_per_turn: int = 20
         out += [f"<call>[{', '.join(calls[i : i + size])}]</call>" for i in range(0, len(calls), size)]
         out.append(f"<reply>{reply}</reply>")
     return out
+
+
+def longest_expert_step(records: Sequence[FCRecord], tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokens of the longest step of the ground truth written as the policy's steps
+    (`expert_steps`) over `records`: a step-token limit below it makes some episode unsolvable."""
+    texts = sorted({text for r in records for text in expert_steps(r)})
+    if not texts:
+        return 1
+    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def _cut(output: str, limit: int) -> str:
+    return output[:limit] if limit > 0 else output
 
 
 @dataclass
@@ -272,7 +285,7 @@ class FunctionCallingEnv(TextEnvironment):
             episode.turn += 1
         else:
             episode.steps[episode.turn].append(list(step.calls))
-            outputs = [state.execute(c)[: self.config.max_output_chars] for c in step.calls]
+            outputs = [_cut(state.execute(c), self.config.max_output_chars) for c in step.calls]
             forced = len(episode.steps[episode.turn]) > self.config.max_steps_per_turn  # BFCL's force quit
         details = {"calls": [c.text for c in step.calls], "outputs": outputs, "state": state.digest()}
         if forced or episode.turn >= len(record.turns) or depth >= self.config.max_turns:

@@ -103,11 +103,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"run.name={named.run.name}")
         s = named
     preflight(s)  # bad data files or model path: one line, before the flow
-    RolloutStore(s.store_url()).close()  # an unreachable, foreign or newer database: one line, before the flow
+    store = RolloutStore(s.store_url())  # an unreachable, foreign or newer database: one line, before the flow
+    try:
+        store.refuse_if_written(s.run.name)  # another live writer: one line, before Prefect's traceback
+    finally:
+        store.close()
+    from trace_rl.flows.compat import tie_temporary_server_to_this_process
     from trace_rl.flows.training import run_summary, trace_training
 
+    tie_temporary_server_to_this_process()  # a `kill -9` of this process leaves no Prefect server behind
+
     start = time.perf_counter()
-    history = trace_training(_secrets_to_environment(overrides))
+    from prefect.exceptions import CancelledRun
+
+    from trace_rl.store.lease import RunLeaseError
+
+    try:
+        history = trace_training(_secrets_to_environment(overrides))
+    except CancelledRun as refused:  # another writer took the run after the check above: still one line
+        raise RunLeaseError(str(refused)) from None
     run_dir = s.run.output_dir / s.run.name  # the flow wrote run_dir/metrics.jsonl
     if args.metrics:
         export_metrics(Path(args.metrics), history)
@@ -140,6 +154,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     s = load_settings(overrides)  # refuse bad settings before anything trains
     if s.store.url.get_secret_value():
         RolloutStore(s.store_url()).close()  # an unreachable, foreign or newer database: one line, before the flow
+    from trace_rl.flows.compat import tie_temporary_server_to_this_process
+
+    tie_temporary_server_to_this_process()  # a `kill -9` of this process leaves no Prefect server behind
     summary = run_bench(
         "quick" if args.quick else "default",
         Path(args.out),

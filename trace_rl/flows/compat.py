@@ -12,12 +12,21 @@ the ray extra is installed), so an upgrade that breaks one fails there, by name.
   outward address unless multi-node support is off, which Ray reads from the environment
   (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER) and caches in `ray._private.ray_constants.ENABLE_RAY_CLUSTER`;
   both are switched off for the start, then restored.
+- `tie_temporary_server_to_this_process`: Prefect starts its temporary API server (no
+  PREFECT_API_URL set) with `subprocess.Popen` in `prefect.server.api.server` and stops it only at
+  exit, so a `kill -9` of trace-rl left it running. That module's `subprocess` is given a `Popen`
+  that asks Linux to send the server SIGTERM when the thread that started it ends
+  (PR_SET_PDEATHSIG); only where that thread is the main thread, so the server lives exactly as long
+  as the process.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -63,3 +72,38 @@ def start_local_ray(num_cpus: int) -> None:
             del os.environ[_RAY_NODE_IP_ENV]
         else:
             os.environ[_RAY_NODE_IP_ENV] = previous
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child, between fork and exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _PopenDyingWithParent(subprocess.Popen):  # type: ignore[type-arg]
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
+            kwargs.setdefault("preexec_fn", _die_with_parent)
+        super().__init__(*args, **kwargs)  # type: ignore[call-overload]
+
+
+class _SubprocessForServer(types.ModuleType):
+    """`subprocess` as Prefect's server module sees it: the same, but for `Popen`."""
+
+    Popen = _PopenDyingWithParent
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(subprocess, name)
+
+
+def tie_temporary_server_to_this_process() -> None:
+    """Prefect's temporary API server, once started by this process, ends when it ends, even by
+    SIGKILL (Linux; elsewhere unchanged). Idempotent."""
+    from prefect.server.api import server
+
+    if not isinstance(server.subprocess, _SubprocessForServer):
+        server.subprocess = _SubprocessForServer("subprocess")  # type: ignore[assignment]

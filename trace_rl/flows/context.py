@@ -1,7 +1,8 @@
 """What one training run holds across its stages, and the machinery every stage shares.
 
-`TrainContext` carries the settings, the store, the runtime (model, backend, environment), the
-policy with its optimizer, the allocator and the predictor. `run_stage` is a stage's transaction:
+`TrainContext` carries the run's description (settings resolved once, run_spec.py), the store, the
+runtime (model, backend, environment), the learner (learner.py), the allocator and the predictor.
+`run_stage` is a stage's transaction:
 compute, then commit the outputs with the stage's completion marker; `Stage` is a row of the stage
 table (stages.py); `stage_seed` gives each (run seed, iteration, stage) its own random stream (by the
 stage's stream number); the checkpoint
@@ -19,21 +20,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
-from transformers import PreTrainedModel
 
-from trace_core.method.allocators import AllocatorConfig, make_allocator
-from trace_core.method.loss import freeze_copy, make_optimizer, wrap_policy
-from trace_core.method.predictor import PredictorConfig, make_predictor
+from trace_core.method.allocators import make_allocator
+from trace_core.method.evaluation import LeafF1
+from trace_core.method.predictor import make_predictor
 from trace_core.method.rollout import Expansion
-from trace_core.method.sampling import (
-    learn_history,
-)
+from trace_core.method.sampling import learn_history
 from trace_core.method.tree import Origin, RolloutTree
 from trace_rl.config.settings import Settings, SettingsError
 from trace_rl.flows.checkpoints import read_verified, write_atomic
-from trace_rl.flows.pipeline import Log, Runtime, code_version, load_runtime, policy_config, settings_hash
-from trace_rl.flows.sharding import LocalShards, ShardRunner
+from trace_rl.flows.learner import Learner
+from trace_rl.flows.pipeline import Log, Runtime, code_version, load_runtime, settings_hash
+from trace_rl.flows.run_spec import RunSpec, describe
+from trace_rl.flows.sharding import ShardRunner
 from trace_rl.store.db import render_url
 from trace_rl.store.store import RolloutStore
 from trace_rl.store.writer import CheckpointRecord, StageWriter
@@ -47,38 +46,39 @@ class InjectedFault(RuntimeError):
 
 
 class TrainContext:
-    """What lives across stages of one run (a plain class: Prefect passes it to tasks untouched)."""
+    """What lives across stages of one run (a plain class: Prefect passes it to tasks untouched):
+    the run's description (`spec`, settings resolved once), the store, the runtime (data, model,
+    backend, environment), the learner (the policy), the allocator, the featurizer and predictor,
+    and the task's answer scorer. What changes during a run: the learner, the predictor and
+    whether it is `predictor_dirty`, the faults already `fired`, and the shard runner (`shards`),
+    which the flow swaps in while it runs."""
 
-    def __init__(self, s: Settings, store: RolloutStore, run_id: int, runtime: Runtime, log: Log) -> None:
-        self.s, self.store, self.run_id, self.runtime, self.log = s, store, run_id, runtime, log
-        t, p = s.trace, s.policy
-        self.allocator = make_allocator(t.allocator)
-        self.allocator_config = AllocatorConfig(
-            t.budget, t.stage1_share, t.group_size, t.max_per_prompt, t.max_per_anchor, t.explore_share, t.root_split
-        )
-        self.policy_config = policy_config(s)
-        # full fine-tuning with a KL penalty needs a frozen copy of the starting policy as reference
-        self.reference = freeze_copy(runtime.model) if p.kl_coef > 0 and not s.uses_lora() else None
-        self.policy: PreTrainedModel = wrap_policy(runtime.model, self.policy_config)
-        self.optimizer = make_optimizer(self.policy, self.policy_config)
-        self.featurizer = family(s).featurizer(s, s.model.device)
-        q = s.predictor
-        self.predictor_config = PredictorConfig(
-            q.prior, q.window, q.hidden, q.epochs, q.learning_rate, seed=s.run.seed, mixedness=q.mixedness
-        )
-        self.predictor = make_predictor(q.name, self.featurizer.dim, self.predictor_config)
-        self.run_dir = s.run.output_dir / s.run.name
-        self.adapter_version = 0
-        self.dirty: set[str] = set()  # "policy" / "predictor": changed in memory, not yet committed
+    def __init__(
+        self,
+        spec: RunSpec,
+        store: RolloutStore,
+        run_id: int,
+        runtime: Runtime,
+        learner: Learner,
+        featurizer: Any,
+        f1: LeafF1 | None,
+        log: Log,
+    ) -> None:
+        self.spec, self.store, self.run_id, self.runtime, self.log = spec, store, run_id, runtime, log
+        self.allocator = make_allocator(spec.sampling.allocator)
+        self.learner = learner
+        self.featurizer = featurizer
+        self.f1 = f1
+        self.predictor = make_predictor(spec.prediction.name, self.featurizer.dim, spec.prediction.config)
+        self.predictor_dirty = False  # changed in memory by a refit not yet committed
         self.fired: set[str] = set()
-        # where rollout shards grow; the flow swaps in the configured runner while it runs
-        self.shards: ShardRunner = LocalShards(runtime.backend, runtime.env, s.orchestration.rollout_shards)
+        self.shards: ShardRunner | None = None
 
 
 # -- shared stage machinery ----------------------------------------------------------------------
 
 
-def every_iteration(_s: Settings, _it: int) -> bool:
+def every_iteration(_spec: RunSpec, _it: int) -> bool:
     return True
 
 
@@ -93,19 +93,17 @@ class Stage:
     name: str
     task: Any
     stream: int
-    due: Callable[[Settings, int], bool] = every_iteration
+    due: Callable[[RunSpec, int], bool] = every_iteration
 
 
 def stage_seed(ctx: TrainContext, iteration: int, stream: int) -> int:
     """The random stream `stream` of (run seed, iteration); a run started from another (`run.init_from`) also
-    keys it by that run's name. Without that key it re-drew its source's streams from iteration 0:
-    the bench's late regime trained every allocator on exactly the pools of the pre-run it started
-    from, in the same order (64 of 64 prompts shared at every iteration), which a deployment that
-    continues a run would not do, and which let a predictor that had learnt those very prompts
-    look better than it is."""
-    keys = [ctx.s.run.seed, iteration + 1, stream]
-    if ctx.s.run.init_from:
-        keys.append(int.from_bytes(hashlib.sha256(ctx.s.run.init_from.encode()).digest()[:4], "big"))
+    keys it by that run's name: without it, the new run would redraw its source's pools in the same
+    order, which a deployment that continues a run would not do (and a predictor that learnt those
+    very prompts would look better than it is)."""
+    keys = [ctx.spec.seed, iteration + 1, stream]
+    if ctx.spec.init_from:
+        keys.append(int.from_bytes(hashlib.sha256(ctx.spec.init_from.encode()).digest()[:4], "big"))
     return int(np.random.SeedSequence(keys).generate_state(1)[0])
 
 
@@ -115,7 +113,7 @@ def stage_rng(ctx: TrainContext, iteration: int, stage: Stage) -> np.random.Gene
 
 def _fault(ctx: TrainContext, stage: str, iteration: int) -> None:
     key = f"{stage}@{iteration}"
-    if key in ctx.s.orchestration.fail_once and key not in ctx.fired:
+    if key in ctx.spec.fail_once and key not in ctx.fired:
         ctx.fired.add(key)
         raise InjectedFault(f"injected failure of {key} (orchestration.fail_once)")
 
@@ -155,8 +153,10 @@ def grow_stage(
     grown trees replace their entries in `trees`. Returns the stage's prefix-cache hit rate where
     this process's backend did the work (None on Ray workers). Each runner reseeds generation and
     empties the prefix cache per shard, so a replayed stage computes what its first attempt did."""
+    if ctx.shards is None:
+        raise RuntimeError(f"{stage.name}: no shard runner is open (the flow opens one around the iterations)")
     before = ctx.runtime.backend.stats.prefix_counts()
-    ctx.shards.grow(trees, expansions, origin, stage_seed(ctx, iteration, stage.stream), ctx.policy)
+    ctx.shards.grow(trees, expansions, origin, stage_seed(ctx, iteration, stage.stream), ctx.learner.policy)
     return ctx.runtime.backend.stats.prefix_hit_rate_since(before)
 
 
@@ -167,47 +167,42 @@ Grown = tuple[list[RolloutTree], float | None]  # a rollout stage's trees and it
 
 
 def checkpoint_path(ctx: TrainContext, kind: str, iteration: int) -> Path:
-    return ctx.run_dir / "checkpoints" / f"{kind}-{iteration:05d}.pt"
+    return ctx.spec.run_dir / "checkpoints" / f"{kind}-{iteration:05d}.pt"
 
 
-def policy_state(ctx: TrainContext) -> dict[str, Any]:
-    trainable = {k: v.detach().clone() for k, v in ctx.policy.named_parameters() if v.requires_grad}
-    return {
-        "weights": trainable,
-        "optimizer": ctx.optimizer.state_dict(),
-        "version": ctx.adapter_version,
-        "torch_rng": torch.get_rng_state(),
-    }
-
-
-def _load_policy_state(ctx: TrainContext, state: dict[str, Any]) -> None:
-    params = dict(ctx.policy.named_parameters())
-    with torch.no_grad():
-        for name, value in state["weights"].items():
-            params[name].copy_(value)
-    ctx.optimizer.load_state_dict(state["optimizer"])
-    ctx.adapter_version = state["version"]
-    torch.set_rng_state(state["torch_rng"])
-    ctx.runtime.backend.sync_weights(ctx.policy)
-
-
-def restore(ctx: TrainContext, kind: str) -> None:
-    """Load the latest committed checkpoint of `kind` ("policy" or "predictor")."""
+def latest_state(ctx: TrainContext, kind: str) -> dict[str, Any] | None:
+    """The latest committed checkpoint of `kind` ("policy" or "predictor"), verified, or None."""
     saved = ctx.store.checkpoints(ctx.run_id, kind)
     if not saved:
-        return
+        return None
     _, record = saved[-1]
-    state = read_verified(Path(record.location), record.sha256)
-    if kind == "policy":
-        _load_policy_state(ctx, state)
-    else:
-        ctx.predictor.load_state_dict(state)
-    ctx.dirty.discard(kind)
+    return read_verified(Path(record.location), record.sha256)
+
+
+def load_policy_state(ctx: TrainContext, state: dict[str, Any]) -> None:
+    """The learner takes `state`; generation samples it from now on."""
+    ctx.learner.load(state)
+    ctx.runtime.backend.sync_weights(ctx.learner.policy)
+
+
+def restore_policy_if_dirty(ctx: TrainContext) -> None:
+    """Undo an earlier attempt's in-memory policy update: back to the latest committed checkpoint."""
+    if ctx.learner.restore_if_dirty(lambda: latest_state(ctx, "policy")):
+        ctx.runtime.backend.sync_weights(ctx.learner.policy)
+
+
+def restore_predictor_if_dirty(ctx: TrainContext) -> None:
+    """Undo an earlier attempt's in-memory refit: back to the latest committed predictor."""
+    if ctx.predictor_dirty:
+        state = latest_state(ctx, "predictor")
+        if state is not None:
+            ctx.predictor.load_state_dict(state)
+        ctx.predictor_dirty = False
 
 
 def _initial_checkpoints(ctx: TrainContext) -> None:
     """Checkpoints at iteration -1, so a failed first update can always be undone."""
-    for kind, state in (("policy", policy_state(ctx)), ("predictor", ctx.predictor.state_dict())):
+    for kind, state in (("policy", ctx.learner.state()), ("predictor", ctx.predictor.state_dict())):
         if not ctx.store.checkpoints(ctx.run_id, kind):
             path = checkpoint_path(ctx, kind, -1)
             digest = write_atomic(state, path, ctx.store.fence)
@@ -219,17 +214,25 @@ def _initial_checkpoints(ctx: TrainContext) -> None:
 
 
 def open_context(s: Settings, log: Log) -> TrainContext:
+    """Open (or resume) the run `s` describes: settings are resolved here, once (`describe`); the
+    stages see only the run's description and what the context built from it."""
     store = RolloutStore(s.store_url())
     run_id = store.open_run(s.run.name, s.snapshot(), settings_hash(s.identity()), code_version(), s.identity())
     store.take_lease(run_id, s.run.name, s.orchestration.lease_ttl_s)  # refuses a second writer of the run
     log(f"rollout database: {render_url(s.store_url())} (run {s.run.name!r})")
     try:
-        ctx = TrainContext(s, store, run_id, load_runtime(s, log), log)
+        spec, task, runtime = describe(s), family(s), load_runtime(s, log)
+        learner = Learner(runtime.model, spec.policy, spec.use_reference)  # before the featurizer: torch's draws
+        featurizer = task.featurizer(s, s.model.device)
+        ctx = TrainContext(spec, store, run_id, runtime, learner, featurizer, task.f1, log)
         if s.run.init_from and not store.checkpoints(run_id, "policy"):
-            _start_from(ctx, s.run.init_from)
+            _start_from(ctx, s)
         _initial_checkpoints(ctx)
-        restore(ctx, "policy")
-        restore(ctx, "predictor")
+        policy, predictor = latest_state(ctx, "policy"), latest_state(ctx, "predictor")
+        if policy is not None:
+            load_policy_state(ctx, policy)
+        if predictor is not None:
+            ctx.predictor.load_state_dict(predictor)
     except BaseException:
         store.release_lease("failed")
         store.close()
@@ -241,11 +244,13 @@ def open_context(s: Settings, log: Log) -> TrainContext:
 _SHARED_WITH_SOURCE = ("task", "model", "warmstart", "agent", "retriever")
 
 
-def _start_from(ctx: TrainContext, source: str) -> None:
-    """A new run's starting point is `source`'s latest policy checkpoint, and its predictor first
-    learns from `source`'s stored rollouts (a deployment resuming from a checkpoint has them)."""
+def _start_from(ctx: TrainContext, s: Settings) -> None:
+    """A new run's starting point is the latest policy checkpoint of the run `run.init_from` names,
+    and its predictor first learns from that run's stored rollouts (a deployment resuming from a
+    checkpoint has them)."""
+    source = s.run.init_from
     source_id = ctx.store.run_id(source)
-    theirs, ours = ctx.store.run_settings(source_id), ctx.s.snapshot()
+    theirs, ours = ctx.store.run_settings(source_id), s.snapshot()
     for section in _SHARED_WITH_SOURCE:
         for key, value in ours[section].items():
             there = theirs.get(section, {}).get(key)
@@ -258,9 +263,9 @@ def _start_from(ctx: TrainContext, source: str) -> None:
     if not saved:
         raise SettingsError(f"run.init_from={source!r}: that run has no policy checkpoint yet")
     _, record = saved[-1]
-    _load_policy_state(ctx, read_verified(Path(record.location), record.sha256))
+    load_policy_state(ctx, read_verified(Path(record.location), record.sha256))
     history = [(it, ctx.store.load_trees(source_id, it)) for it in ctx.store.backed_up_iterations(source_id)]
-    learn_history(ctx.predictor, ctx.featurizer, history, ctx.s.predictor.targets)
+    learn_history(ctx.predictor, ctx.featurizer, history, ctx.spec.prediction.targets)
     ctx.log(
         f"starting from run {source!r}: policy of iteration {saved[-1][0]}, predictor taught {len(history)} "
         "iterations of its rollouts"

@@ -21,8 +21,8 @@ from trace_rl.flows.context import (
     Stage,
     TrainContext,
     checkpoint_path,
-    policy_state,
-    restore,
+    restore_policy_if_dirty,
+    restore_predictor_if_dirty,
     run_stage,
 )
 from trace_rl.store.writer import CheckpointRecord, StageWriter
@@ -30,14 +30,13 @@ from trace_rl.store.writer import CheckpointRecord, StageWriter
 
 @task(name="refit-predictor", task_run_name="refit-predictor-it{it}", cache_policy=NO_CACHE)
 def refit_predictor(ctx: TrainContext, it: int, stage: Stage) -> None:
-    if "predictor" in ctx.dirty:  # an earlier attempt changed it in memory: start from the committed one
-        restore(ctx, "predictor")
+    restore_predictor_if_dirty(ctx)  # an earlier attempt changed it in memory: start from the committed one
 
     def compute() -> tuple[Any, Any, CheckpointRecord]:
         trees = ctx.store.load_trees(ctx.run_id, it)
         before = {kind: quality(*allocation_outcomes(trees, kind)) for kind in ("all", "root", "anchor")}
-        ctx.dirty.add("predictor")
-        fit = learn_iteration(ctx.predictor, ctx.featurizer, it, trees, ctx.s.predictor.targets)
+        ctx.predictor_dirty = True
+        fit = learn_iteration(ctx.predictor, ctx.featurizer, it, trees, ctx.spec.prediction.targets)
         if fit is None:  # a backed-up iteration always has its bare rollouts' roots
             raise RuntimeError(f"iteration {it} gave the predictor no examples")
         path = checkpoint_path(ctx, "predictor", it)
@@ -62,32 +61,32 @@ def refit_predictor(ctx: TrainContext, it: int, stage: Stage) -> None:
         w.stage_metrics(metrics)
 
     run_stage(ctx, it, stage, compute, write)
-    ctx.dirty.discard("predictor")
+    ctx.predictor_dirty = False
 
 
 @task(name="update-policy", task_run_name="update-policy-it{it}", cache_policy=NO_CACHE)
 def update_policy(ctx: TrainContext, it: int, stage: Stage) -> None:
-    if "policy" in ctx.dirty:
-        restore(ctx, "policy")
+    restore_policy_if_dirty(ctx)
+    learner = ctx.learner
 
     def compute() -> tuple[Any, float, CheckpointRecord]:
         trees = ctx.store.load_trees(ctx.run_id, it)
-        paths = ADVANTAGES.get(ctx.s.trace.advantage)(trees)
-        rows = build_sequences(trees, paths, keep_zero=ctx.policy_config.kl_coef > 0)
+        paths = ADVANTAGES.get(ctx.spec.advantage)(trees)
+        rows = build_sequences(trees, paths, keep_zero=ctx.learner.config.kl_coef > 0)
         pad = ctx.runtime.env.tokenizer.pad_token_id or 0
-        ctx.dirty.add("policy")
-        stats = policy_update(ctx.policy, ctx.optimizer, rows, ctx.policy_config, pad, it, ctx.reference)
-        ctx.adapter_version += 1
+        learner.changing()
+        stats = policy_update(learner.policy, learner.optimizer, rows, learner.config, pad, it, learner.reference)
+        learner.version += 1
         path = checkpoint_path(ctx, "policy", it)
         return (
             stats,
             nonzero_share(paths),
-            CheckpointRecord("policy", str(path), write_atomic(policy_state(ctx), path, ctx.store.fence)),
+            CheckpointRecord("policy", str(path), write_atomic(learner.state(), path, ctx.store.fence)),
         )
 
     def write(w: StageWriter, out: tuple[Any, float, CheckpointRecord]) -> None:
         stats, nonzero, record = out
-        w.policy_update(stats, ctx.adapter_version)
+        w.policy_update(stats, learner.version)
         w.checkpoint(record)
         w.stage_metrics(
             {
@@ -97,14 +96,14 @@ def update_policy(ctx: TrainContext, it: int, stage: Stage) -> None:
                 "policy/grad_norm": stats.grad_norm,
                 "policy/learning_rate": stats.learning_rate,
                 "policy/tokens": stats.tokens,
-                "policy/adapter_version": ctx.adapter_version,
+                "policy/adapter_version": learner.version,
                 "rollout/nonzero_advantage_share": nonzero,
             }
         )
 
     run_stage(ctx, it, stage, compute, write)
-    ctx.dirty.discard("policy")
-    ctx.runtime.backend.sync_weights(ctx.policy)  # every later generation samples the updated policy
+    learner.committed()
+    ctx.runtime.backend.sync_weights(learner.policy)  # every later generation samples the updated policy
 
 
 @task(name="checkpoint", task_run_name="checkpoint-it{it}", cache_policy=NO_CACHE)
@@ -113,10 +112,10 @@ def checkpoint(ctx: TrainContext, it: int, stage: Stage) -> None:
     checkpoint files, keeping the two newest of each kind."""
 
     def compute() -> CheckpointRecord:
-        target = ctx.run_dir / "policy"
+        target = ctx.spec.run_dir / "policy"
 
         def save(folder: Path) -> None:
-            ctx.policy.save_pretrained(folder)
+            ctx.learner.policy.save_pretrained(folder)
             ctx.runtime.env.tokenizer.save_pretrained(folder)
 
         digest = publish_directory(save, target, ctx.store.fence)
@@ -132,6 +131,6 @@ def checkpoint(ctx: TrainContext, it: int, stage: Stage) -> None:
 def _prune(ctx: TrainContext) -> None:
     for kind in ("policy", "predictor"):
         keep = {Path(r.location) for _, r in ctx.store.checkpoints(ctx.run_id, kind)[-2:]}
-        for path in (ctx.run_dir / "checkpoints").glob(f"{kind}-*.pt"):
+        for path in (ctx.spec.run_dir / "checkpoints").glob(f"{kind}-*.pt"):
             if path not in keep:
                 path.unlink(missing_ok=True)

@@ -21,21 +21,20 @@ from trace_core.method.sampling import (
     predict_nodes,
 )
 from trace_core.method.tree import backed_up
-from trace_rl.config.settings import Settings
 from trace_rl.flows.context import (
     Stage,
     TrainContext,
     fresh_generation,
     run_stage,
 )
+from trace_rl.flows.run_spec import RunSpec
 from trace_rl.store.writer import StageWriter
-from trace_rl.tasks.family import family
 
 Evaluated = tuple[dict[str, Any], tuple[QuestionOutcome, ...]]  # the iteration's metrics, the dev outcomes
 
 
-def headroom_due(s: Settings, it: int) -> bool:
-    return s.headroom.every > 0 and it % s.headroom.every == 0
+def headroom_due(spec: RunSpec, it: int) -> bool:
+    return spec.headroom.due(it)
 
 
 @task(name="measure-headroom", task_run_name="measure-headroom-it{it}", cache_policy=NO_CACHE)
@@ -50,12 +49,13 @@ def measure_headroom(ctx: TrainContext, it: int, stage: Stage) -> None:
         trees = new_trees(pool, ctx.runtime.env)
         predicted = predict_nodes(trees, [(i, 0) for i in range(len(trees))], ctx.predictor, ctx.featurizer)
         fresh_generation(ctx, it, stage.stream)
-        half = ctx.s.headroom.samples // 2
+        half = ctx.spec.headroom.samples // 2
         sampling = ctx.runtime.env.config.sampling()
         samples = measure_pool(
             pool, predicted.tolist(), plan.counts, half, ctx.runtime.backend, ctx.runtime.env, sampling
         )
-        metrics = ledger(samples, ctx.s.trace.group_size, ctx.s.trace.max_per_prompt).metrics()
+        config = ctx.spec.sampling.config
+        metrics = ledger(samples, config.group_size, config.max_per_prompt).metrics()
         return pool, samples, {**metrics, **pool_quality(samples)}
 
     def write(w: StageWriter, out: tuple[list[Any], list[PoolSample], dict[str, float]]) -> None:
@@ -69,12 +69,12 @@ def measure_headroom(ctx: TrainContext, it: int, stage: Stage) -> None:
 def dev_evaluation(ctx: TrainContext, it: int, stream: int) -> tuple[dict[str, float], tuple[QuestionOutcome, ...]]:
     """Dev accuracy (avg@n EM and F1 at temperature 1) and, on the same held-out trees, the
     predictor's quality: these questions are never trained on. Also each rollout's outcome."""
-    s = ctx.s
-    records = ctx.runtime.data.dev[: s.train.eval_questions]
+    e = ctx.spec.evaluation
+    records = ctx.runtime.data.dev[: e.questions]
     fresh_generation(ctx, it, stream)
     sampling = ctx.runtime.env.config.sampling(1.0)
-    trees = rollout_batch(records, s.train.eval_samples, ctx.runtime.backend, ctx.runtime.env, sampling)
-    report = score_trees(trees, s.train.eval_samples, family(s).f1)
+    trees = rollout_batch(records, e.samples, ctx.runtime.backend, ctx.runtime.env, sampling)
+    report = score_trees(trees, e.samples, ctx.f1)
     out = {"eval/em": report.em, "eval/f1": report.f1, "eval/mixed_share": report.mixed / len(records)}
     if len(report.by_source) > 1:  # e.g. BFCL's subsets
         out.update({f"eval/em_{source}": em for source, em in report.by_source})
@@ -86,16 +86,12 @@ def dev_evaluation(ctx: TrainContext, it: int, stream: int) -> tuple[dict[str, f
     return out, report.outcomes
 
 
-def _eval_due(s: Settings, it: int) -> bool:
-    return it < 0 or (it + 1) % s.train.eval_every == 0 or it == s.train.iterations - 1
-
-
 @task(name="evaluate", task_run_name="evaluate-it{it}", cache_policy=NO_CACHE)
 def evaluate(ctx: TrainContext, it: int, stage: Stage) -> dict[str, Any]:
     def compute() -> Evaluated:
         metrics = {k: v for k, v in ctx.store.stage_metrics(ctx.run_id, it).items() if v is not None}
         outcomes: tuple[QuestionOutcome, ...] = ()
-        if _eval_due(ctx.s, it):
+        if ctx.spec.evaluation.due(it):
             dev, outcomes = dev_evaluation(ctx, it, stage.stream)
             metrics.update(dev)
         return metrics, outcomes
@@ -113,9 +109,9 @@ def evaluate(ctx: TrainContext, it: int, stage: Stage) -> dict[str, Any]:
 
 def _publish_artifact(ctx: TrainContext, it: int, metrics: dict[str, Any]) -> None:
     rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
-    key = "".join(c if c.isalnum() else "-" for c in f"{ctx.s.run.name}-iteration-{it}".lower())
+    key = "".join(c if c.isalnum() else "-" for c in f"{ctx.spec.name}-iteration-{it}".lower())
     create_markdown_artifact(
-        markdown=f"### {ctx.s.run.name}, iteration {it}\n\n| metric | value |\n|---|---|\n{rows}",
+        markdown=f"### {ctx.spec.name}, iteration {it}\n\n| metric | value |\n|---|---|\n{rows}",
         key=key,
         description=f"trace-rl metrics, iteration {it}",
     )

@@ -20,7 +20,6 @@ from transformers import PreTrainedModel
 
 from trace_core.generation.backend import BackendSpec, GenerationBackend
 from trace_core.generation.backend import make_backend as build_backend
-from trace_core.method.loss import PolicyConfig
 from trace_core.method.warmstart import Checkpoint, WarmStartConfig, warm_start
 from trace_core.models.default_model import (
     TinyModelSpec,
@@ -88,20 +87,6 @@ def make_tools(s: Settings, data: TaskData) -> Any:
 def make_env(s: Settings, tools: Any, tokenizer: Any) -> Any:
     """The task family's environment over `tokenizer`."""
     return family(s).environment(s, tools, tokenizer)
-
-
-def policy_config(s: Settings) -> PolicyConfig:
-    p = s.policy
-    return PolicyConfig(
-        learning_rate=p.learning_rate,
-        clip_eps=p.clip_eps,
-        kl_coef=p.kl_coef,
-        minibatches=p.minibatches,
-        lora=s.uses_lora(),
-        lora_rank=p.lora_rank,
-        lora_alpha=p.lora_alpha,
-        seed=s.run.seed,
-    )
 
 
 def _dtype(s: Settings) -> torch.dtype:

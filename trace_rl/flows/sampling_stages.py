@@ -56,21 +56,21 @@ def allocate_roots(ctx: TrainContext, it: int, stage: Stage) -> None:
 
     def compute() -> tuple[list[RolloutTree], RootPlan, list[PoolSample]]:
         train = ctx.runtime.data.train
-        picks = rng.choice(len(train), min(ctx.s.trace.pool_size, len(train)), replace=False)
+        picks = rng.choice(len(train), min(ctx.spec.sampling.pool_size, len(train)), replace=False)
         trees = new_trees([train[i] for i in picks], ctx.runtime.env)
-        if not ctx.s.trace.oracle_samples:
-            return *plan_stage1(trees, ctx.allocator, ctx.allocator_config, ctx.predictor, ctx.featurizer, rng), []
+        if not ctx.spec.sampling.oracle_samples:
+            return *plan_stage1(trees, ctx.allocator, ctx.spec.sampling.config, ctx.predictor, ctx.featurizer, rng), []
         # the oracle control: its own random stream, so the stages after it sample what they would without it
         fresh_generation(ctx, it, ORACLE_ROOTS_STREAM)
         env = ctx.runtime.env
         return measured_stage1(
             trees,
             ctx.allocator,
-            ctx.allocator_config,
+            ctx.spec.sampling.config,
             ctx.predictor,
             ctx.featurizer,
             rng,
-            ctx.s.trace.oracle_samples // 2,
+            ctx.spec.sampling.oracle_samples // 2,
             ctx.runtime.backend,
             env,
             env.config.sampling(),
@@ -78,9 +78,9 @@ def allocate_roots(ctx: TrainContext, it: int, stage: Stage) -> None:
 
     def write(w: StageWriter, out: tuple[list[RolloutTree], RootPlan, list[PoolSample]]) -> None:
         trees, plan, measured = out
-        prior = ctx.predictor_config.prior
+        prior = ctx.spec.prediction.config.prior
         w.root_plan([t.record for t in trees], [_or(t.root.predicted, prior) for t in trees], plan)
-        w.trees(trees, ctx.s.trace.allocator)
+        w.trees(trees, ctx.spec.sampling.allocator)
         metrics = {
             "alloc/stage1_leaves": plan.leaves,
             "alloc/stage1_prompts": sum(m > 0 for m in plan.counts),
@@ -108,7 +108,7 @@ def roll_out_roots(ctx: TrainContext, it: int, stage: Stage) -> None:
         return trees, grow_stage(ctx, it, stage, trees, stage1_expansions(plan), "stage1")
 
     def write(w: StageWriter, grown: Grown) -> None:
-        w.trees(grown[0], ctx.s.trace.allocator)
+        w.trees(grown[0], ctx.spec.sampling.allocator)
         metrics = _rollout_metrics(grown, "rollout/stage1_generated_tokens", "rollout/stage1_prefix_cache_hit_rate")
         # what Stage 1 bought, beside what its plan expected (alloc/expected_mixed_stage1)
         metrics["rollout/stage1_mixed_groups"] = float(sum(t.is_mixed() for t in grown[0]))
@@ -128,13 +128,13 @@ def allocate_prefixes(ctx: TrainContext, it: int, stage: Stage) -> None:
         trees, s2 = stage2_input(
             ctx.store.load_trees(ctx.run_id, it), plan1, ctx.allocator, ctx.predictor, ctx.featurizer
         )
-        plan2 = plan_stage2(s2, plan1, ctx.allocator, ctx.allocator_config, rng)
+        plan2 = plan_stage2(s2, plan1, ctx.allocator, ctx.spec.sampling.config, rng)
         return trees, plan2, {i: predicted[i] for i in s2.unused}
 
     def write(w: StageWriter, out: tuple[list[RolloutTree], PrefixPlan, dict[int, float]]) -> None:
         trees, plan2, unused = out
         w.prefix_plan(plan2, unused)
-        w.trees(trees, ctx.s.trace.allocator)
+        w.trees(trees, ctx.spec.sampling.allocator)
         w.stage_metrics(
             {
                 "alloc/stage2_leaves": plan2.leaves,
@@ -154,7 +154,7 @@ def roll_out_prefixes(ctx: TrainContext, it: int, stage: Stage) -> None:
         return trees, grow_stage(ctx, it, stage, trees, expansions, "stage2")
 
     def write(w: StageWriter, grown: Grown) -> None:
-        w.trees(grown[0], ctx.s.trace.allocator)
+        w.trees(grown[0], ctx.spec.sampling.allocator)
         w.stage_metrics(_rollout_metrics(grown, "rollout/all_generated_tokens", "rollout/stage2_prefix_cache_hit_rate"))
 
     run_stage(ctx, it, stage, compute, write)
@@ -166,7 +166,7 @@ def back_up(ctx: TrainContext, it: int, stage: Stage) -> None:
         return [backed_up(tree) for tree in ctx.store.load_trees(ctx.run_id, it)]
 
     def write(w: StageWriter, trees: list[RolloutTree]) -> None:
-        w.trees(trees, ctx.s.trace.allocator)
+        w.trees(trees, ctx.spec.sampling.allocator)
         leaves = [leaf for t in trees for leaf in t.leaves()]
         w.stage_metrics(
             {

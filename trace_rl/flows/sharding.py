@@ -44,10 +44,10 @@ from trace_rl.flows.pipeline import (
     make_backend,
     make_env,
     make_tools,
-    policy_config,
     prepare_task,
     settings_hash,
 )
+from trace_rl.flows.run_spec import policy_config
 
 
 class ShardRunner(Protocol):

@@ -12,8 +12,9 @@ results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from trace_rl.config.errors import SettingsError
-from trace_rl.config.settings import Settings
 from trace_rl.flows.context import Stage
 from trace_rl.flows.learn_stages import checkpoint, refit_predictor, update_policy
 from trace_rl.flows.measure_stages import evaluate, headroom_due, measure_headroom
@@ -46,9 +47,9 @@ def stage(name: str) -> Stage:
     return next(row for row in STAGES if row.name == name)
 
 
-def check_fail_once(s: Settings) -> None:
+def check_fail_once(fail_once: Sequence[str]) -> None:
     """`orchestration.fail_once` names only stages of this table."""
-    for item in s.orchestration.fail_once:
+    for item in fail_once:
         if item.partition("@")[0] not in STAGE_NAMES:
             raise SettingsError(
                 f"orchestration.fail_once: {item!r} names no stage; the stages are {', '.join(STAGE_NAMES)}"

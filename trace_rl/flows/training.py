@@ -31,20 +31,22 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run as prefect_flow_run
+from prefect.states import Cancelled
 
 from trace_core.atomic import write_text_atomic
 from trace_rl.config.settings import Settings, flow_overrides, load_settings
 from trace_rl.flows.context import TrainContext, open_context
 from trace_rl.flows.pipeline import Log
-from trace_rl.flows.sharding import shard_runner
+from trace_rl.flows.sharding import ShardRunner, shard_runner
 from trace_rl.flows.stages import STAGES, check_fail_once, stage
+from trace_rl.store.lease import RunLeaseError
 
 
 def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any], started: tuple[int, float]) -> None:
@@ -54,7 +56,7 @@ def _progress(ctx: TrainContext, it: int, metrics: dict[str, Any], started: tupl
     from tqdm import tqdm
 
     first, since = started
-    n = ctx.s.train.iterations
+    n = ctx.spec.iterations
     meter = tqdm.format_meter(
         it + 1 - first,
         n - first,
@@ -90,11 +92,18 @@ def trace_training(
     def log(message: str) -> None:
         logger.info(message)
 
-    check_fail_once(s)
-    ctx = open_context(s, log)
+    check_fail_once(s.orchestration.fail_once)
+    try:
+        ctx = open_context(s, log)
+    except RunLeaseError as refused:
+        # another live process writes this run (an overlapping schedule tick, a second `trace-rl run`):
+        # a flow run in state Refused (type CANCELLED) with the holder in its message, no traceback
+        logger.warning(str(refused))
+        # (a returned state becomes the run's final state; a direct call raises CancelledRun instead)
+        return Cancelled(name="Refused", message=str(refused))  # type: ignore[return-value]
     try:
         with _terminate_as_interrupt():
-            history = _train(ctx)
+            history = _train(ctx, lambda: shard_runner(s, ctx.runtime))
     except (KeyboardInterrupt, Terminated):
         ctx.store.release_lease("interrupted")
         raise
@@ -171,32 +180,33 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train(ctx: TrainContext) -> list[dict[str, Any]]:
-    s = ctx.s
-    retried = {entry.name: entry.task.with_options(**s.orchestration.retry_options()) for entry in STAGES}
+def _train(ctx: TrainContext, shards: Callable[[], AbstractContextManager[ShardRunner]]) -> list[dict[str, Any]]:
+    """Every stage not yet committed, in order, iteration by iteration; the rollout stages grow their
+    shards on the runner `shards()` opens."""
+    spec = ctx.spec
+    retried = {entry.name: entry.task.with_options(**spec.retry_options()) for entry in STAGES}
     history = []
     if "evaluate" not in ctx.store.completed_stages(ctx.run_id, -1):
-        ctx.log(
-            f"evaluating the starting policy on {s.train.eval_questions} dev questions x {s.train.eval_samples} samples"
-        )
+        e = spec.evaluation
+        ctx.log(f"evaluating the starting policy on {e.questions} dev questions x {e.samples} samples")
         retried["evaluate"](ctx, -1, stage("evaluate"))
     history.append({"iteration": -1, **_iteration_row(ctx, -1)})
     finished = _trained_iterations(ctx)
-    if len(finished) >= s.train.iterations:  # never shrinks a run extended past train.iterations
+    if len(finished) >= spec.iterations:  # never shrinks a run extended past train.iterations
         ctx.log(
-            f"run {s.run.name!r} has already trained {len(finished)} iterations (train.iterations = "
-            f"{s.train.iterations}): nothing left to do (raise train.iterations to continue it, or choose another "
+            f"run {spec.name!r} has already trained {len(finished)} iterations (train.iterations = "
+            f"{spec.iterations}): nothing left to do (raise train.iterations to continue it, or choose another "
             "run.name)"
         )
         history += [{"iteration": it, **_iteration_row(ctx, it)} for it in finished]
         ctx.store.release_lease("done")
         return history
     started = (len(finished), time.perf_counter())
-    with shard_runner(s, ctx.runtime) as ctx.shards:
-        for it in range(s.train.iterations):
+    with shards() as ctx.shards:
+        for it in range(spec.iterations):
             done = ctx.store.completed_stages(ctx.run_id, it)
             for due in STAGES:
-                if due.name not in done and due.due(s, it):
+                if due.name not in done and due.due(spec, it):
                     retried[due.name](ctx, it, due)
             row = _iteration_row(ctx, it)
             history.append({"iteration": it, **row})

@@ -61,7 +61,7 @@ def _process_gone(owner: str) -> bool:
     return False
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def aware(moment: datetime | None) -> datetime | None:
     """SQLite hands timestamps back without a zone; they were written in UTC."""
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
@@ -71,6 +71,19 @@ def _aware(moment: datetime | None) -> datetime | None:
 def _rowcount(result: Any) -> int:
     """Rows an UPDATE matched (a CursorResult's count; the ORM session types it as a plain Result)."""
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+def held_by_another(name: str, holder: str | None, expires: datetime | None, owner: str = "") -> str:
+    """Why run `name` cannot be written now (its lease is held by a live process other than
+    `owner`), or '' where it can."""
+    free = holder is None or holder == owner or (expires is not None and expires < utcnow())
+    if free or (holder is not None and _process_gone(holder)):
+        return ""
+    until = expires.strftime("%Y-%m-%d %H:%M:%S UTC") if expires else "?"
+    return (
+        f"run {name!r} is being written by {holder} (lease until {until}); "
+        "wait for it to finish, stop it, or choose another run.name"
+    )
 
 
 class RunLease:
@@ -88,14 +101,9 @@ class RunLease:
             holder, expires = s.execute(
                 select(Run.lease_owner, Run.lease_expires_at).where(Run.id == self.run_id)
             ).one()
-            expires = _aware(expires)
-            free = holder is None or holder == self.owner or (expires is not None and expires < utcnow())
-            if not free and not (holder is not None and _process_gone(holder)):
-                until = expires.strftime("%Y-%m-%d %H:%M:%S UTC") if expires else "?"
-                raise RunLeaseError(
-                    f"run {self.name!r} is being written by {holder} (lease until {until}); "
-                    "wait for it to finish, stop it, or choose another run.name"
-                )
+            refusal = held_by_another(self.name, holder, aware(expires), self.owner)
+            if refusal:
+                raise RunLeaseError(refusal)
             taken = _rowcount(
                 s.execute(
                     update(Run)

@@ -38,7 +38,7 @@ from trace_rl.store.db import (
     session_factory,
     transaction,
 )
-from trace_rl.store.lease import RunLease
+from trace_rl.store.lease import RunLease, RunLeaseError, aware, held_by_another
 from trace_rl.store.mapping import TaskRecord, read_trees, to_record
 from trace_rl.store.models import (
     Allocation,
@@ -162,6 +162,15 @@ class RolloutStore:
             s.scalar(select(func.count()).select_from(table).where(table.run_id == run.id)) == 0
             for table in (Stage, Iteration, Checkpoint)
         )
+
+    def refuse_if_written(self, name: str) -> None:
+        """Raise RunLeaseError (one line naming the holder) where a live process writes run `name`."""
+        with self._sessions() as s:
+            row = s.execute(select(Run.lease_owner, Run.lease_expires_at).where(Run.name == name)).one_or_none()
+        if row is not None:
+            refusal = held_by_another(name, row[0], aware(row[1]))
+            if refusal:
+                raise RunLeaseError(refusal)
 
     def take_lease(self, run_id: int, name: str, ttl_s: float) -> RunLease:
         """Become the run's only writer (see trace_rl/store/lease.py); every later stage transaction checks
