@@ -174,3 +174,43 @@ def test_evaluation_metrics_file_holds_the_accuracy_figures_and_the_detail_file_
         "dev": {"em": 0.5, "f1": 0.55, "greedy_em": 0.6, "greedy_f1": 0.6},
         "test": {"em": 0.4, "f1": 0.45},
     }
+
+
+def test_the_warm_start_stage_lists_every_function_calling_key_the_built_model_depends_on():
+    """A key in the family's identity (what the tiny model's build digest hashes) that the stage does
+    not list would leave `dvc repro` reusing a model built for other settings."""
+    import yaml
+
+    from trace_rl.config.settings import load_settings
+    from trace_rl.tasks.family import family
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["warmstart"]
+    listed = set(stage["params"][0]["settings.toml"])
+    s = load_settings(["task.family=function_calling"])
+    needed = {f"function_calling.{key}" for key in family(s).identity(s)["function_calling"]}
+    assert not needed - listed, sorted(needed - listed)
+
+
+def test_dvc_plots_show_draws_the_declared_charts_from_a_page_that_needs_no_network(tmp_path):
+    """The page `dvc plots show` writes carries Vega inline (.dvc/plots/offline.html, set in .dvc/config):
+    nothing is loaded from a CDN, and only the two charts dvc.yaml declares are drawn."""
+    from trace_rl.report.metrics_files import export_metrics
+
+    for name in ("dvc.yaml", "settings.toml", ".dvc/config", ".dvc/plots/offline.html"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tmp_path / name)
+    history = [
+        {"iteration": -1, "eval/em": 0.3, "eval/f1": 0.4},
+        {"iteration": 0, "rollout/effective_ratio": 0.5, "rollout/nonzero_advantage_share": 0.6},
+        {"iteration": 1, "rollout/effective_ratio": 0.7, "rollout/nonzero_advantage_share": 0.8, "eval/em": 0.4,
+         "eval/f1": 0.5},
+    ]  # fmt: skip
+    export_metrics(tmp_path / "metrics", history)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    shown = subprocess.run(
+        [str(BIN / "dvc"), "plots", "show"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    page = (tmp_path / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page
+    assert "vegaEmbed" in page and page.count("vegaEmbed(") == 2, page.count("vegaEmbed(")
