@@ -106,3 +106,35 @@ def test_episodes_are_reproducible_from_pool_seed_and_index_and_differ_across_se
     assert [r.scenario for r in kept] == list(range(0, 20, 2))
     with pytest.raises(RuntimeError, match="pass the official checker"):
         generate("train", 3, 0, lambda r: False)
+
+
+def _finish(env, record, steps):
+    """The terminal step's (reward, details) when the policy writes `steps`."""
+    from trace_core.function_calling.agreement import step_texts
+
+    texts = step_texts(steps)
+    for depth, text in enumerate(texts, 1):
+        _, _, terminal, reward, details = env.respond(record, text, depth, "stop", texts[: depth - 1])
+        if terminal:
+            return reward, details
+    raise AssertionError("the episode did not end")
+
+
+def test_the_turn_pass_rate_counts_the_user_turns_passed_before_the_first_failure(env):
+    from types import SimpleNamespace
+
+    from trace_core.function_calling.env import turn_pass_rate
+
+    record = next(r for i in range(50) if len((r := generate_episode("train", 0, i)).turns) == 3)
+    full = expert(record)
+    cases = {
+        "all": (full, 3),
+        "last turn skipped": ([*full[:2], []], 2),
+        "first turn skipped": ([[], *full[1:]], 0),
+    }
+    for name, (steps, passed) in cases.items():
+        reward, details = _finish(env, record, steps)
+        assert details["turns_passed"] == passed, name
+        assert reward == (1.0 if passed == 3 else 0.0), name
+        leaf = SimpleNamespace(details=details, reward=reward)
+        assert turn_pass_rate(leaf, record) == passed / 3, name

@@ -173,6 +173,13 @@ def longest_expert_step(records: Sequence[FCRecord], tokenizer: PreTrainedTokeni
     return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
+def turn_pass_rate(leaf: Any, record: FCRecord) -> float:
+    """The share of the episode's user turns BFCL's checker passes before the first it fails (a
+    finished rollout's partial credit; 1.0 exactly when the reward is 1)."""
+    details = leaf.details or {}
+    return float(details.get("turns_passed", len(record.turns) * (leaf.reward or 0.0))) / len(record.turns)
+
+
 def _cut(output: str, limit: int) -> str:
     return output[:limit] if limit > 0 else output
 
@@ -265,9 +272,19 @@ class FunctionCallingEnv(TextEnvironment):
             added = f"\nNew functions:\n{docs}"
         return f"\n<user>{record.turns[turn]}{added}</user>\n"
 
-    def _reward(self, record: FCRecord, episode: Episode) -> float:
+    def _verdict(self, record: FCRecord, episode: Episode) -> tuple[float, int]:
+        """(the reward, the user turns passed): BFCL's checker on the whole episode, and where it
+        fails, on its first 1, 2, ... turns until one fails (the turns passed before the first failure)."""
         valid, _ = official_check(episode.steps, record.ground_truth, record.entry())
-        return 1.0 if valid else 0.0
+        if valid:
+            return 1.0, len(record.turns)
+        passed = 0
+        while passed + 1 < len(record.turns):
+            head, _ = official_check(episode.steps[: passed + 1], record.ground_truth[: passed + 1], record.entry())
+            if not head:
+                break
+            passed += 1
+        return 0.0, passed
 
     def respond(
         self, record: FCRecord, text: str, depth: int, finish: FinishReason, history: Sequence[str]
@@ -287,9 +304,10 @@ class FunctionCallingEnv(TextEnvironment):
             episode.steps[episode.turn].append(list(step.calls))
             outputs = [_cut(state.execute(c), self.config.max_output_chars) for c in step.calls]
             forced = len(episode.steps[episode.turn]) > self.config.max_steps_per_turn  # BFCL's force quit
-        details = {"calls": [c.text for c in step.calls], "outputs": outputs, "state": state.digest()}
+        details: dict[str, Any] = {"calls": [c.text for c in step.calls], "outputs": outputs, "state": state.digest()}
         if forced or episode.turn >= len(record.turns) or depth >= self.config.max_turns:
-            return step, "", True, self._reward(record, episode), details
+            reward, details["turns_passed"] = self._verdict(record, episode)
+            return step, "", True, reward, details
         if step.action == "call" and step.calls:
             observation = self._said("tool", "\n<result>" + "\n".join(outputs) + "</result>\n")
         else:

@@ -24,7 +24,13 @@ from trace_core.function_calling.data import (
     write_split,
 )
 from trace_core.function_calling.env import DEFAULT_INSTRUCTION as FC_INSTRUCTION
-from trace_core.function_calling.env import FCConfig, FunctionCallingEnv, expert_steps, longest_expert_step
+from trace_core.function_calling.env import (
+    FCConfig,
+    FunctionCallingEnv,
+    expert_steps,
+    longest_expert_step,
+    turn_pass_rate,
+)
 from trace_core.function_calling.generated import GENERATOR_VERSION, generate
 from trace_core.search_agent.data import DataFormatError
 from trace_rl.tasks.builds import is_built, mark_built, settings_hash
@@ -95,7 +101,8 @@ class FunctionCalling:
     """BFCL v4 multi-turn function calling over its executable APIs."""
 
     max_positions = 4096
-    f1 = None  # no answer strings: F1 is the reward
+    # no answer strings: the partial-credit score reported as F1 is the share of user turns passed
+    f1 = staticmethod(turn_pass_rate)
     errors = ()
 
     def data_dir(self, s: TaskSettings) -> Path:
