@@ -3,18 +3,16 @@ backed-up trees, update the policy, and checkpoint both (with the export of the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from trace_core.method.advantages import ADVANTAGES, nonzero_share
-from trace_core.method.loss import build_sequences, policy_update
-from trace_core.method.predictor import quality
-from trace_core.method.sampling import (
-    learn_iteration,
-)
+from trace_core.method.loss import UpdateStats, build_sequences, policy_update
+from trace_core.method.predictor import FitReport, PredictorQuality, quality
+from trace_core.method.sampling import learn_iteration
 from trace_core.method.tree import allocation_outcomes
 from trace_rl.flows.checkpoints import publish_directory, write_atomic
 from trace_rl.flows.context import (
@@ -28,11 +26,31 @@ from trace_rl.flows.context import (
 from trace_rl.store.writer import CheckpointRecord, StageWriter
 
 
+@dataclass(frozen=True)
+class Refit:
+    """What `refit_predictor` commits: the predictor's quality at allocation time (by node kind:
+    all, root, anchor), the fit, and the new predictor checkpoint."""
+
+    before: dict[str, PredictorQuality]
+    fit: FitReport
+    checkpoint: CheckpointRecord
+
+
+@dataclass(frozen=True)
+class Update:
+    """What `update_policy` commits: the update's statistics, the share of leaves with a non-zero
+    advantage, and the new policy checkpoint."""
+
+    stats: UpdateStats
+    nonzero: float
+    checkpoint: CheckpointRecord
+
+
 @task(name="refit-predictor", task_run_name="refit-predictor-it{it}", cache_policy=NO_CACHE)
 def refit_predictor(ctx: TrainContext, it: int, stage: Stage) -> None:
     restore_predictor_if_dirty(ctx)  # an earlier attempt changed it in memory: start from the committed one
 
-    def compute() -> tuple[Any, Any, CheckpointRecord]:
+    def compute() -> Refit:
         trees = ctx.store.load_trees(ctx.run_id, it)
         before = {kind: quality(*allocation_outcomes(trees, kind)) for kind in ("all", "root", "anchor")}
         ctx.predictor_dirty = True
@@ -40,16 +58,13 @@ def refit_predictor(ctx: TrainContext, it: int, stage: Stage) -> None:
         if fit is None:  # a backed-up iteration always has its bare rollouts' roots
             raise RuntimeError(f"iteration {it} gave the predictor no examples")
         path = checkpoint_path(ctx, "predictor", it)
-        return (
-            before,
-            fit,
-            CheckpointRecord("predictor", str(path), write_atomic(ctx.predictor.state_dict(), path, ctx.store.fence)),
-        )
+        digest = write_atomic(ctx.predictor.state_dict(), path, ctx.store.fence)
+        return Refit(before, fit, CheckpointRecord("predictor", str(path), digest))
 
-    def write(w: StageWriter, out: tuple[Any, Any, CheckpointRecord]) -> None:
-        before, fit, record = out
+    def write(w: StageWriter, out: Refit) -> None:
+        before, fit = out.before, out.fit
         w.predictor_fit(fit, before["all"])
-        w.checkpoint(record)
+        w.checkpoint(out.checkpoint)
         # quality at allocation time, scored on the bare rollouts that followed: all predicted nodes,
         # then roots (Stage 1's v) and anchors (Stage 2's p) apart
         metrics = {"predictor/fit_loss": fit.loss, "predictor/fit_steps": fit.steps}
@@ -69,7 +84,7 @@ def update_policy(ctx: TrainContext, it: int, stage: Stage) -> None:
     restore_policy_if_dirty(ctx)
     learner = ctx.learner
 
-    def compute() -> tuple[Any, float, CheckpointRecord]:
+    def compute() -> Update:
         trees = ctx.store.load_trees(ctx.run_id, it)
         paths = ADVANTAGES.get(ctx.spec.advantage)(trees)
         rows = build_sequences(trees, paths, keep_zero=ctx.learner.config.kl_coef > 0)
@@ -78,16 +93,13 @@ def update_policy(ctx: TrainContext, it: int, stage: Stage) -> None:
         stats = policy_update(learner.policy, learner.optimizer, rows, learner.config, pad, it, learner.reference)
         learner.version += 1
         path = checkpoint_path(ctx, "policy", it)
-        return (
-            stats,
-            nonzero_share(paths),
-            CheckpointRecord("policy", str(path), write_atomic(learner.state(), path, ctx.store.fence)),
-        )
+        digest = write_atomic(learner.state(), path, ctx.store.fence)
+        return Update(stats, nonzero_share(paths), CheckpointRecord("policy", str(path), digest))
 
-    def write(w: StageWriter, out: tuple[Any, float, CheckpointRecord]) -> None:
-        stats, nonzero, record = out
+    def write(w: StageWriter, out: Update) -> None:
+        stats, nonzero = out.stats, out.nonzero
         w.policy_update(stats, learner.version)
-        w.checkpoint(record)
+        w.checkpoint(out.checkpoint)
         w.stage_metrics(
             {
                 "policy/loss": stats.loss,
