@@ -131,3 +131,21 @@ def test_debug_shows_the_traceback_a_known_error_otherwise_hides(tmp_path, capsy
     assert "--debug" in capsys.readouterr().err
     with pytest.raises(StoreError, match="not supported"):
         main(["--debug", "db", "status", "--set", "store.url=mysql://root@127.0.0.1/x"])
+
+
+def test_a_closed_store_leaves_one_self_contained_file_even_after_using_several_connections(tmp_path):
+    """A run's store holds several pooled connections (its stages, the lease's heartbeat); closing it
+    still folds the write-ahead log back, so a read-only reader (the report, `dvc repro`'s later
+    stages) finds one file and leaves no -wal / -shm beside it."""
+    path = tmp_path / "rollouts.db"
+    store = RolloutStore(f"sqlite:///{path}")
+    run = store.open_run("r", {}, "h", "test")
+    with store.engine.connect() as held:  # a second connection stays open while the store writes
+        held.exec_driver_sql("SELECT 1")
+        save_trees(store, run, 0, [make_tree("q1", [1.0, 0.0])])
+    store.close()
+    assert _tables_and_journal(path)[1] == "delete"
+    reader = RolloutStore(f"sqlite:///{path}", create=False, read_only=True)
+    assert reader.run_id("r") == run
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rollouts.db"]

@@ -112,6 +112,9 @@ class RolloutStore:
     def close(self) -> None:
         """Release connections. A SQLite file is left as one self-contained file (its write-ahead
         log folded back in), so copying it, versioning it or opening it read-only sees everything."""
+        # leaving WAL mode needs the only connection to the file: the pool's idle ones (the lease's
+        # heartbeat, a stage's session) are closed first, then one connection folds the log back in
+        self.engine.dispose()
         if self.engine.dialect.name == "sqlite" and not self.read_only:
             try:
                 with self.engine.connect() as conn:
@@ -119,7 +122,8 @@ class RolloutStore:
                     conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
             except OperationalError:
                 pass  # another process still has the file open; it stays in WAL mode
-        self.engine.dispose()
+            finally:
+                self.engine.dispose()
 
     # -- runs and stages --------------------------------------------------------------------------
 
