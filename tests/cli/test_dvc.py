@@ -214,3 +214,20 @@ def test_dvc_plots_show_draws_the_declared_charts_from_a_page_that_needs_no_netw
     page = (tmp_path / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "<script src=" not in page
     assert "vegaEmbed" in page and page.count("vegaEmbed(") == 2, page.count("vegaEmbed(")
+
+
+def test_the_committed_dvc_lock_holds_every_stage_with_the_settings_of_settings_toml():
+    """dvc.lock is committed (a fresh clone's `dvc exp show` has a baseline, `dvc status` says what is
+    stale): every stage of dvc.yaml is in it, and the settings each stage ran with are today's."""
+    import yaml
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(lock) == set(stages)
+    settings = tomllib.loads((ROOT / "settings.toml").read_text())
+    for name, stage in lock.items():
+        for key, value in stage.get("params", {}).get("settings.toml", {}).items():
+            current = settings
+            for part in key.split("."):
+                current = current[part]
+            assert current == value, f"dvc.lock's {name} ran with {key}={value!r}, settings.toml has {current!r}"
