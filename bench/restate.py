@@ -102,7 +102,9 @@ def restate() -> str:
                 f = entry[m]
                 if m in recorded.get(key, {}):
                     compared += 1
-                    matched += _same(recorded[key][m]["ci95"], f["bootstrap_ci95"])
+                    # summaries written since the t interval became primary keep the bootstrap beside it
+                    old = recorded[key][m]
+                    matched += _same(old.get("bootstrap_ci95", old["ci95"]), f["bootstrap_ci95"])
                 boot, t = _excludes_zero(f["bootstrap_ci95"]), _excludes_zero(f["ci95"])
                 line = (
                     f"{name} {key}, {LABELS[m]} (n = {len(entry['seeds'])}): {f['mean']:+.3f}, t "
