@@ -283,6 +283,19 @@ def test_held_back_functions_are_left_out_of_the_prompt_until_their_turn_and_the
     assert "New functions:" in announce.observation and names[0] in announce.observation
 
 
+def test_names_only_docs_list_every_offered_function_on_one_line_and_hold_back_the_rest(episodes):
+    from trace_core.function_calling.env import FCConfig, FunctionCallingEnv, documented_functions
+
+    record = next(r for r in episodes["miss_func"] if r.held_back)
+    compact = FunctionCallingEnv(None, bfcl_data_dir(), FCConfig())
+    names = FunctionCallingEnv(None, bfcl_data_dir(), FCConfig(docs="names"))
+    prompt = names.prompt_text(record)
+    listed = prompt.split("Functions:\n", 1)[1].split("\n", 1)[0].split(", ")
+    assert set(listed) == set(documented_functions(record, 0))
+    assert not {n for _, held in record.held_back for n in held} & set(listed)
+    assert "(" not in ", ".join(listed) and len(prompt) < len(compact.prompt_text(record)) / 3
+
+
 def test_an_episode_that_runs_out_of_steps_ends_and_is_checked(episodes):
     from trace_core.function_calling.env import FCConfig, FunctionCallingEnv
     from trace_core.models.default_model import train_tokenizer

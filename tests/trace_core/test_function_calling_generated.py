@@ -28,12 +28,14 @@ def _kwargs(call: str) -> dict[str, object]:
 
 
 def _names(record) -> set[str]:
-    """Every file, folder and user name of the starting state, and every word of every file."""
+    """Every file, folder and user name of the starting state and every part of one (`reports_tavel.md`:
+    the name, `reports` and `tavel`), and every word of every file."""
     out: set[str] = set()
 
     def walk(contents: dict) -> None:
         for name, node in contents.items():
             out.add(name)
+            out.update(name.rsplit(".", 1)[0].split("_"))
             if node["type"] == "directory":
                 walk(node["contents"])
             else:
@@ -97,6 +99,22 @@ def test_the_held_out_pool_shares_no_name_or_word_with_training():
     heldout = set().union(*(_names(generate_episode("heldout", 0, i)) for i in range(300)))
     shared = {w for w in train & heldout if not w.startswith(".")}
     assert not shared, sorted(shared)
+
+
+def test_argument_values_are_too_many_to_recall_so_the_policy_must_read_them_from_the_users_words():
+    episodes_naming: dict[str, int] = {}
+    for i in range(300):
+        values = {
+            str(v)
+            for turn in generate_episode("train", 0, i).ground_truth
+            for call in turn
+            for k, v in _kwargs(call).items()
+            if k != "mode"
+        }
+        for value in values:
+            episodes_naming[value] = episodes_naming.get(value, 0) + 1
+    assert len(episodes_naming) > 600
+    assert max(episodes_naming.values()) <= 5  # no value is common enough to learn by heart
 
 
 def test_episodes_are_reproducible_from_pool_seed_and_index_and_differ_across_seeds():

@@ -38,7 +38,9 @@ keyword (BFCL's ground truth passes some positionally, which its own decoder wou
 Prompts: the instruction, the functions of the episode's APIs, then the first user turn; with
 `docs="compact"` (default) one line per function (name, parameters, `?` marking optional ones,
 and the first sentence of its own description); `docs="official"` gives BFCL's JSON documentation
-(for long-context models). With a tokenizer that has a chat template, the episode is the chat an
+(for long-context models); `docs="names"` only the names, on one line (for a small policy trained
+from scratch: it learns the signatures from the warm start's expert steps, and its prompt is a
+seventh as long). With a tokenizer that has a chat template, the episode is the chat an
 instruct model was tuned on: the prompt is the first user message, each step an assistant message,
 each step's results a `tool` message and each later user turn a `user` message, rendered by the
 template itself (`TextEnvironment.as_next_message`); without one, the texts follow each other.
@@ -79,7 +81,7 @@ DEFAULT_INSTRUCTION = (
     "when the request is done, answer with <reply> text </reply>."
 )
 FORMAT_ERROR = "Invalid step. Write <call>[name(arg=value)]</call> to call functions or <reply> text </reply> to reply."
-Docs = Literal["compact", "official"]
+Docs = Literal["compact", "official", "names"]
 StepAction = Literal["call", "reply", "invalid"]
 
 
@@ -88,8 +90,8 @@ class FCConfig(TurnConfig):
     """The step limits and sampling (`TurnConfig`: max_turns counts the policy's steps in the whole
     episode, a bound on the tree's depth), plus max_steps_per_turn: call steps in one user turn
     before the episode is forced to end, as BFCL forces it; max_output_chars: each call's output is
-    cut to this many characters (0: never cut, as in BFCL); docs: 'compact' or 'official' function documentation in the
-    prompt; instruction: the prompt's first line."""
+    cut to this many characters (0: never cut, as in BFCL); docs: 'compact', 'official' or 'names'
+    function documentation in the prompt; instruction: the prompt's first line."""
 
     max_turns: int = 16
     max_tokens_per_turn: int = 64
@@ -241,6 +243,8 @@ def function_docs(data_dir: Path, record: FCRecord, names: frozenset[str], docs:
     entries = [e for c in record.classes for e in _doc_entries(str(data_dir), c) if e["name"] in names]
     if docs == "official":
         return "\n".join(json.dumps(e, indent=4) for e in entries)
+    if docs == "names":
+        return ", ".join(e["name"] for e in entries)
     lines = []
     for e in entries:
         required = set(e["parameters"].get("required", []))

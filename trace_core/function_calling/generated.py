@@ -3,7 +3,9 @@
 BFCL v4's multi-turn data is 200 scenarios, too few (and too hard) to train a small policy on. This
 module writes new episodes over the same API class, scored by the same official checker:
 - a random starting file system: the user's home folder holding folders and files with random
-  names and contents;
+  names and contents; names and contents mix everyday words with pseudo-words drawn from syllables
+  (`reports_tavel`, `summary_kiro.txt`, `Amber dorun velka.`), thousands of distinct values, so a
+  policy must read each value from the user's words rather than recall it from a short list;
 - 2 or 3 user turns of 1 or 2 requests each, where later requests act on what earlier ones did or
   where they left the user (`cd` into a folder, then `mkdir` in it, then `mv` a file into the new
   folder; `touch` a file, then write into it, then count its lines);
@@ -12,7 +14,9 @@ module writes new episodes over the same API class, scored by the same official 
   ground truth passes the official checker (`official_check`).
 
 Two pools of names and words, `train` and `heldout`, share no folder name, file name, user name or
-content word: a held-out episode's starting state and arguments were never seen in training.
+content word, nor any part of one (everyday words alternate between the pools; a pseudo-word belongs
+to the pool its CRC-32 parity names): a held-out episode's starting state and arguments were never
+seen in training.
 Episodes are reproducible from (pool, seed, index).
 
 Deviations: BFCL's scenarios mix several API classes, long listings and missing functions or
@@ -22,6 +26,7 @@ parameters; these use the file system only, short listings and every function fr
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,7 +38,7 @@ from trace_core.function_calling.data import FCRecord
 Pool = Literal["train", "heldout"]
 POOLS: tuple[Pool, ...] = ("train", "heldout")
 SOURCE = "generated_file_system"
-GENERATOR_VERSION = 1  # raise it when a change here changes what an (pool, seed, index) generates
+GENERATOR_VERSION = 2  # raise it when a change here changes what an (pool, seed, index) generates
 
 # name and word pools: even positions train, odd positions held out (no value in both)
 _USERS = ("alex", "maya", "omar", "lena", "ravi", "sofia", "jonas", "ines", "tariq", "yuki", "marta", "chen")
@@ -56,8 +61,20 @@ _WORDS = (
 )  # fmt: skip
 
 
+_EVERYDAY = frozenset(_USERS + _FOLDERS + _STEMS + _WORDS)  # a pseudo-word is never one of these
+# pseudo-word syllables: onset, vowel, coda
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "sh")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+_CODAS = ("", "", "", "n", "r", "l", "s", "k", "m")
+
+
 def _pool(values: tuple[str, ...], pool: Pool) -> tuple[str, ...]:
     return values[0::2] if pool == "train" else values[1::2]
+
+
+def _in_pool(word: str, pool: Pool) -> bool:
+    """The pool a pseudo-word belongs to: train for an even CRC-32, held out for an odd one."""
+    return zlib.crc32(word.encode()) % 2 == POOLS.index(pool)
 
 
 @dataclass
@@ -85,6 +102,17 @@ class _Episode:
     def pick(self, values: tuple[str, ...]) -> str:
         return str(values[int(self.rng.integers(len(values)))])
 
+    def pseudo(self) -> str:
+        """A pseudo-word of 2 syllables from this episode's pool."""
+        while True:
+            word = "".join(self.pick(_ONSETS) + self.pick(_VOWELS) + self.pick(_CODAS) for _ in range(2))
+            if _in_pool(word, self.pool) and word not in _EVERYDAY:
+                return word
+
+    def word(self) -> str:
+        """A content word: an everyday word of the pool or a pseudo-word, evenly."""
+        return self.pick(_pool(_WORDS, self.pool)) if self.rng.random() < 0.5 else self.pseudo()
+
     def choose(self, kind: str, names: tuple[str, ...]) -> str:
         """One of `names`: the one in focus where it is among them (later requests build on earlier
         ones), else any; it becomes the focus."""
@@ -93,19 +121,21 @@ class _Episode:
         return name
 
     def new_name(self, kind: Literal["file", "folder"]) -> str | None:
-        """A name not used anywhere in the episode yet."""
-        if kind == "folder":
-            options = [n for n in _pool(_FOLDERS, self.pool) if n not in self.taken]
-        else:
-            options = [s + e for s in _pool(_STEMS, self.pool) for e in _EXTENSIONS if s + e not in self.taken]
-        if not options:
-            return None
-        name = self.pick(tuple(options))
-        self.taken.add(name)
-        return name
+        """A name not used anywhere in the episode yet: a pseudo-word, after an everyday folder name or
+        file stem half the time (`reports_tavel`, `kiro.md`); files get an extension."""
+        for _ in range(100):
+            name = self.pseudo()
+            if self.rng.random() < 0.5:
+                name = f"{self.pick(_pool(_FOLDERS if kind == 'folder' else _STEMS, self.pool))}_{name}"
+            if kind == "file":
+                name += self.pick(_EXTENSIONS)
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+        return None
 
     def sentence(self, words: int) -> str:
-        return " ".join(self.pick(_pool(_WORDS, self.pool)) for _ in range(words)).capitalize() + "."
+        return " ".join(self.word() for _ in range(words)).capitalize() + "."
 
     def text(self, lines: int) -> str:
         return "\n".join(self.sentence(int(self.rng.integers(3, 7))) for _ in range(lines))

@@ -73,10 +73,11 @@ class FunctionCallingSection(Section):
     max_output_chars: int = Field(
         0, ge=0, description="A call's output is cut to this many characters; 0: never cut (as in BFCL)."
     )
-    docs: Literal["compact", "official"] = Field(
+    docs: Literal["compact", "official", "names"] = Field(
         "compact",
-        description="Function documentation in the prompt: 'compact' (one line each, about 600 tokens) or "
-        "'official' (BFCL's JSON, about 7,000: for long-context models).",
+        description="Function documentation in the prompt: 'compact' (one line each, about 600 tokens), "
+        "'official' (BFCL's JSON, about 7,000: for long-context models) or 'names' (the names only, one line: "
+        "for a policy trained from scratch, which learns the signatures from the warm start's expert steps).",
     )
     instruction: str = Field(FC_INSTRUCTION, description="Instruction placed before the functions in every prompt.")
     source: Literal["bfcl", "generated"] = Field(
