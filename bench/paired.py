@@ -19,6 +19,7 @@ done = [
 ]
 for name, entry in paired_vs_uniform(done).items():
     print(f"{name} minus {base}, seeds {entry['seeds']}")
-    for key in ("effective_ratio", "nonzero_advantage_share", "dev_em", "test_em"):
+    for key in ("composite_em", "effective_ratio", "nonzero_advantage_share", "dev_em", "test_em"):
         e = entry[key]
-        print(f"  {key}: {e['mean']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]  per seed {e['per_seed']}")
+        p = f"  p {e['p']:.3f}" if "p" in e else ""
+        print(f"  {key}: {e['mean']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]{p}  per seed {e['per_seed']}")
