@@ -9,7 +9,7 @@ episodes the mean negative log-likelihood of the expert's tokens in three kinds:
 - `reply`: the tokens of reply steps;
 and the probability of the whole expert trajectory at temperature 1 (exp of minus its summed NLL:
 the chance that sampling reproduces it exactly, a lower bound on sampled success), median and mean.
-The same optimiser, rate, batch size and length buckets as the warm start; no success probe (it
+The warm start's own training step, optimiser, rate, batch size and length buckets; no success probe (it
 costs more than the training), no model saved.
 
     TRACE_SETTINGS_FILE=configs/function_calling_generated.toml \\
@@ -28,7 +28,7 @@ import torch
 
 from trace_core.function_calling.env import expert_steps
 from trace_core.generation.batching import pad_right, token_logprobs
-from trace_core.method.warmstart import Trajectory, _length_buckets, _optimizer, expert_trajectories
+from trace_core.method.warmstart import Trajectory, _length_buckets, _optimizer, _train_step, expert_trajectories
 from trace_core.models.default_model import build_model, train_tokenizer
 from trace_rl.config.settings import load_settings
 from trace_rl.flows import pipeline
@@ -55,8 +55,8 @@ def token_kinds(tokenizer, record) -> list[int]:
     return out
 
 
-def nll_by_token(model, batch: list[tuple[Trajectory, list[int]]]):
-    ids = pad_right([t.input_ids for t, _ in batch], 0)
+def nll_by_token(model, batch: list[tuple[Trajectory, list[int]]], pad_id: int):
+    ids = pad_right([t.input_ids for t, _ in batch], pad_id)
     attention = pad_right([[1] * len(t.input_ids) for t, _ in batch], 0)
     mask = pad_right([t.loss_mask for t, _ in batch], 0, torch.float32)[:, 1:]
     kind = torch.full(mask.shape, -1)
@@ -85,11 +85,10 @@ def main() -> None:
     env = pipeline.make_env(s, tools, tokenizer)
     # the episodes the warm start trains on: those whose expert steps fit in max_steps
     records = [r for r in data.train[: args.records] if 0 < len(expert_steps(r)) <= env.config.max_turns]
-    kinds = [token_kinds(tokenizer, r) for r in records]
-    pairs = list(zip(expert_trajectories(records, env, expert_steps), kinds, strict=True))
-    held, train = pairs[:HELD], pairs[HELD:]
-    kinds_of = {id(t): k for t, k in train}
-    batches = _length_buckets([t for t, _ in train], ws.batch_size)
+    trajectories = expert_trajectories(records, env, expert_steps)
+    held = list(zip(trajectories[:HELD], (token_kinds(tokenizer, r) for r in records[:HELD]), strict=True))
+    batches = _length_buckets(trajectories[HELD:], ws.batch_size)
+    pad_id = tokenizer.pad_token_id or 0
     optimizer, schedule = _optimizer(model, ws)
     order: list[int] = []
     rng = torch.Generator().manual_seed(ws.seed)
@@ -99,20 +98,14 @@ def main() -> None:
         for step in range(1, args.steps + 1):
             if not order:
                 order = torch.randperm(len(batches), generator=rng).tolist()
-            nll, mask, _ = nll_by_token(model, [(t, kinds_of[id(t)]) for t in batches[order.pop()]])
-            loss = (nll * mask).sum() / mask.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
+            loss = _train_step(model, optimizer, schedule, batches[order.pop()], pad_id)  # the warm start's own step
             if step % args.every:
                 continue
             with torch.no_grad():
                 by_kind: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(KINDS))}
                 totals: list[float] = []
                 for i in range(0, HELD, 16):
-                    nll, mask, kind = nll_by_token(model, held[i : i + 16])
+                    nll, mask, kind = nll_by_token(model, held[i : i + 16], pad_id)
                     for k in by_kind:
                         by_kind[k].append(nll[kind == k])
                     totals += (nll * mask).sum(1).tolist()
@@ -120,7 +113,7 @@ def main() -> None:
             row = {
                 "step": step,
                 "seconds": round(time.perf_counter() - start, 1),
-                "train_loss": round(loss.item(), 4),
+                "train_loss": round(loss, 4),
                 **{f"{KINDS[k]}_nll": round(torch.cat(v).mean().item(), 4) for k, v in by_kind.items()},
                 "p_trajectory_median": float(np.median(p)),
                 "p_trajectory_mean": float(p.mean()),
